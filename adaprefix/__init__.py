@@ -1,0 +1,26 @@
+"""adaprefix: Adaptive Prefix Tuning (APT) and P-tuning v2 for Hugging Face Transformers models."""
+
+from .arch import UnsupportedModelError
+from .config import AdaptivePrefixConfig, ConfigError
+from .inject import attach, detach, is_attached
+from .introspect import collect_token_gates, effective_gates, last_token_gates, layer_gates
+from .persistence import AdapterLoadError, load_adapter, read_adapter_config, save_adapter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptivePrefixConfig",
+    "AdapterLoadError",
+    "ConfigError",
+    "UnsupportedModelError",
+    "attach",
+    "collect_token_gates",
+    "detach",
+    "effective_gates",
+    "is_attached",
+    "last_token_gates",
+    "layer_gates",
+    "load_adapter",
+    "read_adapter_config",
+    "save_adapter",
+]

@@ -1,0 +1,87 @@
+"""One declarative table of architecture facts. Anything not listed gets a loud error naming what is supported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture or attention implementation is not one adaprefix knows how to inject into."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    layers: str  # dotted path, from the base model, to the ModuleList of transformer layers
+    attention: str  # dotted path, from one layer, to the module whose forward runs self-attention
+    causal: bool  # decoder-only language model: the gate must not see future tokens
+    patched_attention: bool = False  # the module bypasses AttentionInterface and needs its own patch (DeBERTa)
+
+
+_BERT_LIKE = ArchSpec(layers="encoder.layer", attention="attention.self", causal=False)
+_LLAMA_LIKE = ArchSpec(layers="layers", attention="self_attn", causal=True)
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "distilbert": ArchSpec(layers="transformer.layer", attention="attention", causal=False),
+    "deberta-v2": ArchSpec(layers="encoder.layer", attention="attention.self", causal=False, patched_attention=True),
+    "gpt2": ArchSpec(layers="h", attention="attn", causal=True),
+    "llama": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+}
+
+
+@dataclass(frozen=True)
+class BackboneShape:
+    """The backbone facts an adapter's tensors depend on; saved with it and checked on load."""
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_kv_heads: int
+    head_dim: int
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+def _supported_list() -> str:
+    return ", ".join(sorted(ARCHITECTURES))
+
+
+def resolve_arch(model: nn.Module) -> tuple[ArchSpec, BackboneShape, nn.ModuleList, bool]:
+    """Look the model up in the table; return its spec, shape, layer list and whether it is causal."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"adaprefix does not support model_type {model_type!r} ({type(model).__name__}); "
+            f"supported: {_supported_list()}"
+        )
+    impl = config._attn_implementation
+    if impl not in SUPPORTED_ATTENTION:
+        raise UnsupportedModelError(
+            f"attention implementation {impl!r} of {type(model).__name__} is not supported; load the model with "
+            f"attn_implementation set to one of: {', '.join(SUPPORTED_ATTENTION)}"
+        )
+    spec = ARCHITECTURES[model_type]
+    layers = model.base_model.get_submodule(spec.layers)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "attention_head_size", None)
+    shape = BackboneShape(
+        model_type=model_type,
+        num_layers=len(layers),
+        hidden_size=config.hidden_size,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=head_dim or config.hidden_size // heads,
+    )
+    causal = spec.causal or bool(getattr(config, "is_decoder", False))
+    return spec, shape, layers, causal

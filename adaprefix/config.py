@@ -1,0 +1,119 @@
+"""AdaptivePrefixConfig: every choice of the method, documented, validated, and saved with the adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+METHODS = ("apt", "pt2", "token-gate", "layer-gate")
+POOLINGS = ("auto", "mean", "cls", "token")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the method cannot use; the message names the field."""
+
+
+@dataclass
+class AdaptivePrefixConfig:
+    """How prefixes and gates are attached to a frozen Transformers model.
+
+    Methods share one code path and differ only in which gates exist:
+
+    - ``apt``: prefix on every layer, scaled by a token-level gate and a layer-level scalar (the paper).
+    - ``pt2``: P-tuning v2, the prefix alone.
+    - ``token-gate`` / ``layer-gate``: ablations with one gate only.
+    """
+
+    method: Literal["apt", "pt2", "token-gate", "layer-gate"] = field(
+        default="apt", metadata={"help": "apt (both gates), pt2 (no gates), token-gate or layer-gate (ablations)."}
+    )
+    prefix_length: int = field(default=16, metadata={"help": "Pseudo tokens l prepended to every layer's keys/values."})
+    prefix_projection: bool = field(
+        default=False,
+        metadata={"help": "Reparameterise the prefix with an MLP (embedding -> Linear -> tanh -> Linear), as in "
+                  "P-tuning v2's optional prefix projection. Off by default (P-tuning v2's default)."},
+    )
+    projection_hidden_size: int = field(
+        default=512, metadata={"help": "Hidden width r of the reparameterisation MLP (P-tuning v2 default 512)."}
+    )
+    prefix_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Dropout on the prefix keys/values while training. None: the backbone's hidden dropout "
+                  "(P-tuning v2's behaviour; resolved and recorded at attach). 0 disables it (PEFT's behaviour)."},
+    )
+    prefix_init_std: float = field(
+        default=1.0,
+        metadata={"help": "Std of the normal init of the prefix (or of its embedding when reparameterised). 1.0 "
+                  "matches nn.Embedding, which P-tuning v2 and PEFT use."},
+    )
+    shift_positions: bool = field(
+        default=False,
+        metadata={"help": "Shift real tokens' position ids by prefix_length, reproducing P-tuning v2 (which fed the "
+                  "prefix as past key values). Off: keep pretrained positions. Encoders only."},
+    )
+    gate_pooling: Literal["auto", "mean", "cls", "token"] = field(
+        default="auto",
+        metadata={"help": "What the token gate reads from h_{i-1}: masked mean over real tokens ('mean'), the first "
+                  "token ('cls'), or each query's own state ('token': one gate per query position, causal-safe). "
+                  "'auto': mean for encoders, token for decoders."},
+    )
+    token_gate_weight_std: float = field(
+        default=0.02,
+        metadata={"help": "Std of the normal init of the token-gate weight W_i (d x l). 0 gives an input-independent "
+                  "gate at start."},
+    )
+    token_gate_bias_init: float = field(
+        default=0.0,
+        metadata={"help": "Initial bias b_i of the token gate: alpha starts near sigmoid(b). 0 -> 0.5; large values "
+                  "start from plain P-tuning v2 but saturate the sigmoid."},
+    )
+    layer_gate_init: float = field(
+        default=1.0, metadata={"help": "Initial layer-level scalar lambda_i (unconstrained, as in the paper)."}
+    )
+    train_head: bool | None = field(
+        default=None,
+        metadata={"help": "Train the task head (parameters outside the backbone). None: yes, except output "
+                  "embeddings of language-model heads, which are tied to the frozen input embeddings."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.gate_pooling not in POOLINGS:
+            raise ConfigError(f"gate_pooling: expected one of {', '.join(POOLINGS)}, got {self.gate_pooling!r}")
+        if not isinstance(self.prefix_length, int) or self.prefix_length < 1:
+            raise ConfigError(f"prefix_length: expected a positive integer, got {self.prefix_length!r}")
+        if self.projection_hidden_size < 1:
+            raise ConfigError(f"projection_hidden_size: expected a positive integer, got {self.projection_hidden_size}")
+        if self.prefix_dropout is not None and not 0.0 <= self.prefix_dropout < 1.0:
+            raise ConfigError(f"prefix_dropout: expected None or a value in [0, 1), got {self.prefix_dropout}")
+        if self.prefix_init_std <= 0 or self.token_gate_weight_std < 0:
+            raise ConfigError("prefix_init_std must be > 0 and token_gate_weight_std >= 0")
+
+    @property
+    def use_token_gate(self) -> bool:
+        return self.method in ("apt", "token-gate")
+
+    @property
+    def use_layer_gate(self) -> bool:
+        return self.method in ("apt", "layer-gate")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "AdaptivePrefixConfig":
+        """Build a config from a dict, refusing unknown fields by name (a typo must not be silently ignored)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Help text of every field, for the CLI and the docs."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}

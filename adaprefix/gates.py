@@ -1,0 +1,49 @@
+"""APT's two gates: a token-level gate alpha_i computed from h_{i-1}, and a layer-level scalar lambda_i."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .config import AdaptivePrefixConfig
+
+
+class TokenGate(nn.Module):
+    """alpha_i = sigmoid(pool(h_{i-1}) W_i + b_i): one weight in (0, 1) per pseudo token, per layer, per input."""
+
+    def __init__(self, config: AdaptivePrefixConfig, num_layers: int, hidden_size: int):
+        super().__init__()
+        # Stacked over layers so the whole gate is two tensors; layer i uses slice i.
+        self.weight = nn.Parameter(torch.empty(num_layers, hidden_size, config.prefix_length))
+        self.bias = nn.Parameter(torch.full((num_layers, config.prefix_length), float(config.token_gate_bias_init)))
+        if config.token_gate_weight_std > 0:
+            nn.init.normal_(self.weight, std=config.token_gate_weight_std)
+        else:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, layer: int, pooled: torch.Tensor) -> torch.Tensor:
+        # pooled: (B, d) -> (B, l), or (B, T, d) -> (B, T, l) for per-query gates
+        return torch.sigmoid(pooled @ self.weight[layer] + self.bias[layer])
+
+
+class LayerGate(nn.Module):
+    """lambda_i: one unconstrained learnable scalar per layer."""
+
+    def __init__(self, config: AdaptivePrefixConfig, num_layers: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((num_layers,), float(config.layer_gate_init)))
+
+    def forward(self, layer: int) -> torch.Tensor:
+        return self.scale[layer]
+
+
+def pool_hidden(hidden: torch.Tensor, padding_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """Summarise h_{i-1} (B, T, d) for the token gate: (B, d) for mean/cls, (B, T, d) for per-query 'token'."""
+    if pooling == "token":
+        return hidden
+    if pooling == "cls":
+        return hidden[:, 0]
+    if padding_mask is None:
+        return hidden.mean(dim=1)
+    mask = padding_mask[:, -hidden.shape[1]:].to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

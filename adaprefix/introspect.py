@@ -1,0 +1,68 @@
+"""What the gates learned: per-layer lambda and per-example token gates (layers x pseudo tokens)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+
+def layer_gates(model: nn.Module) -> torch.Tensor | None:
+    """lambda_i for every layer, shape (N,); None when the method has no layer gate."""
+    gate = model.adaprefix.layer_gate
+    return None if gate is None else gate.scale.detach().clone()
+
+
+def last_token_gates(model: nn.Module) -> torch.Tensor | None:
+    """alpha from the last forward, shape (B, N, l); per-query gates are averaged over real tokens.
+
+    None when the method has no token gate or no forward has run yet.
+    """
+    runtime = model._adaprefix_runtime
+    if model.adaprefix.token_gate is None or any(g is None for g in runtime.token_gates):
+        return None
+    per_layer = []
+    for alpha in runtime.token_gates:
+        if alpha.ndim == 3:  # (B, T, l): average over the query positions that are real tokens
+            mask = runtime.padding_mask
+            if mask is None:
+                alpha = alpha.mean(dim=1)
+            else:
+                m = mask[:, -alpha.shape[1]:].to(alpha.dtype).unsqueeze(-1)
+                alpha = (alpha * m).sum(1) / m.sum(1).clamp(min=1.0)
+        per_layer.append(alpha)
+    return torch.stack(per_layer, dim=1)  # (B, N, l)
+
+
+@torch.no_grad()
+def collect_token_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    """Run the model over ``batches`` (dicts of model inputs) in eval mode and stack the token gates: (examples, N, l)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gathered = []
+    try:
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            model(**inputs)
+            gates = last_token_gates(model)
+            if gates is None:
+                raise ValueError(f"method {model.adapter_config.method!r} has no token gate to collect")
+            gathered.append(gates.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(gathered)
+
+
+def effective_gates(model: nn.Module, token_gates: torch.Tensor | None = None) -> torch.Tensor:
+    """lambda_i * alpha_ij averaged over examples, shape (N, l): the factor each pseudo token's key/value received."""
+    config = model.adapter_config
+    shape = model._adaprefix_runtime.shape
+    gate = torch.ones(shape.num_layers, config.prefix_length)
+    if token_gates is not None:
+        gate = gate * token_gates.float().mean(dim=0)
+    lam = layer_gates(model)
+    if lam is not None:
+        gate = gate * lam.float().cpu().unsqueeze(1)
+    return gate
