@@ -1,0 +1,135 @@
+"""APT against references: plain prefix tuning fed through the model's cache argument, and attention by hand."""
+
+import math
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from adaprefix import AdaptivePrefixConfig, attach
+from adaprefix.attention import LayerPrefix, per_query_gated_attention
+from tiny_models import DECODERS, tiny_batch, tiny_model
+
+CACHE_CAPABLE = ["bert", "roberta", "xlm-roberta", "electra", "gpt2", "llama", "qwen2", "mistral"]
+
+
+def _force_gates_to_one(model):
+    adapter = model.adaprefix
+    with torch.no_grad():
+        if adapter.token_gate is not None:
+            adapter.token_gate.weight.zero_()
+            adapter.token_gate.bias.fill_(50.0)  # sigmoid(50) == 1.0 exactly in float32
+        if adapter.layer_gate is not None:
+            adapter.layer_gate.scale.fill_(1.0)
+
+
+def _cache_reference(model, ids, mask, prefix, shift_positions=False):
+    """Run the model without adaprefix, the prefix passed as a pre-filled cache (how PEFT / P-tuning v2 feed it)."""
+    batch, length = ids.shape
+    cache = DynamicCache(config=model.config)
+    for i in range(prefix.shape[0]):
+        cache.update(prefix[i, 0].expand(batch, -1, -1, -1).contiguous(),
+                     prefix[i, 1].expand(batch, -1, -1, -1).contiguous(), i)
+    wide_mask = torch.cat([torch.ones(batch, prefix.shape[3], dtype=mask.dtype), mask], dim=1)
+    kwargs = {}
+    if not shift_positions:
+        embeddings = getattr(model.base_model, "embeddings", None)
+        if hasattr(embeddings, "padding_idx"):  # RoBERTa-style positions count from the padding index
+            kwargs["position_ids"] = embeddings.create_position_ids_from_input_ids(ids, embeddings.padding_idx)
+        else:
+            kwargs["position_ids"] = torch.arange(length).unsqueeze(0).expand(batch, -1)
+    with model.disable_adapter():
+        return model(input_ids=ids, attention_mask=wide_mask, cache=cache, use_cache=False, **kwargs).logits
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", CACHE_CAPABLE)
+def test_gates_at_one_equal_plain_prefix_tuning_bit_for_bit(name, impl):
+    model = tiny_model(name, impl)
+    # Decoders gate per query position (a different kernel); their folded path is the layer gate.
+    method = "layer-gate" if name in DECODERS else "apt"
+    attach(model, AdaptivePrefixConfig(method=method, prefix_length=4, prefix_dropout=0.0))
+    _force_gates_to_one(model)
+    ids, mask = tiny_batch(pad_last=0 if name in DECODERS else 3)
+    ours = model(input_ids=ids, attention_mask=mask).logits
+    reference = _cache_reference(model, ids, mask, model.adaprefix.prefix().detach())
+    assert torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_decoder_per_query_gates_at_one_equal_plain_prefix_tuning(name):
+    model = tiny_model(name, "eager")
+    attach(model, AdaptivePrefixConfig(method="apt", prefix_length=4))
+    _force_gates_to_one(model)
+    ids, mask = tiny_batch(pad_last=0)
+    reference = _cache_reference(model, ids, mask, model.adaprefix.prefix().detach())
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_shift_positions_reproduces_p_tuning_v2_bit_for_bit(impl):
+    model = tiny_model("bert", impl)
+    attach(model, AdaptivePrefixConfig(method="pt2", prefix_length=4, shift_positions=True, prefix_dropout=0.0))
+    ids, mask = tiny_batch()
+    ours = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(ours, _cache_reference(model, ids, mask, model.adaprefix.prefix().detach(), True))
+
+
+def _reference_bert_apt(model, ids, mask, prefix, weight, bias, lam):
+    """BERT with APT, layer by layer, attention over [gated prefix; keys] written out by hand."""
+    bert = model.bert
+    m = mask.float()
+    h = bert.embeddings(input_ids=ids)
+    batch, length, _ = h.shape
+    for i, layer in enumerate(bert.encoder.layer):
+        pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+        gate = lam[i] * torch.sigmoid(pooled @ weight[i] + bias[i])  # (B, l)
+        att = layer.attention.self
+        heads, hd = att.num_attention_heads, att.attention_head_size
+        split = lambda x: x.view(batch, length, heads, hd).transpose(1, 2)  # noqa: E731
+        keys = torch.cat([prefix[i, 0][None] * gate[:, None, :, None], split(att.key(h))], dim=2)
+        values = torch.cat([prefix[i, 1][None] * gate[:, None, :, None], split(att.value(h))], dim=2)
+        visible = torch.cat([torch.ones(batch, prefix.shape[3]), m], dim=1)  # (B, l + T)
+        scores = split(att.query(h)) @ keys.transpose(-1, -2) / math.sqrt(hd)
+        scores = scores.masked_fill(visible[:, None, None, :] == 0, float("-inf"))
+        context = (scores.softmax(-1) @ values).transpose(1, 2).reshape(batch, length, -1)
+        attended = layer.attention.output(context, h)
+        h = layer.output(layer.intermediate(attended), attended)
+    return model.classifier(bert.pooler(h))
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_apt_with_random_gates_matches_a_hand_written_reference(impl):
+    model = tiny_model("bert", impl)
+    attach(model, AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=0.5, prefix_dropout=0.0))
+    with torch.no_grad():
+        model.adaprefix.token_gate.bias.normal_()
+        model.adaprefix.layer_gate.scale.uniform_(0.3, 2.0)
+    ids, mask = tiny_batch()
+    a = model.adaprefix
+    reference = _reference_bert_apt(model, ids, mask, a.prefix().detach(), a.token_gate.weight.detach(),
+                                    a.token_gate.bias.detach(), a.layer_gate.scale.detach())
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_per_query_gated_attention_matches_a_loop_over_queries():
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, hd, l = 2, 4, 2, 6, 8, 3
+    q = torch.randn(batch, heads, length, hd)
+    k, v = torch.randn(batch, kv_heads, length, hd), torch.randn(batch, kv_heads, length, hd)
+    pk, pv = torch.randn(1, kv_heads, l, hd), torch.randn(1, kv_heads, l, hd)
+    gate = torch.rand(batch, length, l)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+    module = torch.nn.Module().eval()
+    out, _ = per_query_gated_attention(module, q, k, v, causal, LayerPrefix(pk, pv, gate), scaling=hd**-0.5)
+
+    expected = torch.empty(batch, length, heads, hd)
+    for b in range(batch):
+        for t in range(length):
+            for h in range(heads):
+                g = h // (heads // kv_heads)  # grouped-query: head h reads kv head g
+                keys = torch.cat([pk[0, g] * gate[b, t, :, None], k[b, g, : t + 1]])
+                values = torch.cat([pv[0, g] * gate[b, t, :, None], v[b, g, : t + 1]])
+                weights = (keys @ q[b, h, t] * hd**-0.5).softmax(-1)
+                expected[b, t, h] = weights @ values
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)

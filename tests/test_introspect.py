@@ -1,0 +1,44 @@
+"""Gate introspection: per-layer lambda and per-example token gates."""
+
+import pytest
+import torch
+
+from adaprefix import AdaptivePrefixConfig, attach, collect_token_gates, effective_gates, last_token_gates, layer_gates
+from tiny_models import tiny_batch, tiny_model
+
+
+def test_gates_report_what_the_forward_used():
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=0.0))
+    with torch.no_grad():
+        model.adaprefix.token_gate.bias.copy_(torch.linspace(-2, 2, 12).view(3, 4))
+        model.adaprefix.layer_gate.scale.copy_(torch.tensor([0.5, 1.0, 2.0]))
+    ids, mask = tiny_batch()
+    model(input_ids=ids, attention_mask=mask)
+    expected = torch.sigmoid(torch.linspace(-2, 2, 12).view(3, 4))
+    gates = last_token_gates(model)
+    assert gates.shape == (2, 3, 4)
+    torch.testing.assert_close(gates, expected.expand(2, 3, 4))
+    torch.testing.assert_close(layer_gates(model), torch.tensor([0.5, 1.0, 2.0]))
+    torch.testing.assert_close(effective_gates(model, gates), expected * torch.tensor([[0.5], [1.0], [2.0]]))
+
+
+def test_token_gates_depend_on_the_input_and_collect_over_batches():
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=1.0))
+    batches = [dict(zip(("input_ids", "attention_mask"), tiny_batch(seed=s))) for s in (1, 2)]
+    gates = collect_token_gates(model, batches)
+    assert gates.shape == (4, 3, 4)
+    assert not torch.allclose(gates[0], gates[1]), "the token gate is computed per example"
+
+
+def test_decoder_per_query_gates_are_summarised_per_example():
+    model = attach(tiny_model("llama"), AdaptivePrefixConfig(prefix_length=4))
+    ids, mask = tiny_batch()
+    model(input_ids=ids, attention_mask=mask)
+    assert last_token_gates(model).shape == (2, 3, 4)
+
+
+def test_collect_refuses_a_method_without_token_gate():
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(method="pt2", prefix_length=4))
+    assert layer_gates(model) is None
+    with pytest.raises(ValueError, match="no token gate"):
+        collect_token_gates(model, [dict(zip(("input_ids", "attention_mask"), tiny_batch()))])

@@ -1,0 +1,101 @@
+"""save_adapter / load_adapter: small, pickle-free, bit-for-bit, and loud about every mismatch."""
+
+import json
+
+import pytest
+import torch
+
+from adaprefix import AdapterLoadError, AdaptivePrefixConfig, attach, load_adapter
+from tiny_models import tiny_batch, tiny_model
+
+
+def _trained_adapter(tmp_path, name="bert", **config):
+    model = tiny_model(name)
+    attach(model, AdaptivePrefixConfig(prefix_length=4, **config))
+    with torch.no_grad():  # move every tensor away from its init, so a missed tensor shows
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_adapter(tmp_path / "adapter")
+    return model, tmp_path / "adapter"
+
+
+@pytest.mark.parametrize("name,config", [("bert", {}), ("bert", {"prefix_projection": True}), ("llama", {}),
+                                         ("deberta-v2", {"method": "token-gate"}), ("gpt2", {"method": "pt2"})])
+def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path, name, config):
+    model, path = _trained_adapter(tmp_path, name, **config)
+    assert sorted(p.name for p in path.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+    ids, mask = tiny_batch()
+    loaded = load_adapter(tiny_model(name), path)
+    assert loaded.adapter_config == model.adapter_config
+    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_adapter_is_small(tmp_path):
+    model, path = _trained_adapter(tmp_path)
+    backbone = sum(p.numel() for p in model.base_model.parameters()) * 4
+    assert (path / "adapter.safetensors").stat().st_size < backbone / 2
+    saved = json.loads((path / "adapter_config.json").read_text())
+    assert saved["config"]["prefix_dropout"] == 0.0 and saved["config"]["gate_pooling"] == "mean"
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"num_hidden_layers": 2}, "num_layers: adapter 3, model 2"),
+    ({"hidden_size": 48}, "hidden_size: adapter 32, model 48"),
+])
+def test_load_onto_a_different_backbone_names_the_mismatch(tmp_path, overrides, field):
+    _, path = _trained_adapter(tmp_path)
+    with pytest.raises(AdapterLoadError, match=field):
+        load_adapter(tiny_model("bert", **overrides), path)
+
+
+def test_load_onto_different_kv_heads_names_the_mismatch(tmp_path):
+    _, path = _trained_adapter(tmp_path, "llama")
+    with pytest.raises(AdapterLoadError, match="num_kv_heads: adapter 2, model 4"):
+        load_adapter(tiny_model("llama", num_key_value_heads=4), path)
+
+
+def test_load_onto_a_different_architecture_names_it(tmp_path):
+    _, path = _trained_adapter(tmp_path)
+    with pytest.raises(AdapterLoadError, match="model_type: adapter 'bert', model 'roberta'"):
+        load_adapter(tiny_model("roberta"), path)
+
+
+def test_head_shape_mismatch_names_the_tensor(tmp_path):
+    _, path = _trained_adapter(tmp_path)
+    model = tiny_model("bert", num_labels=5)
+    with pytest.raises(AdapterLoadError, match=r"classifier.weight: file \(3, 32\), model \(5, 32\)"):
+        load_adapter(model, path)
+    assert not hasattr(model, "adaprefix"), "a failed load leaves the model as it was"
+
+
+@pytest.mark.parametrize("missing", ["adapter.safetensors", "adapter_config.json"])
+def test_missing_file_is_named(tmp_path, missing):
+    _, path = _trained_adapter(tmp_path)
+    (path / missing).unlink()
+    with pytest.raises(AdapterLoadError, match=f"{missing}: missing"):
+        load_adapter(tiny_model("bert"), path)
+
+
+def test_corrupt_weights_are_named(tmp_path):
+    _, path = _trained_adapter(tmp_path)
+    weights = path / "adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(AdapterLoadError, match="adapter.safetensors: unreadable or corrupt"):
+        load_adapter(tiny_model("bert"), path)
+
+
+def test_corrupt_config_is_named(tmp_path):
+    _, path = _trained_adapter(tmp_path)
+    (path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterLoadError, match="adapter_config.json: not valid JSON"):
+        load_adapter(tiny_model("bert"), path)
+
+
+def test_unknown_config_field_is_named(tmp_path):
+    _, path = _trained_adapter(tmp_path)
+    meta = json.loads((path / "adapter_config.json").read_text())
+    meta["config"]["prefix_lenght"] = 8
+    (path / "adapter_config.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match="unknown field.*prefix_lenght"):
+        load_adapter(tiny_model("bert"), path)
