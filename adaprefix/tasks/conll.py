@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, Verbatim
 
 _TAG_RE = re.compile(r"^[BIES]-\S+$")
 
@@ -65,7 +65,10 @@ def read_conll(path: str | Path, fmt: ConllFormat) -> list[Sentence]:
                 expected, expected_from = len(cols), lineno
             elif len(cols) != expected:
                 want = f"{expected} columns"
-                want += f" ({fmt.columns_doc})" if fmt.columns_doc else f" (as on line {expected_from})"
+                if fmt.columns_doc:
+                    want += f" ({fmt.columns_doc})"
+                elif expected_from is not None:
+                    want += f" (as on line {expected_from})"
                 raise _column_error(path, lineno, fmt, want, cols)
             token, tag = cols[fmt.token_column].strip(), cols[fmt.tag_column].strip()
             if not token:
@@ -101,6 +104,6 @@ def _column_error(path: Path, lineno: int, fmt: ConllFormat, want: str, cols: li
         path=path,
         line=lineno,
         expected=want,
-        got=f"{len(cols)} columns {cols!r}",
+        got=Verbatim(f"{len(cols)} columns {cols!r}"),
         hint="Each token line needs the same columns; sentences are separated by blank lines.",
     )

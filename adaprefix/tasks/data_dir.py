@@ -29,10 +29,10 @@ class DataDirCandidate:
 def data_dir_candidates(data_dir: str | Path | None = None) -> list[DataDirCandidate]:
     """The places a data dir may come from, in priority order, each with whether it exists."""
     out: list[DataDirCandidate] = []
-    explicit = Path(data_dir).expanduser() if data_dir not in (None, "") else None
+    explicit = Path(data_dir).expanduser().absolute() if data_dir not in (None, "") else None
     out.append(DataDirCandidate("--data-dir argument", explicit, bool(explicit and explicit.is_dir())))
     env = os.environ.get(ENV_VAR) or None
-    env_path = Path(env).expanduser() if env else None
+    env_path = Path(env).expanduser().absolute() if env else None
     out.append(DataDirCandidate(f"environment variable {ENV_VAR}", env_path, bool(env_path and env_path.is_dir())))
     cwd_path = Path.cwd() / ".." / "shared" / "data"
     out.append(DataDirCandidate("../shared/data from the current directory", cwd_path.resolve(), cwd_path.is_dir()))

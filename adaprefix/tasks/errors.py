@@ -47,6 +47,13 @@ class DataError(ValueError):
         super().__init__(" ".join(parts))
 
 
+class Verbatim(str):
+    """A ``got`` value that is already a description: shown as it is, without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class UnknownTaskError(ValueError):
     """A task name that the registry does not know; the message lists the known names."""
 
