@@ -133,15 +133,13 @@ def predict(
 
 
 def _shown(example: dict) -> dict:
-    return {k: v for k, v in example.items() if k not in ("label", "source", "tags", "tag_ids")}
+    return {k: v for k, v in example.items() if k not in ("label", "source", "tags", "tag_ids") and v is not None}
 
 
 def _text_fields(task) -> tuple[str, ...]:
     if task.kind == "token-classification":
         return ("tokens",)
-    if getattr(task, "text_column", None):
-        return (task.text_column,) + ((task.text_pair_column,) if task.text_pair_column else ())
-    return tuple(getattr(task, "text_fields", ("text", "text_pair")))
+    return tuple(getattr(task, "text_fields", ("text", "text_pair")))  # custom tasks: text, text_pair
 
 
 def _read_inputs(loaded, text, text_pair, file) -> list[dict]:
@@ -167,9 +165,9 @@ def _read_inputs(loaded, text, text_pair, file) -> list[dict]:
         if len(row) > len(fields):
             raise ValueError(f"input {number}: {len(row)} texts, but task {task.name!r} takes {len(fields)} "
                              f"({', '.join(fields)})")
-        if len(row) < len(fields) and len(fields) == 2 and task.name != "custom":
+        if len(row) < len(fields) and hasattr(task, "text_fields"):
             raise ValueError(f"input {number}: task {task.name!r} takes a pair ({', '.join(fields)}); give both")
-        examples.append(dict(zip(fields, row)))
+        examples.append(dict(zip(fields, row + [None] * (len(fields) - len(row)))))
     return examples
 
 

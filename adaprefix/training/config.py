@@ -139,7 +139,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return str(value)
         if typing.get_origin(kind) is typing.Literal and value in typing.get_args(kind):
             return value
-    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    names = " or ".join(f"one of {', '.join(map(repr, typing.get_args(k)))}" if typing.get_origin(k) is typing.Literal
+                        else getattr(k, "__name__", str(k)) for k in allowed)
     raise TrainConfigError(f"{source}: {key}: expected {names}, got {value!r}")
 
 

@@ -74,16 +74,16 @@ def load_tokenizer(path: str, task: Task, model_type: str | None = None):
     return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
-def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, source: str | None = None):
+def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, attach_adapter: bool = True):
     """The task's Auto model on the backbone, with the adapter attached unless the method is full fine-tuning."""
     kwargs = {}
     if task.kind != "multiple-choice":
         kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
-    model = task.auto_model_class().from_pretrained(source or cfg.model_path(), **kwargs)
+    model = task.auto_model_class().from_pretrained(cfg.model_path(), **kwargs)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if cfg.method != "ft" and source is None:
+    if cfg.method != "ft" and attach_adapter:
         attach(model, cfg.adapter_config())
     return model
 

@@ -46,15 +46,17 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # the head is "newly initialised" before the adapter fills it
+    transformers_logging.disable_progress_bar()
     try:
         if cfg.method == "ft":
             model = task.auto_model_class().from_pretrained(weights)
             labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
         else:
             labels = task.labels_for(cfg.data_dir)
-            model = load_adapter(build_model(cfg, task, labels, tokenizer, source=cfg.model_path()), weights)
+            model = load_adapter(build_model(cfg, task, labels, tokenizer, attach_adapter=False), weights)
     finally:
         transformers_logging.set_verbosity(verbosity)
+        transformers_logging.enable_progress_bar()
     return LoadedRun(cfg, task, tokenizer, model.eval(), labels)
 
 

@@ -1,0 +1,97 @@
+"""The command line end to end on a tiny backbone: train, eval, predict, gates, and refusals."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adaprefix.cli import app
+from conftest import tiny_settings
+
+runner = CliRunner()
+
+
+def _args(settings: dict) -> list[str]:
+    return [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def _train(settings, *flags):
+    return runner.invoke(app, ["train", *_args(settings), *flags])
+
+
+def test_train_eval_predict_gates_end_to_end(tiny_backbone, sentiment_files, tmp_path):
+    run = tmp_path / "run"
+    result = _train(tiny_settings(tiny_backbone, sentiment_files, run))
+    assert result.exit_code == 0, result.output
+    assert "custom apt: best dev accuracy" in result.output and "trainable params" in result.output
+    for name in ("config.yaml", "metrics.jsonl", "final_metrics.json", "adapter/adapter.safetensors",
+                 "adapter/adapter_config.json", "tokenizer/tokenizer.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["dev"]["accuracy"] == max(r["dev_accuracy"] for r in epochs)
+
+    evaluated = runner.invoke(app, ["eval", str(run)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((run / "eval_dev.json").read_text())["dev_accuracy"] == pytest.approx(final["dev"]["accuracy"])
+
+    predicted = runner.invoke(app, ["predict", str(run), "what a wonderful film"])
+    assert predicted.exit_code == 0, predicted.output
+    line = json.loads(predicted.stdout.strip().splitlines()[-1])
+    assert line["text"] == "what a wonderful film" and line["label"] in ("neg", "pos")
+
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("a delight\nso boring\n")
+    out = tmp_path / "predictions.jsonl"
+    assert runner.invoke(app, ["predict", str(run), "--file", str(inputs), "--output", str(out)]).exit_code == 0
+    assert len(out.read_text().splitlines()) == 2
+
+    gates = runner.invoke(app, ["gates", str(run)])
+    assert gates.exit_code == 0, gates.output
+    assert (run / "gates.png").stat().st_size > 0
+    assert len(json.loads((run / "gates.json").read_text())["layers"]) == 2
+
+
+def test_full_fine_tuning_saves_the_model(tiny_backbone, sentiment_files, tmp_path):
+    run = tmp_path / "ft"
+    result = _train(tiny_settings(tiny_backbone, sentiment_files, run, method="ft", epochs=1))
+    assert result.exit_code == 0, result.output
+    assert (run / "model" / "model.safetensors").is_file() and not (run / "adapter").exists()
+    assert runner.invoke(app, ["eval", str(run)]).exit_code == 0
+
+
+def test_finished_run_is_refused_unless_overwrite(tiny_backbone, sentiment_files, tmp_path):
+    settings = tiny_settings(tiny_backbone, sentiment_files, tmp_path / "run", epochs=1)
+    assert _train(settings).exit_code == 0
+    refused = _train(settings)
+    assert refused.exit_code == 2
+    assert "already holds a finished run" in refused.output and "--overwrite" in refused.output
+    assert _train(settings, "--overwrite").exit_code == 0
+
+
+def test_unknown_task_lists_known_ones(tmp_path):
+    result = runner.invoke(app, ["train", "--task", "sst9", "--output-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "sst9" in result.output and "rte" in result.output and "conll04" in result.output
+
+
+def test_missing_data_dir_says_where_it_looked(tmp_path):
+    result = runner.invoke(app, ["train", "--task", "rte", "--data-dir", str(tmp_path / "nowhere"),
+                                 "--output-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "nowhere" in result.output
+
+
+def test_malformed_jsonl_names_file_and_line(tiny_backbone, sentiment_files, tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine", "label": "pos"}\n{"text": "oops", "label": \n')
+    result = _train(tiny_settings(tiny_backbone, {**sentiment_files, "train_file": str(broken)}, tmp_path / "r"))
+    assert result.exit_code == 2
+    assert "broken.jsonl:2" in result.output
+
+
+def test_unknown_setting_is_named(tmp_path):
+    result = runner.invoke(app, ["train", "--epochz", "3", "--output-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "unknown setting 'epochz'" in result.output

@@ -1,0 +1,62 @@
+"""TrainConfig: YAML presets, --key value overrides, and errors that name the setting."""
+
+from pathlib import Path
+
+import pytest
+
+from adaprefix.training.config import TrainConfig, TrainConfigError, load_train_config
+
+PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+def test_overrides_are_typed_and_adapter_fields_go_to_the_adapter():
+    cfg = load_train_config(None, {"task": "rte", "epochs": "3", "prefix-length": "8", "learning_rate": "5e-3",
+                                   "adapter.gate_pooling": "cls", "prefix_projection": "true"})
+    assert cfg.epochs == 3 and cfg.learning_rate == 5e-3
+    assert cfg.adapter == {"prefix_length": 8, "gate_pooling": "cls", "prefix_projection": True}
+    assert cfg.adapter_config().prefix_length == 8
+
+
+def test_defaults_are_the_main_job():
+    cfg = TrainConfig()
+    assert (cfg.task, cfg.method, cfg.model) == ("cb", "apt", "minilm")
+    assert cfg.resolved_learning_rate == 1e-2
+    assert TrainConfig(method="ft").resolved_learning_rate == 2e-5
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"epochs": "many"}, "epochs: expected int, got 'many'"),
+    ({"prefx_length": "4"}, "unknown setting 'prefx_length'; known settings: .*prefix_length"),
+    ({"method": "lora"}, "method: expected one of ft, apt"),
+    ({"gate_pooling": "max"}, "gate_pooling: expected one of 'auto', 'mean', 'cls', 'token', got 'max'"),
+    ({"task": "custom"}, "train_file"),
+])
+def test_bad_settings_name_the_key(overrides, message):
+    with pytest.raises(TrainConfigError, match=message):
+        load_train_config(None, overrides)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(TrainConfigError, match="bad.yaml: not valid YAML"):
+        load_train_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("epochs: 3\nlearning_rat: 0.1\n")
+    with pytest.raises(TrainConfigError, match="wrong.yaml: unknown setting 'learning_rat'"):
+        load_train_config(wrong)
+    with pytest.raises(TrainConfigError, match="missing.yaml: config file not found"):
+        load_train_config(tmp_path / "missing.yaml")
+
+
+def test_presets_exist():
+    assert PRESETS, "configs/ ships YAML presets"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_shipped_preset_validates_and_names_its_command(preset):
+    first_line = preset.read_text().splitlines()[0]
+    assert first_line.startswith("# adaprefix train --config configs/" + preset.name)
+    cfg = load_train_config(preset)
+    if cfg.method != "ft":
+        cfg.adapter_config()
