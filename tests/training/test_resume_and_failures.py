@@ -1,0 +1,97 @@
+"""Interrupted runs resume to the same result; NaN losses stop cleanly; nothing half-written is trusted."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from adaprefix.training import load_train_config, train
+from adaprefix.training.callbacks import NonFiniteLossError
+from conftest import tiny_settings
+
+
+class Interrupt(TrainerCallback):
+    """Stands in for a kill right after the checkpoint of epoch ``after_epoch`` was written."""
+
+    def __init__(self, after_epoch):
+        self.after_epoch = after_epoch
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.epoch >= self.after_epoch:
+            raise KeyboardInterrupt
+
+
+class PoisonAfter(TrainerCallback):
+    """Makes the prefix NaN once epoch ``epoch`` has been checkpointed, so the next loss is NaN."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.epoch >= self.epoch:
+            with torch.no_grad():
+                model.adaprefix.prefix.embedding.fill_(float("nan"))
+
+
+def _metrics(run):
+    return [{k: v for k, v in json.loads(line).items()} for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_backbone, sentiment_files, tmp_path):
+    settings = dict(tiny_settings(tiny_backbone, sentiment_files, tmp_path / "whole"), prefix_dropout=0.1)
+    whole = train(load_train_config(None, settings))
+
+    cut = tmp_path / "cut"
+    cfg = load_train_config(None, {**settings, "output_dir": str(cut)})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[Interrupt(after_epoch=1)])
+    assert not (cut / "final_metrics.json").exists()
+    half = cut / "checkpoints" / "checkpoint-999"  # what a kill during a checkpoint write leaves behind
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\x00" * 10)
+
+    resumed = train(cfg, resume=True)
+    assert not half.exists(), "an unsealed checkpoint is removed, never loaded"
+    assert _metrics(cut) == _metrics(tmp_path / "whole")
+    assert resumed.final["dev"] == whole.final["dev"] and resumed.final["best_epoch"] == whole.final["best_epoch"]
+    a = load_file(tmp_path / "whole" / "adapter" / "adapter.safetensors")
+    b = load_file(cut / "adapter" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_backbone, sentiment_files, tmp_path):
+    run = tmp_path / "nan"
+    cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, run))
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5.*last good checkpoint is .*checkpoint-4"):
+        train(cfg, extra_callbacks=[PoisonAfter(epoch=1)])
+    assert (run / "checkpoints" / "checkpoint-4" / "COMPLETE").is_file()
+    assert (run / "adapter" / "adapter.safetensors").is_file()
+    assert [r["epoch"] for r in _metrics(run)] == [1]
+    assert not torch.isnan(load_file(run / "adapter" / "adapter.safetensors")["adaprefix.prefix.embedding"]).any()
+
+
+def test_resume_without_a_run_and_unfinished_run_without_resume_are_refused(tiny_backbone, sentiment_files,
+                                                                           tmp_path):
+    from adaprefix.training import RunExistsError
+
+    cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, tmp_path / "r"))
+    with pytest.raises(RunExistsError, match="nothing to resume"):
+        train(cfg, resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[Interrupt(after_epoch=1)])
+    with pytest.raises(RunExistsError, match="unfinished run.*--resume"):
+        train(cfg)
+
+
+def test_truncated_inputs_are_counted_and_reported(tiny_backbone, tmp_path, capsys):
+    long_text = " ".join(["word"] * 80)
+    rows = [{"text": long_text if i % 2 else "short", "label": str(i % 2)} for i in range(8)]
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_train_config(None, tiny_settings(tiny_backbone, {"train_file": str(data), "dev_file": str(data)},
+                                                tmp_path / "r", epochs=1))
+    result = train(cfg)
+    assert result.final["truncated"] == {"train": 4, "dev": 4}
+    assert "4 of 8 train examples were longer than 32 tokens and were truncated" in capsys.readouterr().out
