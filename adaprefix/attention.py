@@ -7,6 +7,7 @@ the host model keeps its own projections, rotary embeddings, cache and mask logi
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -90,17 +91,18 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
     return out.transpose(1, 2).contiguous(), probs
 
 
-def _inner_function(module: nn.Module, impl: str) -> Callable:
+@functools.cache
+def _inner_function(module_class: type, impl: str) -> Callable:
     if impl == "sdpa":
         return sdpa_attention_forward
     # Every modeling file defines its own eager function (GPT-2's upcasts, Llama's repeats kv heads): use the host's.
-    return sys.modules[type(module).__module__].eager_attention_forward
+    return sys.modules[module_class.__module__].eager_attention_forward
 
 
 def _make_attention(impl: str) -> Callable:
     def prefix_attention(module, query, key, value, attention_mask, **kwargs):
         site: LayerSite | None = getattr(module, "_adaprefix_site", None)
-        inner = _inner_function(module, impl)
+        inner = _inner_function(type(module), impl)
         if site is None or not site.enabled or site.prefix is None:
             return inner(module, query, key, value, attention_mask, **kwargs)
         prefix = site.prefix

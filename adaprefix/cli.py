@@ -176,7 +176,8 @@ def tasks(data_dir: Optional[str] = typer.Option(None, help="Task data folder to
     """List the tasks, where their data is looked for, and whether it was found."""
     from .tasks import describe_tasks
 
-    table = Table("task", "kind", "labels", "train", "dev", "test", "looked in")
+    table = Table("task", "kind", "labels", "train", "dev", "test")
+    table.add_column("looked in", overflow="fold")
     mark = {True: "[green]found[/]", False: "[red]missing[/]"}
     for info in describe_tasks(data_dir):
         table.add_row(info.name, info.kind, str(info.num_labels or "?"), mark[info.splits["train"]],

@@ -34,7 +34,7 @@ class TrainConfig:
     data_dir: str | None = field(default=None, metadata={"help": "Task data folder; default $ADAPREFIX_DATA_DIR "
                                                          "or ../shared/data."})
     output_dir: str | None = field(default=None, metadata={"help": "Run folder; default runs/<task>-<method>-s<seed>."})
-    epochs: int = field(default=20, metadata={"help": "Training epochs; dev is evaluated after each."})
+    epochs: int = field(default=12, metadata={"help": "Training epochs; dev is evaluated after each."})
     batch_size: int = field(default=16, metadata={"help": "Per-device training batch size."})
     eval_batch_size: int = field(default=64, metadata={"help": "Per-device evaluation batch size."})
     learning_rate: float | None = field(default=None, metadata={

@@ -80,7 +80,8 @@ def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, atta
     if task.kind != "multiple-choice":
         kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
-    model = task.auto_model_class().from_pretrained(cfg.model_path(), **kwargs)
+    # A checkpoint with another task's head (e.g. 2 labels) gets a fresh head for this task; transformers reports it.
+    model = task.auto_model_class().from_pretrained(cfg.model_path(), ignore_mismatched_sizes=True, **kwargs)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.method != "ft" and attach_adapter:

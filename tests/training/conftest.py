@@ -42,3 +42,34 @@ def tiny_settings(backbone, files, out, **extra):
     settings = {"task": "custom", "model": backbone, "output_dir": str(out), "epochs": 3, "batch_size": 4,
                 "prefix_length": 4, "max_length": 32, "logging_steps": 1, **files, **extra}
     return settings
+
+
+COPA = [{"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.",
+         "choice2": "Water flowed from the spout.", "question": "effect", "label": 1},
+        {"premise": "My body cast a shadow.", "choice1": "The sun was rising.", "choice2": "The grass was cut.",
+         "question": "cause", "label": 0},
+        {"premise": "The girl found a bug in her cereal.", "choice1": "She poured milk in the bowl.",
+         "choice2": "She lost her appetite.", "question": "effect", "label": 1},
+        {"premise": "The runner wore shorts.", "choice1": "The forecast predicted high temperatures.",
+         "choice2": "She planned to run along the beach.", "question": "cause", "label": 0}]
+
+CONLL04 = ("#doc 1\n0\tJohn\tB-Peop\t['N']\t[0]\n1\tSmith\tI-Peop\t['Live_In']\t[3]\n2\tlives\tO\t['N']\t[2]\n"
+           "3\tin\tO\t['N']\t[3]\n4\tBoston\tB-Loc\t['N']\t[4]\n"
+           "#doc 2\n0\tIBM\tB-Org\t['N']\t[0]\n1\thired\tO\t['N']\t[1]\n2\tMary\tB-Peop\t['N']\t[2]\n"
+           "#doc 3\n0\tParis\tB-Loc\t['N']\t[0]\n1\tis\tO\t['N']\t[1]\n2\tbig\tO\t['N']\t[2]\n")
+
+
+@pytest.fixture()
+def task_data_dir(tmp_path):
+    """A data folder in the official layout: superglue/COPA and conll04, a few records each."""
+    root = tmp_path / "data"
+    copa = root / "superglue" / "COPA"
+    copa.mkdir(parents=True)
+    for split in ("train", "val"):
+        (copa / f"{split}.jsonl").write_text("".join(json.dumps({**r, "idx": i}) + "\n" for i, r in
+                                                     enumerate(COPA * 2)))
+    conll = root / "conll04"
+    conll.mkdir()
+    for split in ("train", "dev", "test"):
+        (conll / f"{split}.txt").write_text(CONLL04 * 2)
+    return root

@@ -95,3 +95,43 @@ def test_malformed_jsonl_names_file_and_line(tiny_backbone, sentiment_files, tmp
 def test_unknown_setting_is_named(tmp_path):
     result = runner.invoke(app, ["train", "--epochz", "3", "--output-dir", str(tmp_path / "r")])
     assert result.exit_code == 2 and "unknown setting 'epochz'" in result.output
+
+
+def test_multiple_choice_task_trains_and_predicts_from_a_file(tiny_backbone, task_data_dir, tmp_path):
+    run = tmp_path / "copa"
+    settings = {"task": "copa", "model": tiny_backbone, "data_dir": str(task_data_dir), "output_dir": str(run),
+                "epochs": 2, "batch_size": 4, "prefix_length": 4, "max_length": 32}
+    result = _train(settings)
+    assert result.exit_code == 0, result.output
+    assert "copa apt: best dev accuracy" in result.stdout
+    predicted = runner.invoke(app, ["predict", str(run), "--file", str(task_data_dir / "superglue/COPA/val.jsonl")])
+    assert predicted.exit_code == 0, predicted.output
+    rows = [json.loads(line) for line in predicted.stdout.strip().splitlines()]
+    assert len(rows) == 8 and {r["label"] for r in rows} <= {"choice1", "choice2"}
+    refused = runner.invoke(app, ["predict", str(run), "one text"])
+    assert refused.exit_code == 2 and "--file" in refused.output
+
+
+def test_ner_reports_test_f1_at_the_best_dev_epoch(tiny_backbone, task_data_dir, tmp_path):
+    run = tmp_path / "ner"
+    settings = {"task": "conll04", "model": tiny_backbone, "data_dir": str(task_data_dir), "output_dir": str(run),
+                "epochs": 3, "batch_size": 2, "prefix_length": 4, "max_length": 32, "learning_rate": 0.05,
+                "logging_steps": 1}
+    result = _train(settings)
+    assert result.exit_code == 0, result.output
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["lr_schedule"] == "exponential" and final["main_metric"] == "f1"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda r: r["dev_f1"])
+    assert final["test"]["f1"] == best["test_f1"] and final["best_epoch"] == best["epoch"]
+    lrs = [r["learning_rate"] for r in records]
+    assert lrs[1] == pytest.approx(lrs[0] * 0.95, rel=1e-6), "exponential decay 0.95 per epoch"
+    predicted = runner.invoke(app, ["predict", str(run), "John Smith lives in Boston"])
+    assert predicted.exit_code == 0, predicted.output
+    assert len(json.loads(predicted.stdout.strip().splitlines()[-1])["tags"]) == 5
+
+
+def test_tasks_command_says_where_it_looked(tmp_path):
+    result = runner.invoke(app, ["tasks", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "conll04" in result.stdout and "missing" in result.stdout
