@@ -37,13 +37,6 @@ def sentiment_files(tmp_path):
     return {"train_file": write("train.jsonl", SENTIMENT * 2), "dev_file": write("dev.jsonl", SENTIMENT)}
 
 
-def tiny_settings(backbone, files, out, **extra):
-    """CLI settings of a short custom-data run on the tiny backbone."""
-    settings = {"task": "custom", "model": backbone, "output_dir": str(out), "epochs": 3, "batch_size": 4,
-                "prefix_length": 4, "max_length": 32, "logging_steps": 1, **files, **extra}
-    return settings
-
-
 COPA = [{"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.",
          "choice2": "Water flowed from the spout.", "question": "effect", "label": 1},
         {"premise": "My body cast a shadow.", "choice1": "The sun was rising.", "choice2": "The grass was cut.",

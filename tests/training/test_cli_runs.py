@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adaprefix.cli import app
-from conftest import tiny_settings
+from run_helpers import tiny_settings
 
 runner = CliRunner()
 

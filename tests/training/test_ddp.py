@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tiny_settings
+from run_helpers import tiny_settings
 
 
 def _free_port() -> int:

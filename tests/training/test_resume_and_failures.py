@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 
 from adaprefix.training import load_train_config, train
 from adaprefix.training.callbacks import NonFiniteLossError
-from conftest import tiny_settings
+from run_helpers import tiny_settings
 
 
 class Interrupt(TrainerCallback):
