@@ -64,12 +64,16 @@ def _repeat_heads(x: torch.Tensor, times: int) -> torch.Tensor:
     return x if times == 1 else x.repeat_interleave(times, dim=1)
 
 
-def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPrefix, scaling=None, dropout=0.0, **_):
+def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPrefix, scaling=None, dropout=0.0,
+                              **kwargs):
     """Attention over [gated prefix; keys] when the gate differs per query position, shape (B, T, l).
 
     Scaling pseudo token j's key and value by a_tj for query t equals scaling its logit and its attention weight by
     a_tj, which is what is computed here (a shared key tensor cannot carry a per-query factor).
     """
+    unsupported = [k for k in ("softcap", "sinks", "s_aux") if kwargs.get(k) is not None]
+    if unsupported:  # none of the supported architectures passes these; fail rather than compute something else
+        raise NotImplementedError(f"per-query gated attention does not implement {', '.join(unsupported)}")
     length = prefix.keys.shape[2]
     batch, heads, q_len, head_dim = query.shape
     rep = heads // key.shape[1]

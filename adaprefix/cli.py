@@ -43,8 +43,8 @@ def _parse_overrides(args: list[str]) -> dict[str, str]:
         arg = args[i]
         if not arg.startswith("--"):
             raise typer.BadParameter(f"unexpected argument {arg!r}; settings are given as --key value")
-        key, _, value = arg[2:].partition("=")
-        if not value:
+        key, equals, value = arg[2:].partition("=")
+        if not equals:
             if i + 1 < len(args) and not args[i + 1].startswith("--"):
                 value, i = args[i + 1], i + 1
             else:
@@ -139,7 +139,34 @@ def _shown(example: dict) -> dict:
 def _text_fields(task) -> tuple[str, ...]:
     if task.kind == "token-classification":
         return ("tokens",)
-    return tuple(getattr(task, "text_fields", ("text", "text_pair")))  # custom tasks: text, text_pair
+    if hasattr(task, "text_fields"):
+        return tuple(task.text_fields)
+    return ("text", "text_pair") if task.text_pair_column else ("text",)  # custom classification
+
+
+def _jsonl_inputs(task, file: Path) -> list[dict]:
+    """Records of a jsonl file in the task's own format, checked for the fields the task reads."""
+    if hasattr(task, "load_file"):
+        return task.load_file(file)
+    if task.kind == "token-classification":
+        columns = {"tokens": "tokens"}
+    else:
+        columns = {"text": task.text_column}
+        if task.text_pair_column:
+            columns["text_pair"] = task.text_pair_column
+    examples = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file}:{number}: not valid JSON ({err})") from None
+        missing = [c for c in columns.values() if c not in record]
+        if missing:
+            raise ValueError(f"{file}:{number}: missing field(s) {', '.join(missing)}; present: {', '.join(record)}")
+        examples.append({key: record[column] for key, column in columns.items()})
+    return examples
 
 
 def _read_inputs(loaded, text, text_pair, file) -> list[dict]:
@@ -148,8 +175,8 @@ def _read_inputs(loaded, text, text_pair, file) -> list[dict]:
     if file is not None:
         if not file.is_file():
             raise ValueError(f"{file}: input file not found")
-        if file.suffix == ".jsonl" and hasattr(task, "load_file"):
-            return task.load_file(file)
+        if file.suffix == ".jsonl":
+            return _jsonl_inputs(task, file)
         rows = [line.rstrip("\n").split("\t") for line in file.read_text().splitlines() if line.strip()]
     elif text is not None:
         rows = [[text] + ([text_pair] if text_pair is not None else [])]
@@ -165,9 +192,9 @@ def _read_inputs(loaded, text, text_pair, file) -> list[dict]:
         if len(row) > len(fields):
             raise ValueError(f"input {number}: {len(row)} texts, but task {task.name!r} takes {len(fields)} "
                              f"({', '.join(fields)})")
-        if len(row) < len(fields) and hasattr(task, "text_fields"):
+        if len(row) < len(fields):
             raise ValueError(f"input {number}: task {task.name!r} takes a pair ({', '.join(fields)}); give both")
-        examples.append(dict(zip(fields, row + [None] * (len(fields) - len(row)))))
+        examples.append(dict(zip(fields, row)))
     return examples
 
 

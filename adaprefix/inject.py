@@ -51,6 +51,7 @@ class _Runtime:
         self.requires_grad = requires_grad
         self.original_class = original_class
         self.enabled = True
+        self.saved_names: list[str] = []  # adapter + head parameters, the content of a saved adapter
         self.prefix: torch.Tensor | None = None  # (N, 2, kv_heads, l, head_dim) for the current forward
         self.padding_mask: torch.Tensor | None = None  # (B, T) 2D mask of the current forward, if given
         self.token_gates: list[torch.Tensor | None] = [None] * shape.num_layers  # last forward, detached
@@ -72,16 +73,23 @@ def _base_pre_hook(model: nn.Module, runtime: _Runtime):
         runtime.padding_mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
         runtime.prefix = getattr(model, ADAPTER_ATTR).prefix()
         if runtime.config.shift_positions and inputs.get("position_ids") is None:
-            reference = inputs.get("input_ids")
-            if reference is None:
-                reference = inputs["inputs_embeds"]
-            length = runtime.config.prefix_length
-            positions = torch.arange(length, length + reference.shape[1], device=reference.device)
-            kwargs = {**kwargs, "position_ids": positions.unsqueeze(0).expand(reference.shape[0], -1)}
+            kwargs = {**kwargs, "position_ids": _shifted_positions(module, inputs, runtime.config.prefix_length)}
             return args, kwargs
         return None
 
     return hook
+
+
+def _shifted_positions(base: nn.Module, inputs: dict, length: int) -> torch.Tensor:
+    """Positions as P-tuning v2 gave them by feeding the prefix as `length` cached tokens."""
+    ids = inputs.get("input_ids")
+    embeddings = getattr(base, "embeddings", None)
+    if ids is not None and hasattr(embeddings, "create_position_ids_from_input_ids"):
+        # RoBERTa-style: count from padding_idx + 1, padding keeps padding_idx
+        return embeddings.create_position_ids_from_input_ids(ids, embeddings.padding_idx, length)
+    reference = ids if ids is not None else inputs["inputs_embeds"]
+    positions = torch.arange(length, length + reference.shape[1], device=reference.device)
+    return positions.unsqueeze(0).expand(reference.shape[0], -1)
 
 
 def _layer_pre_hook(model: nn.Module, runtime: _Runtime, site: seam.LayerSite):
@@ -134,8 +142,9 @@ def _resolve_config(config: AdaptivePrefixConfig, model: nn.Module, causal: bool
     if config.shift_positions and causal:
         raise ConfigError("shift_positions is a P-tuning v2 parity option for encoders; decoders keep positions")
     dropout = config.prefix_dropout
-    if dropout is None:
-        dropout = float(getattr(model.config, "hidden_dropout_prob", getattr(model.config, "dropout", 0.0)) or 0.0)
+    if dropout is None:  # the backbone's hidden dropout, under whichever name its config uses
+        names = ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout")
+        dropout = float(next((getattr(model.config, n) for n in names if getattr(model.config, n, None)), 0.0))
     return replace(config, gate_pooling=pooling, prefix_dropout=dropout)
 
 
@@ -233,6 +242,8 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
         sites.append(site)
         handles.append(layer.register_forward_pre_hook(_layer_pre_hook(model, runtime, site), with_kwargs=True))
     model.config._attn_implementation = seam.IMPL_PREFIX + original_impl
+    # What an adapter file holds, fixed now: a later requires_grad_(False) for inference must not empty it.
+    runtime.saved_names = [name for name, p in model.named_parameters() if p.requires_grad]
     model._adaprefix_runtime = runtime
     model.__class__ = _adapted_class(type(model))
     return model

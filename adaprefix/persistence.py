@@ -22,13 +22,20 @@ WEIGHTS_NAME = "adapter.safetensors"
 FORMAT_VERSION = 1
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class AdapterLoadError(ValueError):
     """An adapter directory cannot be loaded onto this model; the message names the file and the mismatch."""
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors an adapter consists of: every trainable parameter (prefix, gates, task head)."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    """The tensors an adapter consists of: prefix, gates and task head (what attach left trainable)."""
+    params = dict(model.named_parameters())
+    return {name: params[name].detach() for name in model._adaprefix_runtime.saved_names}
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -37,6 +44,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; keep the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -99,7 +107,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise AdapterLoadError(f"{weights}: unreadable or corrupt safetensors file ({err})") from err
 
     attach(model, config)
-    expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = dict(model.named_parameters())
+    expected = {name: params[name] for name in model._adaprefix_runtime.saved_names}
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     wrong = [f"{n}: file {tuple(tensors[n].shape)}, model {tuple(expected[n].shape)}"
              for n in sorted(set(expected) & set(tensors)) if tensors[n].shape != expected[n].shape]

@@ -67,8 +67,9 @@ def test_decoder_per_query_gates_at_one_equal_plain_prefix_tuning(name):
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_shift_positions_reproduces_p_tuning_v2_bit_for_bit(impl):
-    model = tiny_model("bert", impl)
+@pytest.mark.parametrize("name", ["bert", "roberta", "electra"])
+def test_shift_positions_reproduces_p_tuning_v2_bit_for_bit(name, impl):
+    model = tiny_model(name, impl)
     attach(model, AdaptivePrefixConfig(method="pt2", prefix_length=4, shift_positions=True, prefix_dropout=0.0))
     ids, mask = tiny_batch()
     ours = model(input_ids=ids, attention_mask=mask).logits

@@ -85,12 +85,21 @@ def test_prefix_projection_reparameterises_and_trains():
     assert model.adaprefix.prefix.projection[0].weight.grad.abs().sum() > 0
 
 
-def test_prefix_dropout_defaults_to_backbone_hidden_dropout_and_is_off_in_eval():
-    model = tiny_model("bert", hidden_dropout_prob=0.2)
+@pytest.mark.parametrize("name,field", [("bert", "hidden_dropout_prob"), ("gpt2", "resid_pdrop"),
+                                        ("distilbert", "dropout")])
+def test_prefix_dropout_defaults_to_the_backbone_hidden_dropout(name, field):
+    model = tiny_model(name, **{field: 0.2})
     attach(model, AdaptivePrefixConfig(prefix_length=4))
     assert model.adapter_config.prefix_dropout == 0.2
+
+
+def test_prefix_dropout_acts_in_training_only():
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(prefix_length=4, prefix_dropout=0.5))
     ids, mask = tiny_batch()
-    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits)
+    run = lambda: model(input_ids=ids, attention_mask=mask).logits  # noqa: E731
+    assert torch.equal(run(), run())
+    model.train()  # the tiny backbone has no dropout of its own: any difference is the prefix dropout
+    assert not torch.equal(run(), run())
 
 
 def test_multiple_choice_flattened_choices():

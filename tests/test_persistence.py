@@ -99,3 +99,22 @@ def test_unknown_config_field_is_named(tmp_path):
     (path / "adapter_config.json").write_text(json.dumps(meta))
     with pytest.raises(AdapterLoadError, match="unknown field.*prefix_lenght"):
         load_adapter(tiny_model("bert"), path)
+
+
+def test_saving_after_freezing_everything_still_saves_the_adapter(tmp_path):
+    model, path = _trained_adapter(tmp_path)
+    model.requires_grad_(False)  # common before inference or export
+    model.save_adapter(tmp_path / "frozen")
+    ids, mask = tiny_batch()
+    loaded = load_adapter(tiny_model("bert"), tmp_path / "frozen")
+    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    _, path = _trained_adapter(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("adapter.safetensors", "adapter_config.json"):
+        assert (path / name).stat().st_mode & 0o777 == 0o666 & ~umask

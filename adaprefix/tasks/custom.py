@@ -150,7 +150,7 @@ class CustomSequenceTask(SequenceClassificationTask):
         return value
 
     def format(self, example: Example) -> tuple[str, str | None]:
-        return example["text"], example["text_pair"]
+        return example["text"], example.get("text_pair")
 
 
 class CustomTokenTask(ConllTask):

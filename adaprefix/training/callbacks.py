@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -11,9 +12,10 @@ from typing import Callable
 import torch
 from transformers import TrainerCallback
 
-from .files import append_jsonl, atomic_write_text
+from .files import append_jsonl, atomic_replace_dir, atomic_write_text
 
 COMPLETE_MARKER = "COMPLETE"
+RUN_SNAPSHOT = "adaprefix_run"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -95,13 +97,59 @@ class NonFiniteLossGuard(TrainerCallback):
 
 
 class CheckpointSealer(TrainerCallback):
-    """Marks a checkpoint complete once the Trainer has written all of it; resume only trusts sealed ones."""
+    """Completes each Trainer checkpoint with the run's own state, seals it, then drops older sealed ones.
+
+    The Trainer evaluates (and the best adapter is saved) before it checkpoints, so a kill in between would leave
+    `adapter/` and `metrics.jsonl` ahead of the checkpoint. Each checkpoint therefore carries a snapshot of them
+    (folders as hard links: their files are only ever replaced, never rewritten), and resume restores it. Older
+    checkpoints are deleted only after the new one is sealed, so a sealed checkpoint always exists.
+    """
+
+    def __init__(self, run_dir: Path, run_files: tuple[str, ...]):
+        self.run_dir = run_dir
+        self.run_files = run_files
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            return
+        snapshot = folder / RUN_SNAPSHOT
+        shutil.rmtree(snapshot, ignore_errors=True)
+        for name in self.run_files:
+            source = self.run_dir / name
+            if source.is_dir():
+                shutil.copytree(source, snapshot / name, copy_function=_link_or_copy)
+            elif source.is_file():  # metrics.jsonl grows in place: a copy, not a link
+                snapshot.mkdir(exist_ok=True)
+                shutil.copy2(source, snapshot / name)
+        atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")
+        for older in sealed_checkpoints(Path(args.output_dir))[:-1]:
+            shutil.rmtree(older, ignore_errors=True)
+
+
+def _link_or_copy(source, target) -> None:
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def restore_run_snapshot(checkpoint: Path, run_dir: Path, run_files: tuple[str, ...]) -> None:
+    """Put the run's files back as they were when ``checkpoint`` was sealed."""
+    snapshot = checkpoint / RUN_SNAPSHOT
+    for name in run_files:
+        target, saved = run_dir / name, snapshot / name
+        if saved.is_dir():
+            atomic_replace_dir(target, lambda tmp, saved=saved: shutil.copytree(saved, tmp, dirs_exist_ok=True))
+        elif saved.is_file():
+            atomic_write_text(target, saved.read_text())
+        elif target.is_dir():
+            shutil.rmtree(target)
+        elif target.is_file():
+            target.unlink()
 
 
 def sealed_checkpoints(folder: Path) -> list[Path]:

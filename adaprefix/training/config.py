@@ -125,6 +125,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)
     if isinstance(value, str):
+        if str in allowed:  # a path or name like "2024_01" or "007" stays exactly as typed
+            return None if value.strip().lower() in ("null", "none", "~") and type(None) in allowed else value
         value = _parse_scalar(value)
     if value is None and type(None) in allowed:
         return None
@@ -165,13 +167,17 @@ def apply_settings(base: dict[str, Any], settings: dict[str, Any], source: str) 
     merged = {**base, "adapter": dict(base.get("adapter", {}))}
     for raw_key, value in settings.items():
         key = str(raw_key).replace("-", "_")
-        if key == "adapter":
-            if not isinstance(value, dict):
+        if key == "adapter" or key.startswith("adapter."):
+            nested = value if key == "adapter" else {key.removeprefix("adapter."): value}
+            if not isinstance(nested, dict):
                 raise TrainConfigError(f"{source}: adapter: expected a mapping of adapter fields, got {value!r}")
-            for sub_key, sub_value in value.items():
-                merged["adapter"].update(apply_settings({}, {sub_key: sub_value}, source)["adapter"])
-        elif key.startswith("adapter."):
-            merged["adapter"].update(apply_settings({}, {key.removeprefix("adapter."): value}, source)["adapter"])
+            for sub_key, sub_value in nested.items():
+                name = str(sub_key).replace("-", "_")
+                if name not in _ADAPTER_FIELDS or name == "method":
+                    known = sorted(set(_ADAPTER_FIELDS) - {"method"})
+                    raise TrainConfigError(f"{source}: adapter.{sub_key} is not an adapter field (method and run "
+                                           f"settings go at the top level); adapter fields: {', '.join(known)}")
+                merged["adapter"][name] = _coerce(name, sub_value, source)
         elif key in _TRAIN_FIELDS:
             merged[key] = _coerce(key, value, source)
         elif key in _ADAPTER_FIELDS and key != "method":

@@ -9,7 +9,6 @@ Run directory:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -27,13 +26,14 @@ from transformers.integrations import TensorBoardCallback
 from ..inject import attach
 from ..persistence import save_adapter
 from ..tasks import CustomSequenceTask, CustomTokenTask, Task, get_task
-from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, checkpoint_epoch,
-                        remove_unsealed, sealed_checkpoints)
+from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, remove_unsealed,
+                        restore_run_snapshot, sealed_checkpoints)
 from .config import TrainConfig
 from .files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
 
 BYTE_LEVEL_BPE = ("roberta", "gpt2", "qwen2", "deberta")  # need add_prefix_space=True for pre-split words
 NER_TASKS = ("conll03", "conll04", "ontonotes")
+RUN_FILES = ("metrics.jsonl", "adapter", "model")  # run state that every sealed checkpoint carries a snapshot of
 
 
 class RunExistsError(RuntimeError):
@@ -136,22 +136,23 @@ def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> tuple[Tr
     """Refuse to clobber a run; on resume, continue with the settings the run was started with."""
     run = cfg.run_dir()
     finished = (run / "final_metrics.json").is_file()
+    if not _is_main_process():  # rank 0 decides; the others would race its rmtree and its first writes
+        return (TrainConfig(**yaml.safe_load((run / "config.yaml").read_text())) if resume else cfg), run
     if resume:
         saved = run / "config.yaml"
         if not saved.is_file():
             raise RunExistsError(f"{run}: nothing to resume (no config.yaml); start it without --resume")
         if finished:
             raise RunExistsError(f"{run}: this run already finished (final_metrics.json); nothing to resume")
-        data = yaml.safe_load(saved.read_text())
-        return TrainConfig(**data), run
+        print(f"resuming {run} with the settings in {saved} (settings given now are not applied)")
+        return TrainConfig(**yaml.safe_load(saved.read_text())), run
     if run.exists() and any(run.iterdir()):
         if not overwrite:
             state = "a finished run (final_metrics.json)" if finished else "an unfinished run"
             raise RunExistsError(f"{run}: already holds {state}; pass --overwrite to replace it"
                                  + ("" if finished else ", or --resume to continue it")
                                  + ", or choose another --output-dir")
-        if _is_main_process():
-            shutil.rmtree(run)
+        shutil.rmtree(run)
     return cfg, run
 
 
@@ -185,19 +186,23 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     if _is_main_process():
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_json(run / "labels.json", labels)
         tokenizer.save_pretrained(run / "tokenizer")
 
     checkpoints = run / "checkpoints"
     resume_from = None
     history: list[dict] = []
     if resume:
-        remove_unsealed(checkpoints)
         sealed = sealed_checkpoints(checkpoints)
         resume_from = str(sealed[-1]) if sealed else None
-        done = checkpoint_epoch(sealed[-1]) if sealed else 0.0
-        history = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] <= done + 1e-6]
         if _is_main_process():
-            atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            remove_unsealed(checkpoints)
+            if sealed:  # metrics and best adapter exactly as they were when that checkpoint was sealed
+                restore_run_snapshot(sealed[-1], run, RUN_FILES)
+            else:  # nothing sealed yet: start over
+                for name in RUN_FILES:
+                    _remove(run / name)
+        history = read_jsonl(run / "metrics.jsonl")
 
     schedule = resolved_schedule(cfg)
     optimizer = build_optimizer(model, cfg)
@@ -215,7 +220,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         lr_scheduler_type="constant" if schedule == "constant" else "linear",
         eval_strategy="epoch",
         save_strategy="epoch",
-        save_total_limit=1,
+        save_total_limit=None,  # CheckpointSealer prunes, after sealing the new checkpoint
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
         report_to="none",
@@ -237,7 +242,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             atomic_replace_dir(run / "adapter", lambda tmp: save_adapter(model, tmp))
 
     recorder = EpochRecorder(run, list(eval_sets), main_key, save_best, history)
-    callbacks = [recorder, NonFiniteLossGuard(), CheckpointSealer()]
+    callbacks = [recorder, NonFiniteLossGuard(), CheckpointSealer(run, RUN_FILES)]
     if _is_main_process():
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run / "tb"))))
     trainer = Trainer(
@@ -256,8 +261,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         sealed = sealed_checkpoints(checkpoints)
         kept = f"the last good checkpoint is {sealed[-1]}" if sealed else "no checkpoint was complete yet"
         best = f"; the best adapter so far (epoch {recorder.best['epoch']}) is in {run}" if recorder.best else ""
-        raise NonFiniteLossError(f"{err}: training stopped; {kept}{best}. Lower --learning-rate, or continue "
-                                 f"with --resume after changing it in {run / 'config.yaml'}") from None
+        raise NonFiniteLossError(f"{err}: training stopped; {kept}{best}. Start again with a lower "
+                                 "--learning-rate and --overwrite (or another --output-dir)") from None
 
     best = recorder.best
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -273,6 +278,13 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     if _is_main_process():
         atomic_write_json(run / "final_metrics.json", final)
     return RunResult(run, final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _strip(record: dict, prefix: str) -> dict:

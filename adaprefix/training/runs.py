@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,7 +53,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             model = task.auto_model_class().from_pretrained(weights)
             labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
         else:
-            labels = task.labels_for(cfg.data_dir)
+            saved_labels = run / "labels.json"  # the label order the head was trained with
+            labels = json.loads(saved_labels.read_text()) if saved_labels.is_file() else task.labels_for(cfg.data_dir)
             model = load_adapter(build_model(cfg, task, labels, tokenizer, attach_adapter=False), weights)
     finally:
         transformers_logging.set_verbosity(verbosity)
@@ -81,10 +83,9 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None =
 
 @torch.no_grad()
 def predict(loaded: LoadedRun, inputs: Sequence[dict[str, Any]], batch_size: int = 32) -> list[dict[str, Any]]:
-    """Predict raw inputs given as examples in the task's own format (what ``task.load`` returns).
-
-    Sequence classification: {"text", "text_pair"} are also accepted for tasks built on pairs. Token
-    classification: {"tokens": [...]}. Returns one dict per input with the label (or tags) and scores.
+    """Predict raw inputs given as examples in the task's own format (what ``task.load`` returns, labels optional):
+    e.g. {"premise", "hypothesis"} for RTE, {"text", "text_pair"} for custom classification, {"tokens": [...]} for
+    tagging. Returns one dict per input with the label and class probabilities, or the tags.
     """
     task, tokenizer, model = loaded.task, loaded.tokenizer, loaded.model
     examples = [dict(ex, label=None) if task.kind != "token-classification"

@@ -48,6 +48,15 @@ def test_train_eval_predict_gates_end_to_end(tiny_backbone, sentiment_files, tmp
     assert runner.invoke(app, ["predict", str(run), "--file", str(inputs), "--output", str(out)]).exit_code == 0
     assert len(out.read_text().splitlines()) == 2
 
+    records = tmp_path / "inputs.jsonl"
+    records.write_text('{"text": "a delight", "label": "pos"}\n{"text": "so boring"}\n')
+    from_jsonl = runner.invoke(app, ["predict", str(run), "--file", str(records)])
+    assert from_jsonl.exit_code == 0, from_jsonl.output
+    assert [json.loads(x)["text"] for x in from_jsonl.stdout.strip().splitlines()] == ["a delight", "so boring"]
+    records.write_text('{"sentence": "a delight"}\n')
+    wrong = runner.invoke(app, ["predict", str(run), "--file", str(records)])
+    assert wrong.exit_code == 2 and "inputs.jsonl:1: missing field(s) text" in wrong.output
+
     gates = runner.invoke(app, ["gates", str(run)])
     assert gates.exit_code == 0, gates.output
     assert (run / "gates.png").stat().st_size > 0

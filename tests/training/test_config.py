@@ -60,3 +60,16 @@ def test_every_shipped_preset_validates_and_names_its_command(preset):
     cfg = load_train_config(preset)
     if cfg.method != "ft":
         cfg.adapter_config()
+
+
+def test_string_settings_stay_exactly_as_typed():
+    cfg = load_train_config(None, {"output_dir": "2024_01", "model": "007", "text_column": "1e3",
+                                   "text_pair_column": "none"})
+    assert (cfg.output_dir, cfg.model, cfg.text_column) == ("2024_01", "007", "1e3")
+    assert cfg.text_pair_column is None
+
+
+@pytest.mark.parametrize("key", ["adapter.epochs", "adapter.method"])
+def test_run_settings_nested_under_adapter_are_refused(key):
+    with pytest.raises(TrainConfigError, match=f"{key} is not an adapter field"):
+        load_train_config(None, {key: "3"})

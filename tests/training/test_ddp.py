@@ -30,3 +30,5 @@ def test_two_process_ddp_ranks_agree(tiny_backbone, sentiment_files, tmp_path):
     assert ranks[0]["global_step"] == ranks[1]["global_step"] == 4
     assert ranks[0]["params"] == ranks[1]["params"]
     assert (tmp_path / "run" / "final_metrics.json").is_file()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2], "one record per epoch, written by rank 0 only"

@@ -61,6 +61,30 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_backbone, s
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class InterruptAfterEvaluate(TrainerCallback):
+    """Stands in for a kill after epoch ``epoch`` was evaluated (and its best adapter saved) but not checkpointed."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.epoch >= self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_kill_between_evaluation_and_checkpoint_resumes_consistently(tiny_backbone, sentiment_files, tmp_path):
+    settings = dict(tiny_settings(tiny_backbone, sentiment_files, tmp_path / "whole"), prefix_dropout=0.1)
+    whole = train(load_train_config(None, settings))
+    cut = tmp_path / "cut"
+    cfg = load_train_config(None, {**settings, "output_dir": str(cut)})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[InterruptAfterEvaluate(epoch=2)])
+    assert len(_metrics(cut)) == 2, "epoch 2 was recorded but never checkpointed"
+    resumed = train(cfg, resume=True)
+    assert _metrics(cut) == _metrics(tmp_path / "whole")
+    assert resumed.final["dev"] == whole.final["dev"]
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_backbone, sentiment_files, tmp_path):
     run = tmp_path / "nan"
     cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, run))
