@@ -38,12 +38,11 @@ class PrefixAdapter(nn.Module):
 class _Runtime:
     """Non-parameter state of an attached adapter, shared by its hooks."""
 
-    def __init__(self, model: nn.Module, config: AdaptivePrefixConfig, shape: BackboneShape, causal: bool,
-                 original_impl: str, sites: list[seam.LayerSite], handles: list, patched: list[nn.Module],
-                 requires_grad: dict[str, bool], original_class: type):
+    def __init__(self, model: nn.Module, config: AdaptivePrefixConfig, shape: BackboneShape, original_impl: str,
+                 sites: list[seam.LayerSite], handles: list, patched: list[nn.Module], requires_grad: dict[str, bool],
+                 original_class: type):
         self.config = config
         self.shape = shape
-        self.causal = causal
         self.original_impl = original_impl
         self.sites = sites
         self.handles = handles
@@ -229,8 +228,7 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
 
     sites, handles, patched = [], [], []
     original_impl = model.config._attn_implementation
-    runtime = _Runtime(model, config, shape, causal, original_impl, sites, handles, patched, requires_grad,
-                       type(model))
+    runtime = _Runtime(model, config, shape, original_impl, sites, handles, patched, requires_grad, type(model))
     handles.append(model.base_model.register_forward_pre_hook(_base_pre_hook(model, runtime), with_kwargs=True))
     for i, layer in enumerate(layers):
         site = seam.LayerSite(i)

@@ -37,7 +37,7 @@ def last_token_gates(model: nn.Module) -> torch.Tensor | None:
 
 @torch.no_grad()
 def collect_token_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-    """Run the model over ``batches`` (dicts of model inputs) in eval mode and stack the token gates: (examples, N, l)."""
+    """Run the model over ``batches`` (dicts of model inputs) in eval mode; stack the token gates: (examples, N, l)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

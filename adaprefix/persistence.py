@@ -13,7 +13,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .arch import BackboneShape, resolve_arch
+from .arch import resolve_arch
 from .config import AdaptivePrefixConfig, ConfigError
 from .inject import attach, is_attached
 

@@ -28,7 +28,8 @@ def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path, name, config):
     ids, mask = tiny_batch()
     loaded = load_adapter(tiny_model(name), path)
     assert loaded.adapter_config == model.adapter_config
-    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits)
+    expected = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, expected)
 
 
 def test_adapter_is_small(tmp_path):
@@ -107,7 +108,8 @@ def test_saving_after_freezing_everything_still_saves_the_adapter(tmp_path):
     model.save_adapter(tmp_path / "frozen")
     ids, mask = tiny_batch()
     loaded = load_adapter(tiny_model("bert"), tmp_path / "frozen")
-    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits)
+    expected = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, expected)
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path):
