@@ -54,7 +54,23 @@ def _parse_overrides(args: list[str]) -> dict[str, str]:
     return overrides
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _settings_help() -> str:
+    """Every `--key value` setting with its help text, derived from the config dataclasses."""
+    from dataclasses import fields
+
+    from .config import AdaptivePrefixConfig
+    from .training.config import TrainConfig
+
+    lines = ["Settings (--key value; also in a --config YAML file):\n\n"]
+    for cls in (TrainConfig, AdaptivePrefixConfig):
+        for f in fields(cls):
+            if f.name == "adapter" or (cls is AdaptivePrefixConfig and f.name == "method"):
+                continue
+            lines.append(f"--{f.name.replace('_', '-')} (default {f.default!r}): {f.metadata.get('help', '')}\n\n")
+    return "".join(lines)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=_settings_help())
 def train(
     ctx: typer.Context,
     task: Optional[str] = typer.Option(None, help="Task (see `adaprefix tasks`); default cb."),

@@ -144,3 +144,11 @@ def test_tasks_command_says_where_it_looked(tmp_path):
     result = runner.invoke(app, ["tasks", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0
     assert "conll04" in result.stdout and "missing" in result.stdout
+
+
+def test_train_help_lists_every_setting():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for setting in ("--epochs", "--learning-rate", "--lr-schedule", "--prefix-length", "--gate-pooling",
+                    "--train-file"):
+        assert setting in result.stdout
