@@ -104,3 +104,12 @@ def missing_data_message(
     if extra_hint:
         msg += " " + extra_hint
     return msg
+
+
+def locate_data_file(data_dir: str | Path | None, relpaths: Sequence[str]) -> str | None:
+    """The first of ``relpaths`` present under the data dir, else where the first would be; None without a dir."""
+    base = resolve_data_dir(data_dir)
+    if base is None:
+        return None
+    paths = [base / rel for rel in relpaths]
+    return str(next((p for p in paths if p.is_file()), paths[0]))

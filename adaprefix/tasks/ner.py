@@ -21,7 +21,7 @@ from typing import Iterable
 
 from .base import Example, TokenClassificationTask
 from .conll import ConllFormat, Sentence, read_conll
-from .data_dir import find_data_file, resolve_data_dir
+from .data_dir import find_data_file, locate_data_file
 from .errors import DataError
 from .hub import hub_allowed, load_hub_split
 
@@ -59,11 +59,7 @@ class ConllTask(TokenClassificationTask):
         return [f"{self.folder}/{name}" for name in self.files[split]]
 
     def split_location(self, split: str, data_dir: str | Path | None = None) -> str | None:
-        base = resolve_data_dir(data_dir)
-        if base is None:
-            return None
-        paths = [base / rel for rel in self._relpaths(split)]
-        return str(next((p for p in paths if p.is_file()), paths[0]))
+        return locate_data_file(data_dir, self._relpaths(split))
 
     def _split_file(self, split: str, data_dir: str | Path | None) -> Path:
         return find_data_file(data_dir, self._relpaths(split), what=f"{self.name} {split} split")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Example, MultipleChoiceTask, SequenceClassificationTask, Task
-from .data_dir import find_data_file, resolve_data_dir
+from .data_dir import find_data_file, locate_data_file
 from .errors import DataError
 from .hub import hub_allowed, load_hub_split
 from .readers import get_field, get_str, read_jsonl
@@ -36,11 +36,7 @@ class SuperGlueTask(Task):
         return [f"superglue/{self.folder}/{_FILES[split]}", f"{self.folder}/{_FILES[split]}"]
 
     def split_location(self, split: str, data_dir: str | Path | None = None) -> str | None:
-        base = resolve_data_dir(data_dir)
-        if base is None:
-            return None
-        paths = [base / rel for rel in self._relpaths(split)]
-        return str(next((p for p in paths if p.is_file()), paths[0]))
+        return locate_data_file(data_dir, self._relpaths(split))
 
     def _load(self, split: str, data_dir: str | Path | None) -> list[Example]:
         try:

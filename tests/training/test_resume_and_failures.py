@@ -12,31 +12,34 @@ from adaprefix.training.callbacks import NonFiniteLossError
 from run_helpers import tiny_settings
 
 
-class Interrupt(TrainerCallback):
-    """Stands in for a kill right after the checkpoint of epoch ``after_epoch`` was written."""
+class At(TrainerCallback):
+    """Runs ``action(model)`` at the Trainer event ``event`` ("save" or "evaluate") once epoch ``epoch`` is reached."""
 
-    def __init__(self, after_epoch):
-        self.after_epoch = after_epoch
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.epoch >= self.after_epoch:
-            raise KeyboardInterrupt
-
-
-class PoisonAfter(TrainerCallback):
-    """Makes the prefix NaN once epoch ``epoch`` has been checkpointed, so the next loss is NaN."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
+    def __init__(self, event, epoch, action):
+        self.event, self.epoch, self.action = event, epoch, action
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if state.epoch >= self.epoch:
-            with torch.no_grad():
-                model.adaprefix.prefix.embedding.fill_(float("nan"))
+        if self.event == "save" and state.epoch >= self.epoch:
+            self.action(model)
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if self.event == "evaluate" and state.epoch >= self.epoch:
+            self.action(model)
+
+
+def kill(model):
+    """Stands in for the process being killed."""
+    raise KeyboardInterrupt
+
+
+def poison(model):
+    """Makes the prefix NaN, so the next training loss is NaN."""
+    with torch.no_grad():
+        model.adaprefix.prefix.embedding.fill_(float("nan"))
 
 
 def _metrics(run):
-    return [{k: v for k, v in json.loads(line).items()} for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_backbone, sentiment_files, tmp_path):
@@ -46,7 +49,7 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_backbone, s
     cut = tmp_path / "cut"
     cfg = load_train_config(None, {**settings, "output_dir": str(cut)})
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, extra_callbacks=[Interrupt(after_epoch=1)])
+        train(cfg, extra_callbacks=[At("save", 1, kill)])
     assert not (cut / "final_metrics.json").exists()
     half = cut / "checkpoints" / "checkpoint-999"  # what a kill during a checkpoint write leaves behind
     half.mkdir()
@@ -61,24 +64,13 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_backbone, s
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-class InterruptAfterEvaluate(TrainerCallback):
-    """Stands in for a kill after epoch ``epoch`` was evaluated (and its best adapter saved) but not checkpointed."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if state.epoch >= self.epoch:
-            raise KeyboardInterrupt
-
-
 def test_a_kill_between_evaluation_and_checkpoint_resumes_consistently(tiny_backbone, sentiment_files, tmp_path):
     settings = dict(tiny_settings(tiny_backbone, sentiment_files, tmp_path / "whole"), prefix_dropout=0.1)
     whole = train(load_train_config(None, settings))
     cut = tmp_path / "cut"
     cfg = load_train_config(None, {**settings, "output_dir": str(cut)})
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, extra_callbacks=[InterruptAfterEvaluate(epoch=2)])
+        train(cfg, extra_callbacks=[At("evaluate", 2, kill)])
     assert len(_metrics(cut)) == 2, "epoch 2 was recorded but never checkpointed"
     resumed = train(cfg, resume=True)
     assert _metrics(cut) == _metrics(tmp_path / "whole")
@@ -89,7 +81,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_backbone, sentim
     run = tmp_path / "nan"
     cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, run))
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5.*last good checkpoint is .*checkpoint-4"):
-        train(cfg, extra_callbacks=[PoisonAfter(epoch=1)])
+        train(cfg, extra_callbacks=[At("save", 1, poison)])
     assert (run / "checkpoints" / "checkpoint-4" / "COMPLETE").is_file()
     assert (run / "adapter" / "adapter.safetensors").is_file()
     assert [r["epoch"] for r in _metrics(run)] == [1]
@@ -104,7 +96,7 @@ def test_resume_without_a_run_and_unfinished_run_without_resume_are_refused(tiny
     with pytest.raises(RunExistsError, match="nothing to resume"):
         train(cfg, resume=True)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, extra_callbacks=[Interrupt(after_epoch=1)])
+        train(cfg, extra_callbacks=[At("save", 1, kill)])
     with pytest.raises(RunExistsError, match="unfinished run.*--resume"):
         train(cfg)
 
