@@ -171,3 +171,8 @@ def test_to_moves_adapter_and_train_eval_propagate():
     assert model(input_ids=ids, attention_mask=mask).logits.dtype == torch.float64
     model.train()
     assert model.adaprefix.training
+
+
+def test_config_flags_that_bypass_the_seam_are_refused():
+    with pytest.raises(UnsupportedModelError, match="reorder_and_upcast_attn=True"):
+        attach(tiny_model("gpt2", reorder_and_upcast_attn=True))

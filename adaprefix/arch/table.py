@@ -19,6 +19,7 @@ class ArchSpec:
     attention: str  # dotted path, from one layer, to the module whose forward runs self-attention
     causal: bool  # decoder-only language model: the gate must not see future tokens
     patched_attention: bool = False  # the module bypasses AttentionInterface and needs its own patch (DeBERTa)
+    unsupported_flags: tuple[str, ...] = ()  # config flags that route attention around the seam
 
 
 _BERT_LIKE = ArchSpec(layers="encoder.layer", attention="attention.self", causal=False)
@@ -31,7 +32,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "electra": _BERT_LIKE,
     "distilbert": ArchSpec(layers="transformer.layer", attention="attention", causal=False),
     "deberta-v2": ArchSpec(layers="encoder.layer", attention="attention.self", causal=False, patched_attention=True),
-    "gpt2": ArchSpec(layers="h", attention="attn", causal=True),
+    # reorder_and_upcast_attn runs GPT-2's own upcast kernel only under the name "eager", never through the seam.
+    "gpt2": ArchSpec(layers="h", attention="attn", causal=True, unsupported_flags=("reorder_and_upcast_attn",)),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
@@ -73,6 +75,10 @@ def resolve_arch(model: nn.Module) -> tuple[ArchSpec, BackboneShape, nn.ModuleLi
             f"attn_implementation set to one of: {', '.join(SUPPORTED_ATTENTION)}"
         )
     spec = ARCHITECTURES[model_type]
+    flags = [flag for flag in spec.unsupported_flags if getattr(config, flag, False)]
+    if flags:
+        raise UnsupportedModelError(f"{model_type} with {', '.join(f'{f}=True' for f in flags)} is not supported: "
+                                    "set it to False before attaching")
     layers = model.base_model.get_submodule(spec.layers)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or getattr(config, "attention_head_size", None)
