@@ -35,6 +35,7 @@ class LayerSite:
 
     def __init__(self, layer_index: int):
         self.layer_index = layer_index
+        # Separate from the prefix: disable_adapter must not drop it, a checkpointed backward may still recompute.
         self.enabled = True
         self.prefix: LayerPrefix | None = None
 

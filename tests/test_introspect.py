@@ -30,11 +30,15 @@ def test_token_gates_depend_on_the_input_and_collect_over_batches():
     assert not torch.allclose(gates[0], gates[1]), "the token gate is computed per example"
 
 
-def test_decoder_per_query_gates_are_summarised_per_example():
-    model = attach(tiny_model("llama"), AdaptivePrefixConfig(prefix_length=4))
-    ids, mask = tiny_batch()
+def test_decoder_per_query_gates_are_summarised_over_real_tokens():
+    model = attach(tiny_model("llama"), AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=1.0))
+    ids, mask = tiny_batch()  # the second example has 3 padding positions
     model(input_ids=ids, attention_mask=mask)
-    assert last_token_gates(model).shape == (2, 3, 4)
+    per_query = model._adaprefix_runtime.token_gates[0]  # (B, T, l)
+    summary = last_token_gates(model)
+    assert summary.shape == (2, 3, 4)
+    torch.testing.assert_close(summary[0, 0], per_query[0].mean(0))
+    torch.testing.assert_close(summary[1, 0], per_query[1, :6].mean(0))  # padding positions left out
 
 
 def test_collect_refuses_a_method_without_token_gate():
