@@ -46,7 +46,14 @@ class TrainConfig:
         "help": "linear (decay to 0), exponential (x exp_decay per epoch), constant; auto: linear for SuperGLUE "
                 "and custom classification, exponential for NER (the P-tuning v2 protocol)."})
     exp_decay: float = field(default=0.95, metadata={"help": "Per-epoch factor of the exponential schedule."})
-    max_length: int = field(default=128, metadata={"help": "Longer inputs are truncated (and counted)."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "Longer inputs are truncated (and counted). Default: the task's, 128 for SuperGLUE and "
+                "classification, the tokenizer's limit for NER (as P-tuning v2). With shift_positions it is capped "
+                "so that prefix + input fit the position table."})
+    hidden_dropout: float | None = field(default=None, metadata={
+        "help": "Override the backbone's hidden dropout (BERT's hidden_dropout_prob, DistilBERT's dropout, GPT-2's "
+                "resid_pdrop, ...); it also reaches the head and, with prefix_dropout unset, the prefix "
+                "(P-tuning v2's --hidden_dropout_prob). Default: the checkpoint's."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and dropout."})
     precision: str = field(default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, "
@@ -71,9 +78,12 @@ class TrainConfig:
         _check(self.method in TRAIN_METHODS, "method", f"one of {', '.join(TRAIN_METHODS)}", self.method)
         _check(self.lr_schedule in SCHEDULES, "lr_schedule", f"one of {', '.join(SCHEDULES)}", self.lr_schedule)
         _check(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps",
-                     "logging_steps"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
             _check(getattr(self, name) >= 1, name, "a positive integer", getattr(self, name))
+        _check(self.max_length is None or self.max_length >= 1, "max_length", "a positive integer or null",
+               self.max_length)
+        _check(self.hidden_dropout is None or 0 <= self.hidden_dropout < 1, "hidden_dropout",
+               "null or a value in [0, 1)", self.hidden_dropout)
         _check(0 < self.exp_decay <= 1, "exp_decay", "a value in (0, 1]", self.exp_decay)
         if self.task == "custom":
             _check(self.train_file is not None, "train_file", "a path (task 'custom' reads your own files)", None)

@@ -28,7 +28,7 @@ from ..persistence import save_adapter
 from ..tasks import CustomSequenceTask, CustomTokenTask, Task, get_task
 from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, remove_unsealed,
                         restore_run_snapshot, sealed_checkpoints)
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 from .files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
 
 BYTE_LEVEL_BPE = ("roberta", "gpt2", "qwen2", "deberta")  # need add_prefix_space=True for pre-split words
@@ -74,6 +74,38 @@ def load_tokenizer(path: str, task: Task, model_type: str | None = None):
     return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
+def resolve_max_length(cfg: TrainConfig, task: Task, tokenizer) -> int:
+    """The truncation length a run uses: its own setting, else the task's default, else the tokenizer's limit.
+
+    With ``shift_positions`` the real tokens sit at positions l .. l+T-1, so T is capped at the position limit minus
+    the prefix length (P-tuning v2 would index past BERT's position table there).
+    """
+    limit = getattr(tokenizer, "model_max_length", None)
+    limit = int(limit) if limit and limit < 100_000 else 512
+    length = cfg.max_length or task.default_max_length or limit
+    if cfg.method != "ft" and cfg.adapter_config().shift_positions:
+        length = min(length, limit - cfg.adapter_config().prefix_length)
+        if length < 1:
+            raise TrainConfigError(f"prefix_length {cfg.adapter_config().prefix_length} with shift_positions leaves "
+                                   f"no room in the tokenizer's {limit} positions; use a shorter prefix or "
+                                   "--shift-positions false")
+    return length
+
+
+DROPOUT_NAMES = ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout")  # per-family config names
+
+
+def dropout_overrides(cfg: TrainConfig, model_config) -> dict[str, float]:
+    """``from_pretrained`` kwargs that set the backbone's hidden dropout, under the name its config uses."""
+    if cfg.hidden_dropout is None:
+        return {}
+    names = [n for n in DROPOUT_NAMES if hasattr(model_config, n)]
+    if not names:
+        raise TrainConfigError(f"hidden_dropout: the {model_config.model_type} config has none of "
+                               f"{', '.join(DROPOUT_NAMES)}; leave hidden_dropout unset for this backbone")
+    return {names[0]: cfg.hidden_dropout}
+
+
 def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, attach_adapter: bool = True):
     """The task's Auto model on the backbone, with the adapter attached unless the method is full fine-tuning."""
     kwargs = {}
@@ -81,6 +113,7 @@ def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, atta
         kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
     # A checkpoint with another task's head (e.g. 2 labels) gets a fresh head for this task; transformers reports it.
+    kwargs.update(dropout_overrides(cfg, AutoConfig.from_pretrained(cfg.model_path())))
     model = task.auto_model_class().from_pretrained(cfg.model_path(), ignore_mismatched_sizes=True, **kwargs)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -173,13 +206,14 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     if task.test_split is not None and task.has_split(task.test_split, data_dir):
         splits["test"] = task.load(task.test_split, data_dir)
     limits = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_eval_samples}
-    encoded = {name: task.encode(examples[: limits[name]] if limits[name] else examples, tokenizer, cfg.max_length)
+    max_length = resolve_max_length(cfg, task, tokenizer)
+    encoded = {name: task.encode(examples[: limits[name]] if limits[name] else examples, tokenizer, max_length)
                for name, examples in splits.items()}
     truncated = {name: e.num_truncated for name, e in encoded.items()}
     for name, count in truncated.items():
         if count:
             print(f"note: {count} of {encoded[name].num_examples} {name} examples were longer than "
-                  f"{cfg.max_length} tokens and were truncated")
+                  f"{max_length} tokens and were truncated")
 
     set_seed(cfg.seed)
     model = build_model(cfg, task, labels, tokenizer)
@@ -272,7 +306,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         "main_metric": task.main_metric, "best_epoch": best["epoch"] if best else None,
         "dev": _strip(best, "dev_") if best else {}, "test": _strip(best, "test_") if best else {},
         "trainable_parameters": n_trainable, "total_parameters": n_total,
-        "train_seconds": time.time() - started, "truncated": truncated, "lr_schedule": schedule,
+        "train_seconds": time.time() - started, "truncated": truncated, "max_length": max_length,
+        "lr_schedule": schedule,
         "resumed": resume,
     }
     if _is_main_process():
