@@ -6,7 +6,8 @@ import pytest
 
 from adaprefix.training.config import TrainConfig, TrainConfigError, load_train_config
 
-PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+CONFIGS = Path(__file__).parents[2] / "configs"
+PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 
 
 def test_overrides_are_typed_and_adapter_fields_go_to_the_adapter():
@@ -53,10 +54,10 @@ def test_presets_exist():
     assert PRESETS, "configs/ ships YAML presets"
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_preset_validates_and_names_its_command(preset):
     first_line = preset.read_text().splitlines()[0]
-    assert first_line.startswith("# adaprefix train --config configs/" + preset.name)
+    assert first_line.startswith(f"# adaprefix train --config configs/{preset.relative_to(CONFIGS)}")
     cfg = load_train_config(preset)
     if cfg.method != "ft":
         cfg.adapter_config()
