@@ -1,9 +1,11 @@
 """The reproduction grid: expand ``grid.yaml`` into runs, each with a stable id and its full settings.
 
 A run's settings are layered: ``defaults``, then the task's ``common`` settings, then its ``prefix`` (every method
-but ft) or ``ft`` section, then the experiment's arm, then its variant. Two keys are the grid's own:
+but ft) or ``ft`` section, then the experiment's settings, its arm, then its variant. Experiment and variant
+settings may also hold ``prefix:`` and ``ft:`` sections of their own. Three keys are the grid's own:
 
 - ``lr_scale``: multiplies the learning rate found so far (a sweep around the task's script value);
+- ``prefix_length_scale``: multiplies the task's prefix length (pt2+: a longer prefix matching APT's parameters);
 - ``learning_rate: sweep`` (or ``sweep:METHOD``): the learning rate with the best dev value among that task and
   method's ``lr-sweep`` records (ties go to the smaller rate). A run waits until that sweep is complete.
 """
@@ -70,6 +72,14 @@ def _arms(experiment: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return arms
 
 
+def _for_kind(settings: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """Settings for every method, plus those under ``prefix:`` or ``ft:`` for this kind of method."""
+    settings = dict(settings or {})
+    own = settings.pop(kind, None) or {}
+    settings.pop("ft" if kind == "prefix" else "prefix", None)
+    return {**settings, **own}
+
+
 def expand(grid: dict[str, Any]) -> list[Run]:
     """Every run of the grid, in the order they should run: experiment, task, seed, variant, method.
 
@@ -86,9 +96,10 @@ def expand(grid: dict[str, Any]) -> list[Run]:
             for seed in experiment["seeds"]:
                 for variant, variant_settings in variants.items():
                     for method, train_method, arm_settings in _arms(experiment):
-                        section = protocol.get("ft" if train_method == "ft" else "prefix", {})
-                        settings = {**grid["defaults"], **protocol.get("common", {}), **section,
-                                    **experiment.get("settings", {}), **arm_settings, **(variant_settings or {})}
+                        kind = "ft" if train_method == "ft" else "prefix"
+                        settings = {**grid["defaults"], **protocol.get("common", {}), **protocol.get(kind, {}),
+                                    **_for_kind(experiment.get("settings"), kind), **arm_settings,
+                                    **_for_kind(variant_settings, kind)}
                         runs.append(Run(name, task, method, train_method, variant, int(seed), settings))
     return runs
 
@@ -108,6 +119,9 @@ def resolve_settings(grid: dict[str, Any], run: Run, records: list[dict[str, Any
         settings["learning_rate"] = chosen
     elif scale != 1.0:
         settings["learning_rate"] = float(settings["learning_rate"]) * scale
+    length_scale = settings.pop("prefix_length_scale", None)
+    if length_scale is not None:
+        settings["prefix_length"] = round(int(settings["prefix_length"]) * float(length_scale))
     settings.update(task=run.task, method=run.train_method, seed=run.seed)
     return settings
 

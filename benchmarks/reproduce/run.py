@@ -78,6 +78,7 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
     metric = final["main_metric"]
     dev = 100 * final["dev"][metric]
     test = 100 * final["test"][metric] if final.get("test") else None
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     full = final.get("train_examples_full") or _train_examples_full(run.task, config.get("data_dir"))
     used = final.get("train_examples") or min(full, config.get("max_train_samples") or full)
     return {
@@ -92,6 +93,8 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
         "shift_positions": adapter.get("shift_positions") if run.train_method != "ft" else None,
         "hidden_dropout": config.get("hidden_dropout"), "max_length": final.get("max_length"),
         "trainable_params": final["trainable_parameters"], "train_examples": used, "train_examples_full": full,
+        "train_loss_by_epoch": [round(e["train_loss"], 4) for e in epochs if e.get("train_loss") is not None],
+        "dev_by_epoch": [round(100 * e[f"dev_{metric}"], 2) for e in epochs if f"dev_{metric}" in e],
         "seconds": round(seconds, 1), "commit": commit, "versions": _versions(),
         "date": datetime.date.today().isoformat(), "settings": settings,
     }
@@ -113,6 +116,15 @@ def append_record(record: dict[str, Any], commit: bool) -> None:
                 return
             time.sleep(3)
         print(f"warning: could not commit {path}: {done.stderr.strip()}", file=sys.stderr)
+
+
+def reusable_record(run: Run, settings: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A finished run with exactly these training settings (same task, method, seed, everything): training it
+    again would give the same result, so its record is reused rather than spending the CPU-time twice."""
+    for record in records:
+        if record.get("settings") == settings and "reused_from" not in record:
+            return record
+    return None
 
 
 def train_one(run: Run, settings: dict[str, Any]) -> float:
@@ -158,6 +170,12 @@ def main() -> None:
                   f"{len(missing) - len(ready)} waiting" if missing else "grid complete")
             return
         run, settings = ready[0]
+        twin = reusable_record(run, settings, records)
+        if twin is not None:  # e.g. the sweep's seed-1 run at the chosen rate is the main grid's seed 1
+            print(f"=== {run.run_id}: same settings as {twin['run_id']}, reusing its record", flush=True)
+            append_record({**twin, "run_id": run.run_id, "experiment": run.experiment, "variant": run.variant,
+                           "method": run.method, "reused_from": twin["run_id"]}, args.commit)
+            continue
         print(f"=== {run.run_id} ({len(missing)} missing)", flush=True)
         commit = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
                                                          else "")

@@ -95,3 +95,24 @@ def test_report_tables_follow_the_records():
     assert "| 71.0 ± 1.4 | 71.0 |" in rows["pt2"] and "| 62.0 ± 2.8 | 62.0 |" in rows["ft"]
     gap = R.margins(records, "main", "pt2", "ft", key="experiment")
     assert "| cb | main | +9.0 | 1.4 | 2.8 | yes |" in gap
+
+
+def test_variants_and_experiment_settings_may_differ_for_ft_and_prefix_methods():
+    grid = {**GRID, "experiments": [{"name": "lr-sweep", "tasks": ["cb"], "seeds": [1], "methods": ["pt2", "ft"],
+                                     "variants": {"hi": {"prefix": {"lr_scale": 2}, "ft": {"lr_scale": 2.5}}}}]}
+    runs = {r.method: G.resolve_settings(grid, r, []) for r in G.expand(grid)}
+    assert runs["pt2"]["learning_rate"] == pytest.approx(0.02)
+    assert runs["ft"]["learning_rate"] == pytest.approx(5e-5)
+
+
+def test_a_run_with_identical_settings_reuses_the_record():
+    main_pt2 = next(r for r in G.expand(GRID) if r.run_id == "main/cb-pt2-s1")
+    sweep = [record(f"lr-sweep/cb-pt2-x{k}-s1", v, lr) for k, v, lr in (("0.5", 70.0, 0.005), ("1", 76.0, 0.01),
+                                                                         ("2", 75.0, 0.02))]
+    for r, scale in zip(sweep, ("x0.5", "x1", "x2")):
+        run = next(x for x in G.expand(GRID) if x.run_id == f"lr-sweep/cb-pt2-{scale}-s1")
+        r["settings"] = G.resolve_settings(GRID, run, [])
+    settings = G.resolve_settings(GRID, main_pt2, sweep)
+    assert RUN.reusable_record(main_pt2, settings, sweep)["run_id"] == "lr-sweep/cb-pt2-x1-s1"
+    seed2 = next(r for r in G.expand(GRID) if r.run_id == "main/cb-pt2-s2")
+    assert RUN.reusable_record(seed2, G.resolve_settings(GRID, seed2, sweep), sweep) is None
