@@ -81,9 +81,10 @@ def _for_kind(settings: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 
 
 def expand(grid: dict[str, Any]) -> list[Run]:
-    """Every run of the grid, in the order they should run: experiment, task, seed, variant, method.
+    """Every run of the grid, in the order they should run: experiment, seed, task, variant, method.
 
-    Seeds vary slowly so that a grid stopped half way holds whole comparisons for the first seeds.
+    Seeds vary slowest so that a grid stopped half way holds whole comparisons (every task, every method) for the
+    first seeds.
     """
     runs = []
     for experiment in grid["experiments"]:
@@ -92,8 +93,9 @@ def expand(grid: dict[str, Any]) -> list[Run]:
         for task in experiment["tasks"]:
             if task not in grid["tasks"]:
                 raise GridError(f"experiment {name}: task {task!r} has no entry under tasks:")
-            protocol = grid["tasks"][task]
-            for seed in experiment["seeds"]:
+        for seed in experiment["seeds"]:
+            for task in experiment["tasks"]:
+                protocol = grid["tasks"][task]
                 for variant, variant_settings in variants.items():
                     for method, train_method, arm_settings in _arms(experiment):
                         kind = "ft" if train_method == "ft" else "prefix"

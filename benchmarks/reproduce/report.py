@@ -8,6 +8,7 @@ is included verbatim, so regenerating never loses it.
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from collections import defaultdict
@@ -160,6 +161,49 @@ def plot_variants(records: list[dict[str, Any]], experiment: str, path: Path) ->
     return True
 
 
+def plot_gates(summary: dict[str, Any], path: Path) -> None:
+    """Heat map of mean lambda * alpha (layer 1 at the bottom, as in the paper) beside lambda per layer."""
+    gate = summary["effective_gate"]
+    layers, length = len(gate), len(gate[0])
+    fig, (heat, lam) = plt.subplots(1, 2, figsize=(min(14, 3 + 0.12 * length + 3), 3.4),
+                                    gridspec_kw={"width_ratios": [4, 1]})
+    image = heat.imshow(gate, origin="lower", aspect="auto", cmap="viridis")
+    heat.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
+    heat.set_xlabel("pseudo token")
+    heat.set_ylabel("layer")
+    heat.set_title(f"{summary['task']} {summary['method']}: mean lambda x alpha ({summary['split']})", fontsize=9)
+    fig.colorbar(image, ax=heat)
+    if summary["lambda"][0] is not None:
+        lam.barh(range(layers), summary["lambda"], color="tab:orange")
+        lam.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
+        lam.set_title("lambda per layer", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def gate_section() -> str:
+    """One heat map per recorded gate file and a lower- vs upper-layer table (the paper: NER lower, COPA upper)."""
+    files = sorted((HERE / "results" / "gates").glob("*.json"))
+    if not files:
+        return "_No gate maps yet (python benchmarks/reproduce/gates.py)._\n"
+    lines = ["| run | examples | lambda per layer (1..N) | mean gate, lower half | mean gate, upper half | "
+             "heavier half |", "|---|---:|---|---:|---:|---|"]
+    images = []
+    for file in files:
+        summary = json.loads(file.read_text())
+        rows = [statistics.fmean(row) for row in summary["effective_gate"]]
+        half = len(rows) // 2
+        lower, upper = statistics.fmean(rows[:half]), statistics.fmean(rows[-half:])
+        lam = ", ".join(f"{x:.2f}" for x in summary["lambda"]) if summary["lambda"][0] is not None else "–"
+        lines.append(f"| {summary['run_id']} | {summary['examples']} | {lam} | {lower:.3f} | {upper:.3f} | "
+                     f"{'lower' if lower > upper else 'upper'} |")
+        png = file.with_suffix(".png")
+        plot_gates(summary, png)
+        images.append(f"![{summary['run_id']}](results/gates/{png.name})")
+    return "\n".join(lines) + "\n\n" + "\n".join(images) + "\n"
+
+
 def build_report(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
     plan = planned_seeds(grid)
     total = len(expand(grid))
@@ -186,10 +230,7 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
     lr = [r for r in records if r["experiment"] == "lr-sweep"]
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
             variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n"]
-    gates = sorted((HERE / "results" / "gates").glob("*.png")) if (HERE / "results" / "gates").is_dir() else []
-    out.append("## 6. What the gates learn\n")
-    out.append("\n".join(f"![{p.stem}](results/gates/{p.name})" for p in gates) + "\n" if gates
-               else "_No gate maps yet._\n")
+    out += ["## 6. What the gates learn\n", gate_section()]
     out += ["## Wall time per run\n", "2 CPU cores, shared with development work while the grid ran: "
             "seconds are indicative only.\n", time_table(records) if records else "_No runs recorded yet._\n"]
     return "\n".join(out)
