@@ -15,6 +15,7 @@ import torch
 
 from adaprefix.tasks import (CustomSequenceTask, CustomTokenTask, DataError, custom_task, detect_format,
                              sample_examples)
+from adaprefix.tasks.metrics import seqeval_scores
 from adaprefix.tasks.readers import read_table
 
 BOM = "\ufeff"
@@ -113,7 +114,8 @@ def test_classification_files_of_every_shape_read_the_same(tmp_path, write_text,
     assert [ex["source"] for ex in examples] == [f"{path}:{first}", f"{path}:{first + 1}"]
 
 
-CONLL = "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n"
+CONLL = ("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"
+         "Peter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n")
 
 
 @pytest.mark.parametrize("shape", ["plain", "bom", "crlf", "no final newline", "trailing blank lines"])
@@ -166,13 +168,12 @@ def test_tagging_data_in_tsv_and_txt_is_read_as_tagging(tmp_path, write_text, na
     ]
 
 
-def test_bio_tags_without_a_type_are_tagging_data(tmp_path, write_text, tokenizer):
+def test_bio_tags_without_a_type_are_tagging_data(tmp_path, write_text):
     path = write_text(tmp_path / "train.tsv", "deep\tB\nlearning\tI\nworks\tO\n\nnets\tB\n")
     task = custom_task(path, path)
     assert task.labels == ["O", "B", "I"]
     examples = task.load("dev")
     assert examples[0]["tags"] == ["B", "I", "O"] and examples[1]["tokens"] == ["nets"]
-    from adaprefix.tasks.metrics import seqeval_scores
     assert seqeval_scores([["B", "I", "O"]], [["B", "I", "O"]])["f1"] == 1.0
 
 
