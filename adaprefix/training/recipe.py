@@ -9,6 +9,7 @@ Run directory:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -25,14 +26,13 @@ from transformers.integrations import TensorBoardCallback
 
 from ..inject import attach
 from ..persistence import save_adapter
-from ..tasks import CustomSequenceTask, CustomTokenTask, Task, get_task
+from ..tasks import Task, custom_task, get_task, sample_examples
 from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, remove_unsealed,
                         restore_run_snapshot, sealed_checkpoints)
 from .config import TrainConfig, TrainConfigError
 from .files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
 
 BYTE_LEVEL_BPE = ("roberta", "gpt2", "qwen2", "deberta")  # need add_prefix_space=True for pre-split words
-NER_TASKS = ("conll03", "conll04", "ontonotes")
 RUN_FILES = ("metrics.jsonl", "adapter", "model")  # run state that every sealed checkpoint carries a snapshot of
 
 
@@ -58,13 +58,22 @@ class RunResult:
 
 
 def build_task(cfg: TrainConfig) -> Task:
+    """The run's task: a registered one by name, or for ``custom`` the one the files call for (tasks.custom_task)."""
     if cfg.task != "custom":
         return get_task(cfg.task)
-    files = dict(train=cfg.train_file, dev=cfg.dev_file, test=cfg.test_file)
-    if Path(cfg.train_file).suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):
-        return CustomSequenceTask(**files, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
-                                  label_column=cfg.label_column)
-    return CustomTokenTask(**files, token_column=cfg.token_column, tag_column=cfg.tag_column)
+    return custom_task(cfg.train_file, cfg.dev_file, cfg.test_file, file_format=cfg.format,
+                       text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
+                       label_column=cfg.label_column, token_column=cfg.token_column, tag_column=cfg.tag_column,
+                       tsv_quoting=cfg.tsv_quoting)
+
+
+def resolved_settings(cfg: TrainConfig, task: Task) -> TrainConfig:
+    """``cfg`` with the choices a run makes for itself written in: the data seed, and a custom task's format,
+    so that config.yaml says exactly what was run and rebuilds the task without sniffing the files again."""
+    changes: dict[str, Any] = {"data_seed": cfg.resolved_data_seed}
+    if cfg.task == "custom":
+        changes["format"] = task.file_format
+    return dataclasses.replace(cfg, **changes)
 
 
 def load_tokenizer(path: str, task: Task, model_type: str | None = None):
@@ -138,12 +147,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
                              lr=lr)
 
 
-def resolved_schedule(cfg: TrainConfig) -> str:
+def resolved_schedule(cfg: TrainConfig, task: Task) -> str:
+    """``cfg.lr_schedule``, with ``auto`` read as P-tuning v2 does: exponential for tagging, linear otherwise."""
     if cfg.lr_schedule != "auto":
         return cfg.lr_schedule
-    is_ner = cfg.task in NER_TASKS or (cfg.task == "custom" and Path(cfg.train_file or "").suffix.lower()
-                                       not in (".jsonl", ".json", ".csv", ".tsv"))
-    return "exponential" if is_ner else "linear"
+    return "exponential" if task.kind == "token-classification" else "linear"
 
 
 def _exponential_scheduler(optimizer, cfg: TrainConfig, train_size: int):
@@ -195,6 +203,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     started = time.time()
     cfg, run = prepare_run_dir(cfg, overwrite, resume)
     task = build_task(cfg)
+    cfg = resolved_settings(cfg, task)
     data_dir = cfg.data_dir
     labels = task.labels_for(data_dir)
     model_path = cfg.model_path()
@@ -205,10 +214,16 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     splits = {"train": task.load("train", data_dir), "dev": task.load(task.eval_split, data_dir)}
     if task.test_split is not None and task.has_split(task.test_split, data_dir):
         splits["test"] = task.load(task.test_split, data_dir)
-    limits = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_eval_samples}
+    train_full = len(splits["train"])
+    splits["train"] = sample_examples(splits["train"], cfg.max_train_samples, cfg.data_seed)
+    if len(splits["train"]) < train_full:
+        print(f"note: training on {len(splits['train'])} of {train_full} train examples, drawn with data_seed "
+              f"{cfg.data_seed}")
+    for name in ("dev", "test"):  # the first N, so that runs with any seed are scored on the same examples
+        if name in splits and cfg.max_eval_samples:
+            splits[name] = splits[name][: cfg.max_eval_samples]
     max_length = resolve_max_length(cfg, task, tokenizer)
-    encoded = {name: task.encode(examples[: limits[name]] if limits[name] else examples, tokenizer, max_length)
-               for name, examples in splits.items()}
+    encoded = {name: task.encode(examples, tokenizer, max_length) for name, examples in splits.items()}
     truncated = {name: e.num_truncated for name, e in encoded.items()}
     for name, count in truncated.items():
         if count:
@@ -238,7 +253,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                     _remove(run / name)
         history = read_jsonl(run / "metrics.jsonl")
 
-    schedule = resolved_schedule(cfg)
+    schedule = resolved_schedule(cfg, task)
     optimizer = build_optimizer(model, cfg)
     scheduler = _exponential_scheduler(optimizer, cfg, len(encoded["train"])) if schedule == "exponential" else None
     use_cuda = torch.cuda.is_available()
@@ -303,6 +318,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     n_total = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("adaprefix."))
     final = {
         "task": cfg.task, "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epochs,
+        "data_seed": cfg.data_seed, "train_examples": len(splits["train"]), "train_examples_full": train_full,
         "main_metric": task.main_metric, "best_epoch": best["epoch"] if best else None,
         "dev": _strip(best, "dev_") if best else {}, "test": _strip(best, "test_") if best else {},
         "trainable_parameters": n_trainable, "total_parameters": n_total,
