@@ -127,12 +127,23 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
     return ("\n".join(lines) + "\n") if found else "_Fewer than two seeds of each side so far._\n"
 
 
+def loss_flattened(losses: list[float], window: int = 3, tolerance: float = 0.05) -> bool | None:
+    """Whether the training loss has flattened: the mean of the last `window` epochs is within `tolerance`
+    (relative) of the mean of the `window` before. None when there are too few epochs to tell."""
+    if len(losses) < 2 * window:
+        return None
+    last, before = statistics.fmean(losses[-window:]), statistics.fmean(losses[-2 * window:-window])
+    return abs(before - last) <= tolerance * before
+
+
 def time_table(records: list[dict[str, Any]]) -> str:
     by = group(records, "experiment", "task", "method")
-    lines = ["| experiment | task | method | runs | epochs | mean seconds per run |", "|---|---|---|---:|---:|---:|"]
+    lines = ["| experiment | task | method | runs | epochs | mean seconds per run | runs whose train loss flattened |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for (experiment, task, method), rows in sorted(by.items()):
+        flat = [loss_flattened(r.get("train_loss_by_epoch", [])) for r in rows]
         lines.append(f"| {experiment} | {task} | {method} | {len(rows)} | {rows[0]['epochs']} | "
-                     f"{statistics.fmean(r['seconds'] for r in rows):.0f} |")
+                     f"{statistics.fmean(r['seconds'] for r in rows):.0f} | {sum(bool(f) for f in flat)}/{len(rows)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,8 +242,9 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
             variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n"]
     out += ["## 6. What the gates learn\n", gate_section()]
-    out += ["## Wall time per run\n", "2 CPU cores, shared with development work while the grid ran: "
-            "seconds are indicative only.\n", time_table(records) if records else "_No runs recorded yet._\n"]
+    out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
+            "ran: seconds are indicative only (a resumed run counts its last sitting only). A run's training loss "
+            "counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
     return "\n".join(out)
 
 

@@ -130,3 +130,9 @@ def test_gate_section_reads_the_committed_json_and_names_the_heavier_half(tmp_pa
     section = R.gate_section()
     assert "| main/conll04-apt-s1 | 5 | 1.20, 1.10, 0.40, 0.30 | 0.750 | 0.200 | lower |" in section
     assert (gates / "main__conll04-apt-s1.png").stat().st_size > 0
+
+
+def test_loss_flattening_compares_the_last_epochs_with_the_ones_before():
+    assert R.loss_flattened([1.0, 0.8, 0.6, 0.50, 0.50, 0.49, 0.48, 0.48, 0.47]) is True
+    assert R.loss_flattened([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) is False  # (0.9 - 0.6) / 0.9 > 5%
+    assert R.loss_flattened([1.0, 0.9]) is None
