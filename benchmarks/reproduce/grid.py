@@ -2,9 +2,12 @@
 
 A run's settings are layered: ``defaults``, then the task's ``common`` settings, then its ``prefix`` (every method
 but ft) or ``ft`` section, then the experiment's settings, its arm, then its variant. Experiment and variant
-settings may also hold ``prefix:`` and ``ft:`` sections of their own. Three keys are the grid's own:
+settings may also hold ``prefix:`` and ``ft:`` sections of their own. Four keys are the grid's own:
 
 - ``lr_scale``: multiplies the learning rate found so far (a sweep around the task's script value);
+- ``prefix_lengths: {from_gates: RUN_ID, budget_ratio: r}`` (``{task}`` in RUN_ID is the run's task): PT-2*'s
+  per-layer lengths, derived by
+  ``adaprefix.analysis.layer_lengths`` from that APT run's recorded gates (results/gates/); waits until recorded;
 - ``prefix_length_scale``: multiplies the task's prefix length (pt2+: a longer prefix matching APT's parameters);
 - ``learning_rate: sweep`` (or ``sweep:METHOD``): the learning rate with the best dev value among that task and
   method's ``lr-sweep`` records (ties go to the smaller rate). A run waits until that sweep is complete.
@@ -12,6 +15,7 @@ settings may also hold ``prefix:`` and ``ft:`` sections of their own. Three keys
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,11 +125,27 @@ def resolve_settings(grid: dict[str, Any], run: Run, records: list[dict[str, Any
         settings["learning_rate"] = chosen
     elif scale != 1.0:
         settings["learning_rate"] = float(settings["learning_rate"]) * scale
+    derived = settings.get("prefix_lengths")
+    if isinstance(derived, dict):  # PT-2*: lengths from a trained APT run's recorded gates
+        lengths = lengths_from_gate_file(**{**derived, "from_gates": derived["from_gates"].format(task=run.task)})
+        if lengths is None:
+            return None
+        settings["prefix_lengths"] = lengths
     length_scale = settings.pop("prefix_length_scale", None)
     if length_scale is not None:
         settings["prefix_length"] = round(int(settings["prefix_length"]) * float(length_scale))
     settings.update(task=run.task, method=run.train_method, seed=run.seed)
     return settings
+
+
+def lengths_from_gate_file(from_gates: str, budget_ratio: float = 0.5) -> list[int] | None:
+    """Per-layer lengths by adaprefix's PT-2* rule from results/gates/<run>.json; None until that file exists."""
+    from adaprefix.analysis.layer_lengths import lengths_from_gates
+
+    path = HERE / "results" / "gates" / (from_gates.replace("/", "__") + ".json")
+    if not path.is_file():
+        return None
+    return lengths_from_gates(json.loads(path.read_text())["effective_gate"], budget_ratio=budget_ratio)
 
 
 def swept_learning_rate(task: str, method: str, records: list[dict[str, Any]]) -> float | None:

@@ -136,3 +136,18 @@ def test_loss_flattening_compares_the_last_epochs_with_the_ones_before():
     assert R.loss_flattened([1.0, 0.8, 0.6, 0.50, 0.50, 0.49, 0.48, 0.48, 0.47]) is True
     assert R.loss_flattened([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) is False  # (0.9 - 0.6) / 0.9 > 5%
     assert R.loss_flattened([1.0, 0.9]) is None
+
+
+def test_pt2_star_lengths_come_from_the_recorded_gates_of_the_task_s_apt_run(tmp_path, monkeypatch):
+    grid = {**GRID, "experiments": [{"name": "pt2-star", "tasks": ["cb"], "seeds": [1],
+                                     "methods": [{"name": "pt2*", "method": "pt2"}],
+                                     "variants": {"half": {"prefix_lengths": {"from_gates": "main/{task}-apt-s1",
+                                                                              "budget_ratio": 0.5}}}}]}
+    monkeypatch.setattr(G, "HERE", tmp_path)
+    run = G.expand(grid)[0]
+    assert run.run_id == "pt2-star/cb-pt2*-half-s1"
+    assert G.resolve_settings(grid, run, []) is None  # the APT run's gates are not recorded yet
+    gates = tmp_path / "results" / "gates"
+    gates.mkdir(parents=True)
+    (gates / "main__cb-apt-s1.json").write_text(json.dumps({"effective_gate": [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]}))
+    assert G.resolve_settings(grid, run, [])["prefix_lengths"] == [2, 0, 1]  # budget 3 shared 2 : 0 : 1
