@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grid import HERE, expand, load_grid  # noqa: E402
@@ -180,6 +181,7 @@ def plot_gates(summary: dict[str, Any], path: Path) -> None:
                                     gridspec_kw={"width_ratios": [4, 1]})
     image = heat.imshow(gate, origin="lower", aspect="auto", cmap="viridis")
     heat.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
+    heat.xaxis.set_major_locator(MaxNLocator(integer=True))
     heat.set_xlabel("pseudo token")
     heat.set_ylabel("layer")
     heat.set_title(f"{summary['task']} {summary['method']}: mean lambda x alpha ({summary['split']})", fontsize=9)
