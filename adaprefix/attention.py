@@ -31,12 +31,14 @@ class LayerPrefix:
 
 
 class LayerSite:
-    """Per-layer slot read by the attention function; filled by the layer's pre-hook each forward."""
+    """Per-layer slot read by the attention function.
+
+    It holds the prefix only while its layer runs: set by the layer's pre-hook, cleared by its post-hook, and put
+    back for the duration of a gradient-checkpointing recompute (see ``inject._CheckpointReplay``).
+    """
 
     def __init__(self, layer_index: int):
         self.layer_index = layer_index
-        # Separate from the prefix: disable_adapter must not drop it, a checkpointed backward may still recompute.
-        self.enabled = True
         self.prefix: LayerPrefix | None = None
 
 
@@ -108,7 +110,7 @@ def _make_attention(impl: str) -> Callable:
     def prefix_attention(module, query, key, value, attention_mask, **kwargs):
         site: LayerSite | None = getattr(module, "_adaprefix_site", None)
         inner = _inner_function(type(module), impl)
-        if site is None or not site.enabled or site.prefix is None:
+        if site is None or site.prefix is None:
             return inner(module, query, key, value, attention_mask, **kwargs)
         prefix = site.prefix
         mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
