@@ -1,11 +1,14 @@
 """save_adapter / load_adapter: small, pickle-free, bit-for-bit, and loud about every mismatch."""
 
 import json
+import warnings
 
 import pytest
 import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
 
-from adaprefix import AdapterLoadError, AdaptivePrefixConfig, attach, load_adapter
+from adaprefix import AdapterLoadError, AdaptivePrefixConfig, BaseModelMismatchWarning, attach, load_adapter
 from tiny_models import tiny_batch, tiny_model
 
 
@@ -120,3 +123,51 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     for name in ("adapter.safetensors", "adapter_config.json"):
         assert (path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_save_pretrained_writes_the_clean_base_model(tmp_path):
+    model = tiny_model("gpt2", head="causal-lm")  # tied output embeddings: the reload must not miss them either
+    attach(model, AdaptivePrefixConfig(prefix_length=4))
+    model.save_pretrained(tmp_path / "base")
+    keys = safe_open(str(tmp_path / "base" / "model.safetensors"), "pt").keys()
+    assert keys and not [k for k in keys if k.startswith("adaprefix.")]
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path / "base", output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+    ids, mask = tiny_batch(pad_last=0)
+    with model.disable_adapter():
+        assert torch.equal(reloaded.eval()(input_ids=ids, attention_mask=mask).logits,
+                           model(input_ids=ids, attention_mask=mask).logits)
+    # A caller that asks for given tensors gets them (the Trainer's checkpoints keep the adapter this way).
+    model.save_pretrained(tmp_path / "full", state_dict=model.state_dict())
+    assert "adaprefix.prefix.embedding" in safe_open(str(tmp_path / "full" / "model.safetensors"), "pt").keys()
+
+
+def test_adapter_records_its_base_model_and_warns_on_another(tmp_path):
+    model = tiny_model("bert")
+    model.config._name_or_path = "org/bert-tiny"
+    attach(model, AdaptivePrefixConfig(prefix_length=4)).save_adapter(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model"] == "org/bert-tiny"
+    same = tiny_model("bert")
+    same.config._name_or_path = "org/bert-tiny"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaseModelMismatchWarning)
+        load_adapter(same, tmp_path / "adapter")
+    other = tiny_model("bert")
+    other.config._name_or_path = "org/bert-tiny-other-seed"
+    with pytest.warns(BaseModelMismatchWarning, match="adaprefix: .*'org/bert-tiny'.*'org/bert-tiny-other-seed'"):
+        load_adapter(other, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("version", [2, None])
+def test_unknown_format_version_is_refused_by_name(tmp_path, version):
+    _, path = _trained_adapter(tmp_path)
+    meta = json.loads((path / "adapter_config.json").read_text())
+    if version is None:
+        del meta["format_version"]
+    else:
+        meta["format_version"] = version
+    (path / "adapter_config.json").write_text(json.dumps(meta))
+    model = tiny_model("bert")
+    with pytest.raises(AdapterLoadError, match=rf"format_version {version}, but adaprefix .* reads format_version 1"):
+        load_adapter(model, path)
+    assert not hasattr(model, "adaprefix")
