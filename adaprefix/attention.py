@@ -94,8 +94,11 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
             scores = scores + mask
     probs = torch.softmax(torch.cat([prefix_scores, scores], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = (probs[..., :length] * gate) @ pv + probs[..., length:] @ v  # (B, H, T, hd)
-    return out.transpose(1, 2).contiguous(), probs
+    # The weights the values are really mixed with (gate on the prefix columns, after dropout): these are what
+    # output_attentions reports, so that weights @ [values] reproduces the output.
+    weights = torch.cat([probs[..., :length] * gate, probs[..., length:]], dim=-1)  # (B, H, T, l + S)
+    out = weights[..., :length] @ pv + weights[..., length:] @ v  # (B, H, T, hd)
+    return out.transpose(1, 2).contiguous(), weights
 
 
 @functools.cache
