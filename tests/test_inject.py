@@ -106,6 +106,30 @@ def test_prefix_dropout_acts_in_training_only():
     assert not torch.equal(run(), run())
 
 
+def test_prefix_dropout_has_the_configured_rate_and_one_mask_per_example():
+    p, batch = 0.3, 8
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(method="pt2", prefix_length=32, prefix_dropout=p))
+    used = []  # what each layer's attention received, read while the layer runs
+    for layer in model.bert.encoder.layer:
+        layer.attention.self.register_forward_pre_hook(lambda module, args: used.append(module._adaprefix_site.prefix))
+    ids, mask = tiny_batch(batch=batch)
+    model.train()
+    model(input_ids=ids, attention_mask=mask)
+    prefix = model.adaprefix.prefix().detach()  # (N, 2, heads, l, head_dim)
+    for i, site_prefix in enumerate(used):
+        for kv, dropped in enumerate((site_prefix.keys.detach(), site_prefix.values.detach())):
+            assert dropped.shape[0] == batch
+            zero = dropped == 0
+            assert abs(zero.float().mean().item() - p) < 0.03, "dropout rate"
+            kept = prefix[i, kv].expand_as(dropped)[~zero]
+            torch.testing.assert_close(dropped[~zero], kept / (1 - p))  # survivors rescaled by 1 / (1 - p)
+            assert all(not torch.equal(zero[0], zero[b]) for b in range(1, batch)), "one mask per example"
+    model.eval()
+    used.clear()
+    model(input_ids=ids, attention_mask=mask)
+    assert all(torch.equal(u.keys.detach()[0], prefix[i, 0]) for i, u in enumerate(used)), "no dropout in eval"
+
+
 def test_multiple_choice_flattened_choices():
     torch.manual_seed(0)
     config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
@@ -300,3 +324,16 @@ def test_a_forward_without_backward_leaves_no_graph_alive(name):
     assert captured["tanh"]() is None, "the prefix MLP's graph outlived the forward"
     assert captured["h"]() is None, "h_{N-1} (and the graph behind it) outlived the forward"
     assert all(site.prefix is None for site in model._adaprefix_runtime.sites)
+
+
+ENCODER_MATRIX = [(name, impl) for name, impl in MATRIX if name not in DECODERS]
+
+
+@pytest.mark.parametrize("name,impl", ENCODER_MATRIX)
+def test_right_padding_changes_nothing_for_the_real_tokens(name, impl):
+    # Padded keys stay invisible on every path (seam, DeBERTa's patch) and the gate pools over real tokens only.
+    model = attach(tiny_model(name, impl), _visible_config())
+    ids, mask = tiny_batch()  # the last example carries 3 padding tokens
+    padded = model(input_ids=ids, attention_mask=mask).logits[-1]
+    alone = model(input_ids=ids[-1:, :-3], attention_mask=mask[-1:, :-3]).logits[0]
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
