@@ -1,8 +1,9 @@
 """attach / detach: put the adapter into a Transformers model through hooks and the attention seam.
 
 Per forward: a pre-hook on the base model builds every layer's prefix once and records the padding mask; a pre-hook
-on each layer reads h_{i-1}, computes that layer's gates and leaves the gated prefix on the layer's attention site.
-Hooks run outside gradient checkpointing's recompute, so the site keeps its tensors alive until the next forward.
+on each layer reads h_{i-1}, computes that layer's gates and leaves the gated prefix on the layer's attention site,
+and a post-hook clears it when the layer returns. transformers checkpoints a layer's forward, not its hooks, so a
+checkpointed recompute gets its own forward's prefix back from a wrapper around the checkpointing function.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _bound_arguments(runtime: _Runtime, args, kwargs) -> dict:
 
 
 def padding_mask_from(mask) -> torch.Tensor | None:
-    """The (B, S) keep-mask of real keys from a 2D mask, or from a 4D mask that gives every example one padding.
+    """The (B, S) keep-mask of real keys, from a 2D mask or reduced from a 4D one.
 
     A 4D mask (B, 1|H, T, S) keeps or drops (query, key) pairs. A key is padding when no query may see it, which is
     how DeBERTa reduces its own 4D masks; causal and block-diagonal masks leave every real key visible to some query.
@@ -192,6 +193,18 @@ class _CheckpointReplay:
         return self.inner(run, *args, **kwargs)
 
 
+def _layer_device(layer: nn.Module, hidden: torch.Tensor) -> torch.device:
+    """The device layer i computes on. h_{i-1} can still be on the previous layer's device: under device_map,
+    accelerate's hook moves the inputs only after the pre-hooks have run."""
+    hook = getattr(layer, "_hf_hook", None)
+    for candidate in (hook, *getattr(hook, "hooks", ())):
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    weight = next(layer.parameters(), None)
+    return hidden.device if weight is None else weight.device
+
+
 class _LayerPreHook:
     """Reads h_{i-1}, computes layer i's gates and leaves the gated prefix on the layer's attention site."""
 
@@ -207,8 +220,8 @@ class _LayerPreHook:
         hidden = args[0] if args else kwargs["hidden_states"]  # h_{i-1}: (B, T, d)
         # A layer called outside the base model's forward builds the prefix for itself.
         prefix = runtime.prefix if runtime.prefix is not None else adapter.prefix()
-        # Layers of a model split across devices (device_map) get their slice of the adapter on their own device.
-        device = hidden.device
+        # A model split across devices (device_map): the layer's slice of the adapter goes to the layer's device.
+        device = _layer_device(module, hidden)
         keys, values = prefix[i, 0].unsqueeze(0).to(device), prefix[i, 1].unsqueeze(0).to(device)  # (1, kvh, l, hd)
         p = config.prefix_dropout or 0.0
         if module.training and p > 0:
@@ -218,8 +231,9 @@ class _LayerPreHook:
         scale = None
         if adapter.token_gate is not None:
             mask = runtime.padding_mask
-            mask = None if mask is None else mask.to(device)
-            alpha = adapter.token_gate(i, pool_hidden(hidden, mask, config.gate_pooling))  # (B, l) | (B, T, l)
+            mask = None if mask is None else mask.to(hidden.device)
+            pooled = pool_hidden(hidden, mask, config.gate_pooling).to(device)  # pooled where h is, then moved
+            alpha = adapter.token_gate(i, pooled)  # (B, l) | (B, T, l)
             runtime.token_gates[i] = alpha.detach()
             scale = alpha
         if adapter.layer_gate is not None:

@@ -6,6 +6,7 @@ import weakref
 
 import pytest
 import torch
+from accelerate.hooks import AlignDevicesHook, add_hook_to_module
 from transformers import BertConfig, BertForMultipleChoice, T5Config, T5Model
 
 from adaprefix import AdaptivePrefixConfig, ConfigError, UnsupportedModelError, attach, detach, last_token_gates
@@ -293,15 +294,22 @@ def test_shift_positions_beyond_the_position_table_names_the_lengths(name, longe
         model(input_ids=too_long)
 
 
-def test_each_layer_gets_its_prefix_and_gates_on_its_own_device():
-    # A model split by device_map hands each layer h_{i-1} on that layer's device. No second device here, so the
-    # hook is fed an h_{i-1} on the "meta" device: what it leaves for the attention must live there too.
+@pytest.mark.parametrize("placement", ["weights", "accelerate-hook"])
+def test_each_layer_gets_its_prefix_and_gates_on_its_own_device(placement):
+    # Under device_map, layer i lives on its own device while h_{i-1} arrives on the previous layer's (accelerate
+    # moves inputs only after the pre-hooks). With one device here, the "other" device is "meta": the hook is fed
+    # h_{i-1} on the CPU, and what it leaves for the attention must be on layer 1's device.
     model = attach(tiny_model("bert"), _visible_config())
     runtime = model._adaprefix_runtime
     layer = model.bert.encoder.layer[1]
+    if placement == "weights":
+        layer.to("meta")
+    else:  # offloaded weights stay on "meta"; accelerate's hook names the device the layer runs on
+        add_hook_to_module(layer, AlignDevicesHook(execution_device=torch.device("meta")))
     hook = next(h for h in layer._forward_pre_hooks.values() if getattr(h, "site", None) is runtime.sites[1])
-    runtime.padding_mask = torch.ones(2, 9, dtype=torch.long)  # as recorded on the input device
-    hook(layer, (torch.empty(2, 9, 32, device="meta"),), {})
+    runtime.padding_mask = torch.ones(2, 9, dtype=torch.long)  # recorded on the input device
+    runtime.prefix = model.adaprefix.prefix()  # what the base model's pre-hook leaves, on the adapter's device
+    hook(layer, (torch.randn(2, 9, 32),), {})
     prefix = runtime.sites[1].prefix
     assert prefix.keys.device.type == "meta" and prefix.values.device.type == "meta"
     assert runtime.token_gates[1].device.type == "meta"
