@@ -345,3 +345,13 @@ def test_right_padding_changes_nothing_for_the_real_tokens(name, impl):
     padded = model(input_ids=ids, attention_mask=mask).logits[-1]
     alone = model(input_ids=ids[-1:, :-3], attention_mask=mask[-1:, :-3]).logits[0]
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_deberta_keeps_its_own_attention_when_asked_to_switch():
+    model = attach(tiny_model("deberta-v2"), _visible_config())
+    ids, mask = tiny_batch()
+    before = model(input_ids=ids, attention_mask=mask).logits
+    model.set_attn_implementation("eager")  # what DeBERTa runs anyway: a no-op
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
+    with pytest.raises(UnsupportedModelError, match=r"adaprefix: attention implementation 'sdpa'.*one of: eager"):
+        model.set_attn_implementation("sdpa")
