@@ -7,7 +7,6 @@ the host model keeps its own projections, rotary embeddings, cache and mask logi
 
 from __future__ import annotations
 
-import functools
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -101,7 +100,6 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
     return out.transpose(1, 2).contiguous(), weights
 
 
-@functools.cache
 def _inner_function(module_class: type, impl: str) -> Callable:
     if impl == "sdpa":
         return sdpa_attention_forward
@@ -109,27 +107,35 @@ def _inner_function(module_class: type, impl: str) -> Callable:
     return sys.modules[module_class.__module__].eager_attention_forward
 
 
-def _make_attention(impl: str) -> Callable:
-    def prefix_attention(module, query, key, value, attention_mask, **kwargs):
-        site: LayerSite | None = getattr(module, "_adaprefix_site", None)
-        inner = _inner_function(type(module), impl)
-        if site is None or site.prefix is None:
-            return inner(module, query, key, value, attention_mask, **kwargs)
-        prefix = site.prefix
-        mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
-        if prefix.query_gate is not None:
-            return per_query_gated_attention(module, query, key, value, mask, prefix, **kwargs)
-        mask = widen_mask(mask, prefix.keys.shape[2])
-        batch = key.shape[0]
-        key = torch.cat([prefix.keys.expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, l + S, hd)
-        value = torch.cat([prefix.values.expand(batch, -1, -1, -1), value], dim=2)
-        # Pass is_causal=False: the explicit mask already holds causality, and sdpa's own flag aligns it top-left.
-        if impl == "sdpa":
-            kwargs["is_causal"] = False
-        return inner(module, query, key, value, mask, **kwargs)
+def prefix_attention(impl: str, module, query, key, value, attention_mask, **kwargs):
+    """The host's ``impl`` attention ("eager" or "sdpa") over [gated prefix; keys] for modules with a prefix.
 
-    prefix_attention.__name__ = f"adaprefix_{impl}_attention"
-    return prefix_attention
+    A module function, not a closure per implementation, so that every call runs (and is measured as) this code.
+    """
+    site: LayerSite | None = getattr(module, "_adaprefix_site", None)
+    inner = _inner_function(type(module), impl)
+    if site is None or site.prefix is None:
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    prefix = site.prefix
+    mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
+    if prefix.query_gate is not None:
+        return per_query_gated_attention(module, query, key, value, mask, prefix, **kwargs)
+    mask = widen_mask(mask, prefix.keys.shape[2])
+    batch = key.shape[0]
+    key = torch.cat([prefix.keys.expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, l + S, hd)
+    value = torch.cat([prefix.values.expand(batch, -1, -1, -1), value], dim=2)
+    # Pass is_causal=False: the explicit mask already holds causality, and sdpa's own flag aligns it top-left.
+    if impl == "sdpa":
+        kwargs["is_causal"] = False
+    return inner(module, query, key, value, mask, **kwargs)
+
+
+def _make_attention(impl: str) -> Callable:
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        return prefix_attention(impl, module, query, key, value, attention_mask, **kwargs)
+
+    attention.__name__ = f"adaprefix_{impl}_attention"
+    return attention
 
 
 def _materialised_sdpa_mask(*args, **kwargs):
