@@ -355,3 +355,11 @@ def test_deberta_keeps_its_own_attention_when_asked_to_switch():
     assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
     with pytest.raises(UnsupportedModelError, match=r"adaprefix: attention implementation 'sdpa'.*one of: eager"):
         model.set_attn_implementation("sdpa")
+
+
+def test_set_attn_implementation_accepts_transformers_dict_form():
+    model = attach(tiny_model("bert", "sdpa"), _visible_config())
+    model.set_attn_implementation({"": "eager"})
+    assert model.config._attn_implementation == "adaprefix_eager"
+    with pytest.raises(UnsupportedModelError, match="adaprefix: per-sub-config attention implementations"):
+        model.set_attn_implementation({"text_config": "sdpa"})

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from adaprefix import AdapterLoadError, AdaptivePrefixConfig, BaseModelMismatchWarning, attach, load_adapter
@@ -101,7 +102,7 @@ def test_unknown_config_field_is_named(tmp_path):
     meta = json.loads((path / "adapter_config.json").read_text())
     meta["config"]["prefix_lenght"] = 8
     (path / "adapter_config.json").write_text(json.dumps(meta))
-    with pytest.raises(AdapterLoadError, match="unknown field.*prefix_lenght"):
+    with pytest.raises(AdapterLoadError, match="adapter_config.json field 'config': unknown field.*prefix_lenght"):
         load_adapter(tiny_model("bert"), path)
 
 
@@ -171,3 +172,29 @@ def test_unknown_format_version_is_refused_by_name(tmp_path, version):
     with pytest.raises(AdapterLoadError, match=rf"format_version {version}, but adaprefix .* reads format_version 1"):
         load_adapter(model, path)
     assert not hasattr(model, "adaprefix")
+
+
+def test_save_adapter_makes_missing_parent_folders_and_leaves_no_temporary_file_on_failure(tmp_path, monkeypatch):
+    model, _ = _trained_adapter(tmp_path)
+    model.save_adapter(tmp_path / "runs" / "a" / "adapter")
+    assert (tmp_path / "runs" / "a" / "adapter" / "adapter.safetensors").is_file()
+
+    import adaprefix.persistence as persistence
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(persistence, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_adapter(tmp_path / "failed")
+    assert list((tmp_path / "failed").iterdir()) == [], "a failed write leaves neither a partial nor a temporary file"
+
+
+def test_missing_and_unexpected_tensors_are_named(tmp_path):
+    _, path = _trained_adapter(tmp_path)
+    tensors = load_file(str(path / "adapter.safetensors"))
+    tensors["adaprefix.extra"] = tensors.pop("adaprefix.token_gate.bias")
+    save_file(tensors, str(path / "adapter.safetensors"))
+    with pytest.raises(AdapterLoadError, match=r"does not fit this model: missing tensors \['adaprefix.token_gate.bias'\]"
+                                               r", unexpected tensors \['adaprefix.extra'\]$"):
+        load_adapter(tiny_model("bert"), path)
