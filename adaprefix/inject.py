@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from dataclasses import replace
 from typing import Iterator
 
@@ -349,17 +350,33 @@ class AdaptivePrefixMixin:
         self.config._attn_implementation = (seam.IMPL_PREFIX if runtime.enabled else "") + requested
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-        """Save the base model as it would be without the adapter (the adapter has :meth:`save_adapter`).
+        """Save the base model as it would be without the adapter, and the adapter beside it.
 
-        A caller that passes ``state_dict`` (the Trainer's checkpoints do) gets exactly those tensors, adapter
-        included, so that a resumed run finds its prefix and gates.
+        ``model.safetensors`` holds no ``adaprefix.*`` tensor, so ``from_pretrained`` reloads the base model cleanly;
+        ``adapter_config.json`` and ``adapter.safetensors`` (as :meth:`save_adapter` writes them) keep the adapter:
+        ``load_adapter(AutoModel...from_pretrained(path), path)`` restores both. Two callers get every tensor in
+        the weights file instead: one that passes ``state_dict``, and transformers' Trainer, whose checkpoints must
+        resume with the prefix and gates it trained (it reloads them from that file only).
         """
-        if state_dict is None:
-            state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith(ADAPTER_ATTR + ".")}
-        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        if state_dict is not None or _called_by_trainer():
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith(ADAPTER_ATTR + ".")}
+        result = super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.save_adapter(save_directory)
+        return result
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _called_by_trainer() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "transformers.trainer":
+            return True
+        frame = frame.f_back
+    return False
 
 
 _CLASS_CACHE: dict[type, type] = {}

@@ -129,6 +129,8 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
 def test_save_pretrained_writes_the_clean_base_model(tmp_path):
     model = tiny_model("gpt2", head="causal-lm")  # tied output embeddings: the reload must not miss them either
     attach(model, AdaptivePrefixConfig(prefix_length=4))
+    with torch.no_grad():
+        model.adaprefix.prefix.embedding.mul_(1.5)
     model.save_pretrained(tmp_path / "base")
     keys = safe_open(str(tmp_path / "base" / "model.safetensors"), "pt").keys()
     assert keys and not [k for k in keys if k.startswith("adaprefix.")]
@@ -138,6 +140,10 @@ def test_save_pretrained_writes_the_clean_base_model(tmp_path):
     with model.disable_adapter():
         assert torch.equal(reloaded.eval()(input_ids=ids, attention_mask=mask).logits,
                            model(input_ids=ids, attention_mask=mask).logits)
+    # The adapter is saved beside the base model: nothing trained is lost.
+    restored = load_adapter(reloaded, tmp_path / "base")
+    assert torch.equal(restored(input_ids=ids, attention_mask=mask).logits,
+                       model(input_ids=ids, attention_mask=mask).logits)
     # A caller that asks for given tensors gets them (the Trainer's checkpoints keep the adapter this way).
     model.save_pretrained(tmp_path / "full", state_dict=model.state_dict())
     assert "adaprefix.prefix.embedding" in safe_open(str(tmp_path / "full" / "model.safetensors"), "pt").keys()
@@ -198,3 +204,13 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
     with pytest.raises(AdapterLoadError, match=r"does not fit this model: missing tensors \['adaprefix.token_gate.bias'\]"
                                                r", unexpected tensors \['adaprefix.extra'\]$"):
         load_adapter(tiny_model("bert"), path)
+
+
+def test_trainer_checkpoints_keep_the_adapter_for_resuming(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(prefix_length=4))
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+    trainer.save_model(str(tmp_path / "checkpoint"))  # what every Trainer checkpoint does for the weights
+    keys = safe_open(str(tmp_path / "checkpoint" / "model.safetensors"), "pt").keys()
+    assert "adaprefix.prefix.embedding" in keys and "adaprefix.token_gate.weight" in keys
