@@ -83,3 +83,10 @@ def test_seam_keeps_a_causal_module_causal_without_a_mask_and_leaves_modules_wit
     host = _inner_function(type(module), impl)
     plain, _ = prefix_attention(impl, module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)
     torch.testing.assert_close(plain, host(module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("option", ["softcap", "sinks", "s_aux"])
+def test_per_query_path_refuses_options_it_does_not_implement(option):
+    q, k, v, causal, prefix = _random_inputs()
+    with pytest.raises(NotImplementedError, match=option):
+        per_query_gated_attention(torch.nn.Module(), q, k, v, causal, prefix, **{option: 1.0})

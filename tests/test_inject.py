@@ -363,3 +363,25 @@ def test_set_attn_implementation_accepts_transformers_dict_form():
     assert model.config._attn_implementation == "adaprefix_eager"
     with pytest.raises(UnsupportedModelError, match="adaprefix: per-sub-config attention implementations"):
         model.set_attn_implementation({"text_config": "sdpa"})
+
+
+def test_shift_positions_from_inputs_embeds_matches_input_ids():
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(method="pt2", prefix_length=4, shift_positions=True))
+    ids, mask = tiny_batch()
+    from_ids = model(input_ids=ids, attention_mask=mask).logits
+    embeds = model.bert.embeddings.word_embeddings(ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds, attention_mask=mask).logits, from_ids)
+
+
+def test_a_forward_that_raises_leaves_no_prefix_behind():
+    model = attach(tiny_model("bert"), _visible_config())
+
+    def fail(module, args, output):
+        raise RuntimeError("out of memory, say")
+
+    model.bert.encoder.layer[1].attention.self.register_forward_hook(fail)
+    ids, mask = tiny_batch()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model(input_ids=ids, attention_mask=mask)
+    runtime = model._adaprefix_runtime
+    assert runtime.prefix is None and all(site.prefix is None for site in runtime.sites)

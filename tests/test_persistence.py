@@ -214,3 +214,13 @@ def test_trainer_checkpoints_keep_the_adapter_for_resuming(tmp_path):
     trainer.save_model(str(tmp_path / "checkpoint"))  # what every Trainer checkpoint does for the weights
     keys = safe_open(str(tmp_path / "checkpoint" / "model.safetensors"), "pt").keys()
     assert "adaprefix.prefix.embedding" in keys and "adaprefix.token_gate.weight" in keys
+
+
+def test_saving_again_into_the_same_folder_replaces_the_adapter(tmp_path):
+    model, path = _trained_adapter(tmp_path)
+    with torch.no_grad():
+        model.adaprefix.prefix.embedding.add_(1.0)
+    model.save_adapter(path)
+    ids, mask = tiny_batch()
+    assert torch.equal(load_adapter(tiny_model("bert"), path)(input_ids=ids, attention_mask=mask).logits,
+                       model(input_ids=ids, attention_mask=mask).logits)
