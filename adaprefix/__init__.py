@@ -4,13 +4,14 @@ from .arch import UnsupportedModelError
 from .config import AdaptivePrefixConfig, ConfigError
 from .inject import attach, detach, is_attached
 from .introspect import collect_token_gates, effective_gates, last_token_gates, layer_gates
-from .persistence import AdapterLoadError, load_adapter, read_adapter_config, save_adapter
+from .persistence import AdapterLoadError, BaseModelMismatchWarning, load_adapter, read_adapter_config, save_adapter
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptivePrefixConfig",
     "AdapterLoadError",
+    "BaseModelMismatchWarning",
     "ConfigError",
     "UnsupportedModelError",
     "attach",

@@ -7,7 +7,6 @@ the host model keeps its own projections, rotary embeddings, cache and mask logi
 
 from __future__ import annotations
 
-import functools
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -31,12 +30,14 @@ class LayerPrefix:
 
 
 class LayerSite:
-    """Per-layer slot read by the attention function; filled by the layer's pre-hook each forward."""
+    """Per-layer slot read by the attention function.
+
+    It holds the prefix only while its layer runs: set by the layer's pre-hook, cleared by its post-hook, and put
+    back for the duration of a gradient-checkpointing recompute (see ``inject._CheckpointReplay``).
+    """
 
     def __init__(self, layer_index: int):
         self.layer_index = layer_index
-        # Separate from the prefix: disable_adapter must not drop it, a checkpointed backward may still recompute.
-        self.enabled = True
         self.prefix: LayerPrefix | None = None
 
 
@@ -92,11 +93,13 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
             scores = scores + mask
     probs = torch.softmax(torch.cat([prefix_scores, scores], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = (probs[..., :length] * gate) @ pv + probs[..., length:] @ v  # (B, H, T, hd)
-    return out.transpose(1, 2).contiguous(), probs
+    # The weights the values are really mixed with (gate on the prefix columns, after dropout): these are what
+    # output_attentions reports, so that weights @ [values] reproduces the output.
+    weights = torch.cat([probs[..., :length] * gate, probs[..., length:]], dim=-1)  # (B, H, T, l + S)
+    out = weights[..., :length] @ pv + weights[..., length:] @ v  # (B, H, T, hd)
+    return out.transpose(1, 2).contiguous(), weights
 
 
-@functools.cache
 def _inner_function(module_class: type, impl: str) -> Callable:
     if impl == "sdpa":
         return sdpa_attention_forward
@@ -104,27 +107,35 @@ def _inner_function(module_class: type, impl: str) -> Callable:
     return sys.modules[module_class.__module__].eager_attention_forward
 
 
-def _make_attention(impl: str) -> Callable:
-    def prefix_attention(module, query, key, value, attention_mask, **kwargs):
-        site: LayerSite | None = getattr(module, "_adaprefix_site", None)
-        inner = _inner_function(type(module), impl)
-        if site is None or not site.enabled or site.prefix is None:
-            return inner(module, query, key, value, attention_mask, **kwargs)
-        prefix = site.prefix
-        mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
-        if prefix.query_gate is not None:
-            return per_query_gated_attention(module, query, key, value, mask, prefix, **kwargs)
-        mask = widen_mask(mask, prefix.keys.shape[2])
-        batch = key.shape[0]
-        key = torch.cat([prefix.keys.expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, l + S, hd)
-        value = torch.cat([prefix.values.expand(batch, -1, -1, -1), value], dim=2)
-        # Pass is_causal=False: the explicit mask already holds causality, and sdpa's own flag aligns it top-left.
-        if impl == "sdpa":
-            kwargs["is_causal"] = False
-        return inner(module, query, key, value, mask, **kwargs)
+def prefix_attention(impl: str, module, query, key, value, attention_mask, **kwargs):
+    """The host's ``impl`` attention ("eager" or "sdpa") over [gated prefix; keys] for modules with a prefix.
 
-    prefix_attention.__name__ = f"adaprefix_{impl}_attention"
-    return prefix_attention
+    A module function, not a closure per implementation, so that every call runs (and is measured as) this code.
+    """
+    site: LayerSite | None = getattr(module, "_adaprefix_site", None)
+    inner = _inner_function(type(module), impl)
+    if site is None or site.prefix is None:
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    prefix = site.prefix
+    mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
+    if prefix.query_gate is not None:
+        return per_query_gated_attention(module, query, key, value, mask, prefix, **kwargs)
+    mask = widen_mask(mask, prefix.keys.shape[2])
+    batch = key.shape[0]
+    key = torch.cat([prefix.keys.expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, l + S, hd)
+    value = torch.cat([prefix.values.expand(batch, -1, -1, -1), value], dim=2)
+    # Pass is_causal=False: the explicit mask already holds causality, and sdpa's own flag aligns it top-left.
+    if impl == "sdpa":
+        kwargs["is_causal"] = False
+    return inner(module, query, key, value, mask, **kwargs)
+
+
+def _make_attention(impl: str) -> Callable:
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        return prefix_attention(impl, module, query, key, value, attention_mask, **kwargs)
+
+    attention.__name__ = f"adaprefix_{impl}_attention"
+    return attention
 
 
 def _materialised_sdpa_mask(*args, **kwargs):

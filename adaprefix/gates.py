@@ -22,8 +22,10 @@ class TokenGate(nn.Module):
             nn.init.zeros_(self.weight)
 
     def forward(self, layer: int, pooled: torch.Tensor) -> torch.Tensor:
-        # pooled: (B, d) -> (B, l), or (B, T, d) -> (B, T, l) for per-query gates
-        return torch.sigmoid(pooled @ self.weight[layer] + self.bias[layer])
+        # pooled: (B, d) -> (B, l), or (B, T, d) -> (B, T, l) for per-query gates. The layer's slice goes to the
+        # layer's device (a no-op unless the model is split across devices), not the activations to the adapter's.
+        device = pooled.device
+        return torch.sigmoid(pooled @ self.weight[layer].to(device) + self.bias[layer].to(device))
 
 
 class LayerGate(nn.Module):

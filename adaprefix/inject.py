@@ -1,14 +1,16 @@
 """attach / detach: put the adapter into a Transformers model through hooks and the attention seam.
 
 Per forward: a pre-hook on the base model builds every layer's prefix once and records the padding mask; a pre-hook
-on each layer reads h_{i-1}, computes that layer's gates and leaves the gated prefix on the layer's attention site.
-Hooks run outside gradient checkpointing's recompute, so the site keeps its tensors alive until the next forward.
+on each layer reads h_{i-1}, computes that layer's gates and leaves the gated prefix on the layer's attention site,
+and a post-hook clears it when the layer returns. transformers checkpoints a layer's forward, not its hooks, so a
+checkpointed recompute gets its own forward's prefix back from a wrapper around the checkpointing function.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from dataclasses import replace
 from typing import Iterator
 
@@ -16,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from . import attention as seam
-from .arch import BackboneShape, resolve_arch
+from .arch import BackboneShape, UnsupportedModelError, resolve_arch
+from .arch.table import SUPPORTED_ATTENTION
 from .arch.deberta import patch_deberta_attention, unpatch_deberta_attention
 from .config import AdaptivePrefixConfig, ConfigError
 from .gates import LayerGate, TokenGate, pool_hidden
@@ -36,11 +39,17 @@ class PrefixAdapter(nn.Module):
 
 
 class _Runtime:
-    """Non-parameter state of an attached adapter, shared by its hooks."""
+    """Non-parameter state of an attached adapter, shared by its hooks.
 
-    def __init__(self, model: nn.Module, config: AdaptivePrefixConfig, shape: BackboneShape, original_impl: str,
-                 sites: list[seam.LayerSite], handles: list, patched: list[nn.Module], requires_grad: dict[str, bool],
-                 original_class: type):
+    Hooks are small objects holding this runtime and their layer's site (not closures over the model), so that
+    ``copy.deepcopy(model)`` gives the copy hooks that point at the copy's own adapter, runtime and sites.
+    """
+
+    def __init__(self, model: nn.Module, adapter: PrefixAdapter, config: AdaptivePrefixConfig, shape: BackboneShape,
+                 original_impl: str, sites: list[seam.LayerSite], handles: list, patched: list[nn.Module],
+                 requires_grad: dict[str, bool], original_class: type):
+        self.adapter = adapter
+        self.model_config = model.config  # where transformers reads the attention implementation per call
         self.config = config
         self.shape = shape
         self.original_impl = original_impl
@@ -51,32 +60,76 @@ class _Runtime:
         self.original_class = original_class
         self.enabled = True
         self.saved_names: list[str] = []  # adapter + head parameters, the content of a saved adapter
-        self.prefix: torch.Tensor | None = None  # (N, 2, kv_heads, l, head_dim) for the current forward
-        self.padding_mask: torch.Tensor | None = None  # (B, T) 2D mask of the current forward, if given
+        # Every layer's prefix (N, 2, kv_heads, l, head_dim), alive only while the base model's forward runs: a
+        # later forward must neither read it nor keep its graph alive.
+        self.prefix: torch.Tensor | None = None
+        self.padding_mask: torch.Tensor | None = None  # (B, S) keep-mask of real keys of the last forward, if known
         self.token_gates: list[torch.Tensor | None] = [None] * shape.num_layers  # last forward, detached
-        self.signature = inspect.signature(model.base_model.forward)
+        self.arg_names = list(inspect.signature(model.base_model.forward).parameters)
 
 
 def _bound_arguments(runtime: _Runtime, args, kwargs) -> dict:
-    if not args:
-        return kwargs
-    return runtime.signature.bind_partial(*args, **kwargs).arguments
+    return {**dict(zip(runtime.arg_names, args)), **kwargs}
 
 
-def _base_pre_hook(model: nn.Module, runtime: _Runtime):
-    def hook(module, args, kwargs):
+def padding_mask_from(mask) -> torch.Tensor | None:
+    """The (B, S) keep-mask of real keys, from a 2D mask or reduced from a 4D one.
+
+    A 4D mask (B, 1|H, T, S) keeps or drops (query, key) pairs. A key is padding when no query may see it, which is
+    how DeBERTa reduces its own 4D masks; causal and block-diagonal masks leave every real key visible to some query.
+    """
+    if not isinstance(mask, torch.Tensor):
+        return None
+    if mask.ndim == 2:
+        return mask
+    if mask.ndim != 4:
+        raise UnsupportedModelError(
+            f"adaprefix: an attention_mask of shape {tuple(mask.shape)} cannot be reduced to the padding the token gate "
+            "pools over; pass a 2D (batch, keys) mask or a 4D (batch, 1, queries, keys) mask"
+        )
+    if mask.dtype == torch.bool:
+        keep = mask
+    elif mask.is_floating_point():  # additive: 0 keeps, a large negative value (or -inf) drops
+        keep = mask > torch.finfo(mask.dtype).min / 2
+    else:  # integer 1 = keep, 0 = drop
+        keep = mask != 0
+    return keep.any(dim=-2).any(dim=1).to(torch.long)  # (B, S)
+
+
+class _BasePreHook:
+    """Runs before the base model: builds every layer's prefix once and records the padding of this forward."""
+
+    def __init__(self, runtime: _Runtime):
+        self.runtime = runtime
+
+    def __call__(self, module, args, kwargs):
+        runtime = self.runtime
         if not runtime.enabled:
             return None
+        expected = seam.IMPL_PREFIX + runtime.original_impl
+        if module.config._attn_implementation != expected:
+            raise UnsupportedModelError(
+                f"adaprefix: the attention implementation was changed to {module.config._attn_implementation!r} "
+                "after attach, which bypasses the prefix; switch it with model.set_attn_implementation('eager' or "
+                "'sdpa') (adaprefix re-routes it), or adaprefix.detach(model) first to run another implementation"
+            )
         inputs = _bound_arguments(runtime, args, kwargs)
-        mask = inputs.get("attention_mask")
-        runtime.padding_mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
-        runtime.prefix = getattr(model, ADAPTER_ATTR).prefix()
+        runtime.padding_mask = padding_mask_from(inputs.get("attention_mask"))
+        runtime.prefix = runtime.adapter.prefix()
         if runtime.config.shift_positions and inputs.get("position_ids") is None:
-            kwargs = {**kwargs, "position_ids": _shifted_positions(module, inputs, runtime.config.prefix_length)}
-            return args, kwargs
+            positions = _shifted_positions(module, inputs, runtime.config.prefix_length)
+            return args, {**kwargs, "position_ids": positions}
         return None
 
-    return hook
+
+class _BasePostHook:
+    """Runs after the base model, also when it raised: the forward's prefix (and its graph) is released."""
+
+    def __init__(self, runtime: _Runtime):
+        self.runtime = runtime
+
+    def __call__(self, module, args, output):
+        self.runtime.prefix = None
 
 
 def _shifted_positions(base: nn.Module, inputs: dict, length: int) -> torch.Tensor:
@@ -85,23 +138,92 @@ def _shifted_positions(base: nn.Module, inputs: dict, length: int) -> torch.Tens
     embeddings = getattr(base, "embeddings", None)
     if ids is not None and hasattr(embeddings, "create_position_ids_from_input_ids"):
         # RoBERTa-style: count from padding_idx + 1, padding keeps padding_idx
-        return embeddings.create_position_ids_from_input_ids(ids, embeddings.padding_idx, length)
-    reference = ids if ids is not None else inputs["inputs_embeds"]
-    positions = torch.arange(length, length + reference.shape[1], device=reference.device)
-    return positions.unsqueeze(0).expand(reference.shape[0], -1)
+        positions = embeddings.create_position_ids_from_input_ids(ids, embeddings.padding_idx, length)
+    else:
+        reference = ids if ids is not None else inputs["inputs_embeds"]
+        positions = torch.arange(length, length + reference.shape[1], device=reference.device)
+        positions = positions.unsqueeze(0).expand(reference.shape[0], -1)
+    table = getattr(base.config, "max_position_embeddings", None)
+    if table is not None and positions.numel() and int(positions.max()) >= table:
+        tokens = positions.shape[1]
+        raise ConfigError(
+            f"adaprefix: shift_positions=True places {tokens} input tokens after the {length} prefix positions, up "
+            f"to position id {int(positions.max())}, but the model has max_position_embeddings={table}; shorten "
+            f"inputs to at most {tokens - (int(positions.max()) + 1 - table)} tokens or set shift_positions=False"
+        )
+    return positions
 
 
-def _layer_pre_hook(model: nn.Module, runtime: _Runtime, site: seam.LayerSite):
-    config = runtime.config
-    i = site.layer_index
-    pooling = config.gate_pooling
+class _CheckpointReplay:
+    """Wraps a layer's gradient-checkpointing function so that its recompute reads its own forward's prefix.
 
-    def hook(module, args, kwargs):
+    transformers checkpoints a layer's ``forward``, not its hooks: during backward the layer is recomputed without
+    the pre-hook, and by then later forwards (R-Drop, summed micro-batches) have put their own prefix on the site.
+    The prefix of this call is bound here and put back on the site for the recompute.
+    """
+
+    def __init__(self, inner, runtime: _Runtime, site: seam.LayerSite):
+        self.inner = inner
+        self.runtime = runtime
+        self.site = site
+
+    def __call__(self, function, *args, **kwargs):
+        if getattr(self.inner, "keywords", {}).get("use_reentrant"):
+            # The reentrant variant replays the layer in a nested backward that frees the gate's graph, which the
+            # outer backward still needs ("backward through the graph a second time").
+            raise UnsupportedModelError(
+                "adaprefix: reentrant gradient checkpointing (use_reentrant=True) cannot carry the prefix and gates "
+                "into the recompute; enable it with gradient_checkpointing_kwargs={'use_reentrant': False} "
+                "(transformers' default)"
+            )
+        site, prefix = self.site, self.site.prefix
+        # The implementation too: a backward run inside disable_adapter() must still recompute with the prefix.
+        config = self.runtime.model_config
+        impl = config._attn_implementation
+
+        def run(*run_args, **run_kwargs):
+            previous, previous_impl = site.prefix, config._attn_implementation
+            site.prefix = prefix
+            config._attn_implementation = impl
+            try:
+                return function(*run_args, **run_kwargs)
+            finally:
+                site.prefix = previous
+                config._attn_implementation = previous_impl
+
+        return self.inner(run, *args, **kwargs)
+
+
+def _layer_device(layer: nn.Module, hidden: torch.Tensor) -> torch.device:
+    """The device layer i computes on. h_{i-1} can still be on the previous layer's device: under device_map,
+    accelerate's hook moves the inputs only after the pre-hooks have run."""
+    hook = getattr(layer, "_hf_hook", None)
+    for candidate in (hook, *getattr(hook, "hooks", ())):
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    weight = next(layer.parameters(), None)
+    return hidden.device if weight is None else weight.device
+
+
+class _LayerPreHook:
+    """Reads h_{i-1}, computes layer i's gates and leaves the gated prefix on the layer's attention site."""
+
+    def __init__(self, runtime: _Runtime, site: seam.LayerSite):
+        self.runtime = runtime
+        self.site = site
+
+    def __call__(self, module, args, kwargs):
+        runtime, site = self.runtime, self.site
         if not runtime.enabled:
             return None
-        adapter: PrefixAdapter = getattr(model, ADAPTER_ATTR)
+        config, adapter, i = runtime.config, runtime.adapter, site.layer_index
         hidden = args[0] if args else kwargs["hidden_states"]  # h_{i-1}: (B, T, d)
-        keys, values = runtime.prefix[i, 0].unsqueeze(0), runtime.prefix[i, 1].unsqueeze(0)  # (1, kv_heads, l, hd)
+        # A layer called outside the base model's forward builds the prefix for itself.
+        prefix = runtime.prefix if runtime.prefix is not None else adapter.prefix()
+        # A model split across devices (device_map): the layer's slice of the adapter goes to the layer's device.
+        device = _layer_device(module, hidden)
+        keys, values = prefix[i, 0].unsqueeze(0).to(device), prefix[i, 1].unsqueeze(0).to(device)  # (1, kvh, l, hd)
         p = config.prefix_dropout or 0.0
         if module.training and p > 0:
             batch = hidden.shape[0]  # one dropout mask per example, as P-tuning v2
@@ -109,11 +231,14 @@ def _layer_pre_hook(model: nn.Module, runtime: _Runtime, site: seam.LayerSite):
             values = nn.functional.dropout(values.expand(batch, -1, -1, -1), p, training=True)
         scale = None
         if adapter.token_gate is not None:
-            alpha = adapter.token_gate(i, pool_hidden(hidden, runtime.padding_mask, pooling))  # (B, l) | (B, T, l)
+            mask = runtime.padding_mask
+            mask = None if mask is None else mask.to(hidden.device)
+            pooled = pool_hidden(hidden, mask, config.gate_pooling).to(device)  # pooled where h is, then moved
+            alpha = adapter.token_gate(i, pooled)  # (B, l) | (B, T, l)
             runtime.token_gates[i] = alpha.detach()
             scale = alpha
         if adapter.layer_gate is not None:
-            lam = adapter.layer_gate(i)
+            lam = adapter.layer_gate(i).to(device)
             scale = lam if scale is None else lam * scale
         query_gate = None
         if scale is not None and scale.ndim == 3:
@@ -122,9 +247,21 @@ def _layer_pre_hook(model: nn.Module, runtime: _Runtime, site: seam.LayerSite):
             factor = scale if scale.ndim == 0 else scale[:, None, :, None]  # (B, 1, l, 1)
             keys, values = keys * factor, values * factor
         site.prefix = seam.LayerPrefix(keys=keys, values=values, query_gate=query_gate)
+        checkpointing = module.__dict__.get("_gradient_checkpointing_func")
+        if checkpointing is not None and not isinstance(checkpointing, _CheckpointReplay):
+            # Wrapped here, on every call, because gradient checkpointing may be enabled after attach.
+            module._gradient_checkpointing_func = _CheckpointReplay(checkpointing, runtime, site)
         return None
 
-    return hook
+
+class _LayerPostHook:
+    """Clears the site after the layer, also when it raised, so no forward's graph outlives its outputs."""
+
+    def __init__(self, site: seam.LayerSite):
+        self.site = site
+
+    def __call__(self, module, args, output):
+        self.site.prefix = None
 
 
 def _resolve_config(config: AdaptivePrefixConfig, model: nn.Module, causal: bool, patched: bool):
@@ -176,19 +313,70 @@ class AdaptivePrefixMixin:
         """Run the base model exactly as before :func:`attach` inside this block."""
         runtime = self._adaprefix_runtime
         runtime.enabled = False
-        for site in runtime.sites:
-            site.enabled = False
         self.config._attn_implementation = runtime.original_impl
         try:
             yield
         finally:
             runtime.enabled = True
-            for site in runtime.sites:
-                site.enabled = True
             self.config._attn_implementation = seam.IMPL_PREFIX + runtime.original_impl
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        """Switch between eager and sdpa while attached; the adapter's variant of the new one keeps the prefix.
+
+        Any other implementation (flash attention, flex attention, kernels) would run without the prefix, so it is
+        refused: detach the adapter first to use it.
+        """
+        requested = attn_implementation
+        if isinstance(requested, dict):
+            if set(requested) - {""}:
+                raise UnsupportedModelError(
+                    "adaprefix: per-sub-config attention implementations are not supported while an adapter is "
+                    "attached; pass one implementation name ('eager' or 'sdpa')"
+                )
+            requested = requested.get("", self._adaprefix_runtime.original_impl)
+        if isinstance(requested, str) and requested.startswith(seam.IMPL_PREFIX):
+            requested = requested[len(seam.IMPL_PREFIX):]
+        runtime = self._adaprefix_runtime
+        supported = ("eager",) if runtime.patched else SUPPORTED_ATTENTION  # DeBERTa runs its own patched attention
+        if requested not in supported:
+            raise UnsupportedModelError(
+                f"adaprefix: attention implementation {requested!r} would bypass the prefix of the attached adapter; "
+                f"with an adapter attached use one of: {', '.join(supported)}. To run {requested!r}, save the adapter "
+                "(model.save_adapter) and adaprefix.detach(model) first"
+            )
+        if not runtime.patched:
+            super().set_attn_implementation(seam.IMPL_PREFIX + requested, *args, **kwargs)
+        runtime.original_impl = requested
+        self.config._attn_implementation = (seam.IMPL_PREFIX if runtime.enabled else "") + requested
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """Save the base model as it would be without the adapter, and the adapter beside it.
+
+        ``model.safetensors`` holds no ``adaprefix.*`` tensor, so ``from_pretrained`` reloads the base model cleanly;
+        ``adapter_config.json`` and ``adapter.safetensors`` (as :meth:`save_adapter` writes them) keep the adapter:
+        ``load_adapter(AutoModel...from_pretrained(path), path)`` restores both. Two callers get every tensor in
+        the weights file instead: one that passes ``state_dict``, and transformers' Trainer, whose checkpoints must
+        resume with the prefix and gates it trained (it reloads them from that file only).
+        """
+        if state_dict is not None or _called_by_trainer():
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith(ADAPTER_ATTR + ".")}
+        result = super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.save_adapter(save_directory)
+        return result
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _called_by_trainer() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "transformers.trainer":
+            return True
+        frame = frame.f_back
+    return False
 
 
 _CLASS_CACHE: dict[type, type] = {}
@@ -228,8 +416,11 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
 
     sites, handles, patched = [], [], []
     original_impl = model.config._attn_implementation
-    runtime = _Runtime(model, config, shape, original_impl, sites, handles, patched, requires_grad, type(model))
-    handles.append(model.base_model.register_forward_pre_hook(_base_pre_hook(model, runtime), with_kwargs=True))
+    runtime = _Runtime(model, adapter, config, shape, original_impl, sites, handles, patched, requires_grad,
+                       type(model))
+    base = model.base_model
+    handles.append(base.register_forward_pre_hook(_BasePreHook(runtime), with_kwargs=True))
+    handles.append(base.register_forward_hook(_BasePostHook(runtime), always_call=True))
     for i, layer in enumerate(layers):
         site = seam.LayerSite(i)
         attention_module = layer.get_submodule(spec.attention)
@@ -238,7 +429,8 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
             patch_deberta_attention(attention_module)
             patched.append(attention_module)
         sites.append(site)
-        handles.append(layer.register_forward_pre_hook(_layer_pre_hook(model, runtime, site), with_kwargs=True))
+        handles.append(layer.register_forward_pre_hook(_LayerPreHook(runtime, site), with_kwargs=True))
+        handles.append(layer.register_forward_hook(_LayerPostHook(site), always_call=True))
     model.config._attn_implementation = seam.IMPL_PREFIX + original_impl
     # What an adapter file holds, fixed now: a later requires_grad_(False) for inference must not empty it.
     runtime.saved_names = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -259,6 +451,9 @@ def detach(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if hasattr(module, "_adaprefix_site"):
             del module._adaprefix_site
+        replay = module.__dict__.get("_gradient_checkpointing_func")
+        if isinstance(replay, _CheckpointReplay):
+            module._gradient_checkpointing_func = replay.inner
     delattr(model, ADAPTER_ATTR)
     model.config._attn_implementation = runtime.original_impl
     for name, p in model.named_parameters():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def current_umask() -> int:
 
 class AdapterLoadError(ValueError):
     """An adapter directory cannot be loaded onto this model; the message names the file and the mismatch."""
+
+
+class BaseModelMismatchWarning(UserWarning):
+    """The adapter was trained on another checkpoint than the one it is loaded onto (same shapes, other weights)."""
+
+
+def base_model_name(model: nn.Module) -> str | None:
+    """The name or path the model was loaded from (``from_pretrained``); None for a model built from a config."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name) if name else None
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -60,6 +71,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
     tensors = {name: t.contiguous().cpu() for name, t in adapter_state_dict(model).items()}
     meta = {
         "format_version": FORMAT_VERSION,
+        "base_model": base_model_name(model),
         "config": runtime.config.to_dict(),
         "backbone": asdict(runtime.shape),
         "tensors": {name: list(t.shape) for name, t in tensors.items()},
@@ -70,6 +82,11 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
 
 def read_adapter_config(path: str | os.PathLike) -> tuple[AdaptivePrefixConfig, dict]:
     """Read and validate ``adapter_config.json``; return the config and the saved backbone facts."""
+    config, meta = _read_adapter_meta(path)
+    return config, meta["backbone"]
+
+
+def _read_adapter_meta(path: str | os.PathLike) -> tuple[AdaptivePrefixConfig, dict]:
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise AdapterLoadError(f"{file}: missing; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -77,6 +94,14 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[AdaptivePrefixConfig, 
         meta = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterLoadError(f"{file}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise AdapterLoadError(f"{file}: expected a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise AdapterLoadError(
+            f"{file}: format_version {version!r}, but adaprefix {_package_version()} reads format_version "
+            f"{FORMAT_VERSION}; load it with the adaprefix release that wrote it, or re-save the adapter with this one"
+        )
     for key in ("config", "backbone"):
         if not isinstance(meta.get(key), dict):
             raise AdapterLoadError(f"{file}: field {key!r} missing or not an object")
@@ -84,12 +109,32 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[AdaptivePrefixConfig, 
         config = AdaptivePrefixConfig.from_dict(meta["config"], source=f"{file} field 'config'")
     except (ConfigError, TypeError) as err:
         raise AdapterLoadError(str(err)) from err
-    return config, meta["backbone"]
+    return config, meta
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Attach the adapter saved in ``path`` to a fresh ``model`` and load its tensors; returns the model."""
-    config, saved_backbone = read_adapter_config(path)
+    """Attach the adapter saved in ``path`` to a fresh ``model`` and load its tensors; returns the model.
+
+    Shapes must match exactly. A different base checkpoint of the same shape loads with a
+    :class:`BaseModelMismatchWarning`: the prefix was learned for other weights.
+    """
+    config, meta = _read_adapter_meta(path)
+    saved_backbone, saved_base = meta["backbone"], meta.get("base_model")  # base_model: None when unknown
+    current_base = base_model_name(model)
+    if saved_base and current_base and os.path.normpath(saved_base) != os.path.normpath(current_base):
+        warnings.warn(
+            f"adaprefix: {Path(path) / CONFIG_NAME} was trained on base model {saved_base!r}, this model was loaded "
+            f"from {current_base!r}; shapes match, so it loads, but outputs differ from the ones it was trained for "
+            "unless the two are the same checkpoint",
+            BaseModelMismatchWarning,
+            stacklevel=2,
+        )
     _, shape, _, _ = resolve_arch(model)
     mismatches = [
         f"{key}: adapter {saved_backbone.get(key)!r}, model {value!r}"

@@ -23,14 +23,30 @@ def _force_gates_to_one(model):
             adapter.layer_gate.scale.fill_(1.0)
 
 
-def _cache_reference(model, ids, mask, prefix, shift_positions=False):
-    """Run the model without adaprefix, the prefix passed as a pre-filled cache (how PEFT / P-tuning v2 feed it)."""
+def _p_tuning_v2_past_key_values(flat, model):
+    """P-tuning v2's (and PEFT's) layout, written out independently of adaprefix's PrefixEncoder.
+
+    Both produce (batch, l, N * 2 * kv_dim) and turn it into per-layer (key, value) with
+    ``view(B, l, 2N, H, hd).permute([2, 0, 3, 1, 4]).split(2)``: layer i's key is row 2i, its value row 2i + 1.
+    """
+    config = model.config
+    layers, heads = config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    length = flat.shape[0]
+    past = flat.unsqueeze(0).view(1, length, 2 * layers, heads, -1).permute([2, 0, 3, 1, 4]).split(2)
+    return [(kv[0], kv[1]) for kv in past]  # N x (key, value), each (1, heads, l, head_dim)
+
+
+def _cache_reference(model, ids, mask, flat, shift_positions=False):
+    """Run the model without adaprefix, the prefix passed as a pre-filled cache (how PEFT / P-tuning v2 feed it).
+
+    ``flat`` is the prefix as P-tuning v2 and PEFT hold it, (l, N * 2 * kv_dim); it is laid out here by their
+    convention, not by the code under test.
+    """
     batch, length = ids.shape
     cache = DynamicCache(config=model.config)
-    for i in range(prefix.shape[0]):
-        cache.update(prefix[i, 0].expand(batch, -1, -1, -1).contiguous(),
-                     prefix[i, 1].expand(batch, -1, -1, -1).contiguous(), i)
-    wide_mask = torch.cat([torch.ones(batch, prefix.shape[3], dtype=mask.dtype), mask], dim=1)
+    for i, (key, value) in enumerate(_p_tuning_v2_past_key_values(flat, model)):
+        cache.update(key.expand(batch, -1, -1, -1).contiguous(), value.expand(batch, -1, -1, -1).contiguous(), i)
+    wide_mask = torch.cat([torch.ones(batch, flat.shape[0], dtype=mask.dtype), mask], dim=1)
     kwargs = {}
     if not shift_positions:
         embeddings = getattr(model.base_model, "embeddings", None)
@@ -52,7 +68,7 @@ def test_gates_at_one_equal_plain_prefix_tuning_bit_for_bit(name, impl):
     _force_gates_to_one(model)
     ids, mask = tiny_batch(pad_last=0 if name in DECODERS else 3)
     ours = model(input_ids=ids, attention_mask=mask).logits
-    reference = _cache_reference(model, ids, mask, model.adaprefix.prefix().detach())
+    reference = _cache_reference(model, ids, mask, model.adaprefix.prefix.embedding.detach())
     assert torch.equal(ours, reference)
 
 
@@ -62,7 +78,7 @@ def test_decoder_per_query_gates_at_one_equal_plain_prefix_tuning(name):
     attach(model, AdaptivePrefixConfig(method="apt", prefix_length=4))
     _force_gates_to_one(model)
     ids, mask = tiny_batch(pad_last=0)
-    reference = _cache_reference(model, ids, mask, model.adaprefix.prefix().detach())
+    reference = _cache_reference(model, ids, mask, model.adaprefix.prefix.embedding.detach())
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, reference, rtol=1e-5, atol=1e-5)
 
 
@@ -73,11 +89,14 @@ def test_shift_positions_reproduces_p_tuning_v2_bit_for_bit(name, impl):
     attach(model, AdaptivePrefixConfig(method="pt2", prefix_length=4, shift_positions=True, prefix_dropout=0.0))
     ids, mask = tiny_batch()
     ours = model(input_ids=ids, attention_mask=mask).logits
-    assert torch.equal(ours, _cache_reference(model, ids, mask, model.adaprefix.prefix().detach(), True))
+    assert torch.equal(ours, _cache_reference(model, ids, mask, model.adaprefix.prefix.embedding.detach(), True))
 
 
-def _reference_bert_apt(model, ids, mask, prefix, weight, bias, lam):
-    """BERT with APT, layer by layer, attention over [gated prefix; keys] written out by hand."""
+def _reference_bert_apt(model, ids, mask, past, weight, bias, lam):
+    """BERT with APT, layer by layer, attention over [gated prefix; keys] written out by hand.
+
+    ``past``: per layer (key, value), each (1, heads, l, head_dim), from :func:`_p_tuning_v2_past_key_values`.
+    """
     bert = model.bert
     m = mask.float()
     h = bert.embeddings(input_ids=ids)
@@ -88,9 +107,9 @@ def _reference_bert_apt(model, ids, mask, prefix, weight, bias, lam):
         att = layer.attention.self
         heads, hd = att.num_attention_heads, att.attention_head_size
         split = lambda x: x.view(batch, length, heads, hd).transpose(1, 2)  # noqa: E731
-        keys = torch.cat([prefix[i, 0][None] * gate[:, None, :, None], split(att.key(h))], dim=2)
-        values = torch.cat([prefix[i, 1][None] * gate[:, None, :, None], split(att.value(h))], dim=2)
-        visible = torch.cat([torch.ones(batch, prefix.shape[3]), m], dim=1)  # (B, l + T)
+        keys = torch.cat([past[i][0] * gate[:, None, :, None], split(att.key(h))], dim=2)
+        values = torch.cat([past[i][1] * gate[:, None, :, None], split(att.value(h))], dim=2)
+        visible = torch.cat([torch.ones(batch, gate.shape[1]), m], dim=1)  # (B, l + T)
         scores = split(att.query(h)) @ keys.transpose(-1, -2) / math.sqrt(hd)
         scores = scores.masked_fill(visible[:, None, None, :] == 0, float("-inf"))
         context = (scores.softmax(-1) @ values).transpose(1, 2).reshape(batch, length, -1)
@@ -108,9 +127,47 @@ def test_apt_with_random_gates_matches_a_hand_written_reference(impl):
         model.adaprefix.layer_gate.scale.uniform_(0.3, 2.0)
     ids, mask = tiny_batch()
     a = model.adaprefix
-    reference = _reference_bert_apt(model, ids, mask, a.prefix().detach(), a.token_gate.weight.detach(),
+    past = _p_tuning_v2_past_key_values(a.prefix.embedding.detach(), model)
+    reference = _reference_bert_apt(model, ids, mask, past, a.token_gate.weight.detach(),
                                     a.token_gate.bias.detach(), a.layer_gate.scale.detach())
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, reference, rtol=1e-5, atol=1e-6)
+
+
+class _PTuningV2PrefixEncoder(torch.nn.Module):
+    """P-tuning v2's PrefixEncoder (model/prefix_encoder.py), as its training scripts build it."""
+
+    def __init__(self, config, length, projection, hidden=8):
+        super().__init__()
+        out = config.num_hidden_layers * 2 * config.hidden_size
+        self.prefix_projection = projection
+        if projection:
+            self.embedding = torch.nn.Embedding(length, config.hidden_size)
+            self.trans = torch.nn.Sequential(torch.nn.Linear(config.hidden_size, hidden), torch.nn.Tanh(),
+                                             torch.nn.Linear(hidden, out))
+        else:
+            self.embedding = torch.nn.Embedding(length, out)
+
+    def forward(self, prefix):
+        return self.trans(self.embedding(prefix)) if self.prefix_projection else self.embedding(prefix)
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_p_tuning_v2_and_peft_prefixes_can_be_copied_in_directly(projection):
+    model = tiny_model("bert", "eager")
+    attach(model, AdaptivePrefixConfig(method="pt2", prefix_length=4, prefix_projection=projection,
+                                       projection_hidden_size=8, prefix_dropout=0.0))
+    torch.manual_seed(3)
+    theirs = _PTuningV2PrefixEncoder(model.config, 4, projection)
+    ours = model.adaprefix.prefix
+    with torch.no_grad():  # copied tensor for tensor, no reshaping
+        ours.embedding.copy_(theirs.embedding.weight)
+        if projection:
+            for index in (0, 2):
+                ours.projection[index].weight.copy_(theirs.trans[index].weight)
+                ours.projection[index].bias.copy_(theirs.trans[index].bias)
+    ids, mask = tiny_batch()
+    flat = theirs(torch.arange(4)).detach()  # (l, N * 2 * hidden), as their get_prompt() sees it for one example
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, _cache_reference(model, ids, mask, flat))
 
 
 def test_per_query_gated_attention_matches_a_loop_over_queries():

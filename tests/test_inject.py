@@ -1,10 +1,15 @@
 """attach/detach across the architecture matrix: outputs, freezing, gradients, disabling, errors."""
 
+import copy
+import gc
+import weakref
+
 import pytest
 import torch
+from accelerate.hooks import AlignDevicesHook, add_hook_to_module
 from transformers import BertConfig, BertForMultipleChoice, T5Config, T5Model
 
-from adaprefix import AdaptivePrefixConfig, ConfigError, UnsupportedModelError, attach, detach
+from adaprefix import AdaptivePrefixConfig, ConfigError, UnsupportedModelError, attach, detach, last_token_gates
 from tiny_models import DECODERS, MATRIX, tiny_batch, tiny_model
 
 METHODS = ["apt", "pt2", "token-gate", "layer-gate"]
@@ -102,6 +107,30 @@ def test_prefix_dropout_acts_in_training_only():
     assert not torch.equal(run(), run())
 
 
+def test_prefix_dropout_has_the_configured_rate_and_one_mask_per_example():
+    p, batch = 0.3, 8
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(method="pt2", prefix_length=32, prefix_dropout=p))
+    used = []  # what each layer's attention received, read while the layer runs
+    for layer in model.bert.encoder.layer:
+        layer.attention.self.register_forward_pre_hook(lambda module, args: used.append(module._adaprefix_site.prefix))
+    ids, mask = tiny_batch(batch=batch)
+    model.train()
+    model(input_ids=ids, attention_mask=mask)
+    prefix = model.adaprefix.prefix().detach()  # (N, 2, heads, l, head_dim)
+    for i, site_prefix in enumerate(used):
+        for kv, dropped in enumerate((site_prefix.keys.detach(), site_prefix.values.detach())):
+            assert dropped.shape[0] == batch
+            zero = dropped == 0
+            assert abs(zero.float().mean().item() - p) < 0.03, "dropout rate"
+            kept = prefix[i, kv].expand_as(dropped)[~zero]
+            torch.testing.assert_close(dropped[~zero], kept / (1 - p))  # survivors rescaled by 1 / (1 - p)
+            assert all(not torch.equal(zero[0], zero[b]) for b in range(1, batch)), "one mask per example"
+    model.eval()
+    used.clear()
+    model(input_ids=ids, attention_mask=mask)
+    assert all(torch.equal(u.keys.detach()[0], prefix[i, 0]) for i, u in enumerate(used)), "no dropout in eval"
+
+
 def test_multiple_choice_flattened_choices():
     torch.manual_seed(0)
     config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
@@ -176,3 +205,183 @@ def test_to_moves_adapter_and_train_eval_propagate():
 def test_config_flags_that_bypass_the_seam_are_refused():
     with pytest.raises(UnsupportedModelError, match="reorder_and_upcast_attn=True"):
         attach(tiny_model("gpt2", reorder_and_upcast_attn=True))
+
+
+@pytest.mark.parametrize("switch_to", ["eager", "sdpa"])
+def test_set_attn_implementation_after_attach_keeps_the_prefix(switch_to):
+    model = tiny_model("bert", "sdpa" if switch_to == "eager" else "eager")
+    attach(model, _visible_config())
+    ids, mask = tiny_batch()
+    before = model(input_ids=ids, attention_mask=mask).logits
+    model.set_attn_implementation(switch_to)
+    assert model.config._attn_implementation == f"adaprefix_{switch_to}"
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before, rtol=1e-5, atol=1e-6)
+    with model.disable_adapter():  # the base model now runs the newly chosen implementation
+        assert model.config._attn_implementation == switch_to
+    detach(model)
+    assert model.config._attn_implementation == switch_to
+
+
+def test_set_attn_implementation_to_one_without_prefix_is_refused():
+    model = attach(tiny_model("bert"), _visible_config())
+    with pytest.raises(UnsupportedModelError, match=r"adaprefix: .*'flex_attention'.*eager, sdpa.*detach"):
+        model.set_attn_implementation("flex_attention")
+    model.config._attn_implementation = "eager"  # behind adaprefix's back: the next forward says so
+    ids, mask = tiny_batch()
+    with pytest.raises(UnsupportedModelError, match=r"adaprefix: .*changed to 'eager'.*set_attn_implementation"):
+        model(input_ids=ids, attention_mask=mask)
+
+
+@pytest.mark.parametrize("when", ["fresh", "after-no-grad-forward", "after-training-forward"])
+def test_deepcopy_is_an_independent_working_adapter(when):
+    model = attach(tiny_model("bert"), _visible_config())
+    ids, mask = tiny_batch()
+    expected = model(input_ids=ids, attention_mask=mask).logits.detach()
+    if when == "after-no-grad-forward":
+        with torch.no_grad():
+            model(input_ids=ids[:1], attention_mask=mask[:1])
+    elif when == "after-training-forward":
+        model.train()
+        model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1])).loss  # no backward
+        model.eval()
+    twin = copy.deepcopy(model)
+    assert twin.adaprefix is not model.adaprefix
+    assert torch.equal(twin(input_ids=ids, attention_mask=mask).logits, expected)
+    with torch.no_grad():  # the copy's own adapter drives the copy, and only the copy
+        twin.adaprefix.prefix.embedding.mul_(2.0)
+        twin.adaprefix.token_gate.bias.add_(1.0)
+    changed = twin(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(changed, expected, rtol=0, atol=1e-6)
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, expected)
+    twin.train()
+    twin(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1])).loss.backward()
+    assert twin.adaprefix.token_gate.weight.grad is not None and model.adaprefix.token_gate.weight.grad is None
+    with twin.disable_adapter():
+        twin.eval()
+        assert torch.equal(twin(input_ids=ids, attention_mask=mask).logits,
+                           detach(model)(input_ids=ids, attention_mask=mask).logits)
+
+
+@pytest.mark.parametrize("impl,form", [("eager", "additive"), ("sdpa", "bool")])
+def test_4d_mask_gives_the_same_gates_and_outputs_as_the_2d_mask(impl, form):
+    model = attach(tiny_model("bert", impl), AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=1.0,
+                                                                  prefix_dropout=0.0))
+    ids, mask = tiny_batch()  # the second example has 3 padding tokens
+    flat = model(input_ids=ids, attention_mask=mask).logits
+    gates = last_token_gates(model)
+    keep = mask[:, None, None, :].expand(-1, 1, ids.shape[1], -1).bool()  # (B, 1, T, S)
+    mask4d = keep if form == "bool" else (~keep).float() * torch.finfo(torch.float32).min
+    out = model(input_ids=ids, attention_mask=mask4d).logits
+    torch.testing.assert_close(last_token_gates(model), gates, rtol=0, atol=0)
+    torch.testing.assert_close(out, flat, rtol=0, atol=0)
+
+
+def test_a_mask_that_cannot_be_reduced_to_padding_is_refused():
+    model = attach(tiny_model("bert", "eager"), _visible_config())
+    ids, mask = tiny_batch()
+    with pytest.raises(UnsupportedModelError, match=r"adaprefix: an attention_mask of shape \(2, 1, 9\)"):
+        model(input_ids=ids, attention_mask=mask[:, None, :])
+
+
+@pytest.mark.parametrize("name,longest", [("bert", 64 - 8), ("roberta", 64 - 8 - 2)])
+def test_shift_positions_beyond_the_position_table_names_the_lengths(name, longest):
+    model = attach(tiny_model(name), AdaptivePrefixConfig(method="pt2", prefix_length=8, shift_positions=True))
+    ids = torch.randint(3, 90, (2, longest))
+    model(input_ids=ids)  # the longest input that fits
+    too_long = torch.randint(3, 90, (2, longest + 1))
+    with pytest.raises(ConfigError, match=rf"adaprefix: shift_positions=True .*{longest + 1} input tokens after the 8 "
+                                          rf"prefix.*max_position_embeddings=64.*at most {longest} tokens"):
+        model(input_ids=too_long)
+
+
+@pytest.mark.parametrize("placement", ["weights", "accelerate-hook"])
+def test_each_layer_gets_its_prefix_and_gates_on_its_own_device(placement):
+    # Under device_map, layer i lives on its own device while h_{i-1} arrives on the previous layer's (accelerate
+    # moves inputs only after the pre-hooks). With one device here, the "other" device is "meta": the hook is fed
+    # h_{i-1} on the CPU, and what it leaves for the attention must be on layer 1's device.
+    model = attach(tiny_model("bert"), _visible_config())
+    runtime = model._adaprefix_runtime
+    layer = model.bert.encoder.layer[1]
+    if placement == "weights":
+        layer.to("meta")
+    else:  # offloaded weights stay on "meta"; accelerate's hook names the device the layer runs on
+        add_hook_to_module(layer, AlignDevicesHook(execution_device=torch.device("meta")))
+    hook = next(h for h in layer._forward_pre_hooks.values() if getattr(h, "site", None) is runtime.sites[1])
+    runtime.padding_mask = torch.ones(2, 9, dtype=torch.long)  # recorded on the input device
+    runtime.prefix = model.adaprefix.prefix()  # what the base model's pre-hook leaves, on the adapter's device
+    hook(layer, (torch.randn(2, 9, 32),), {})
+    prefix = runtime.sites[1].prefix
+    assert prefix.keys.device.type == "meta" and prefix.values.device.type == "meta"
+    assert runtime.token_gates[1].device.type == "meta"
+    assert model.adaprefix.prefix.embedding.device.type == "cpu"  # the parameters stay where attach put them
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_a_forward_without_backward_leaves_no_graph_alive(name):
+    model = attach(tiny_model(name), AdaptivePrefixConfig(prefix_length=4, prefix_projection=True,
+                                                          projection_hidden_size=8))
+    model.train()
+    captured = {}
+    layers = model.base_model.encoder.layer if name == "bert" else model.base_model.layers
+    layers[-1].register_forward_pre_hook(lambda module, args: captured.setdefault("h", weakref.ref(args[0])) and None)
+    model.adaprefix.prefix.projection[1].register_forward_hook(
+        lambda module, args, out: captured.setdefault("tanh", weakref.ref(out)) and None)
+    ids, mask = tiny_batch()
+    model(input_ids=ids, attention_mask=mask).logits.sum()  # e.g. an evaluation step that kept grad mode on
+    gc.collect()
+    assert captured["tanh"]() is None, "the prefix MLP's graph outlived the forward"
+    assert captured["h"]() is None, "h_{N-1} (and the graph behind it) outlived the forward"
+    assert all(site.prefix is None for site in model._adaprefix_runtime.sites)
+
+
+ENCODER_MATRIX = [(name, impl) for name, impl in MATRIX if name not in DECODERS]
+
+
+@pytest.mark.parametrize("name,impl", ENCODER_MATRIX)
+def test_right_padding_changes_nothing_for_the_real_tokens(name, impl):
+    # Padded keys stay invisible on every path (seam, DeBERTa's patch) and the gate pools over real tokens only.
+    model = attach(tiny_model(name, impl), _visible_config())
+    ids, mask = tiny_batch()  # the last example carries 3 padding tokens
+    padded = model(input_ids=ids, attention_mask=mask).logits[-1]
+    alone = model(input_ids=ids[-1:, :-3], attention_mask=mask[-1:, :-3]).logits[0]
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_deberta_keeps_its_own_attention_when_asked_to_switch():
+    model = attach(tiny_model("deberta-v2"), _visible_config())
+    ids, mask = tiny_batch()
+    before = model(input_ids=ids, attention_mask=mask).logits
+    model.set_attn_implementation("eager")  # what DeBERTa runs anyway: a no-op
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
+    with pytest.raises(UnsupportedModelError, match=r"adaprefix: attention implementation 'sdpa'.*one of: eager"):
+        model.set_attn_implementation("sdpa")
+
+
+def test_set_attn_implementation_accepts_transformers_dict_form():
+    model = attach(tiny_model("bert", "sdpa"), _visible_config())
+    model.set_attn_implementation({"": "eager"})
+    assert model.config._attn_implementation == "adaprefix_eager"
+    with pytest.raises(UnsupportedModelError, match="adaprefix: per-sub-config attention implementations"):
+        model.set_attn_implementation({"text_config": "sdpa"})
+
+
+def test_shift_positions_from_inputs_embeds_matches_input_ids():
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(method="pt2", prefix_length=4, shift_positions=True))
+    ids, mask = tiny_batch()
+    from_ids = model(input_ids=ids, attention_mask=mask).logits
+    embeds = model.bert.embeddings.word_embeddings(ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds, attention_mask=mask).logits, from_ids)
+
+
+def test_a_forward_that_raises_leaves_no_prefix_behind():
+    model = attach(tiny_model("bert"), _visible_config())
+
+    def fail(module, args, output):
+        raise RuntimeError("out of memory, say")
+
+    model.bert.encoder.layer[1].attention.self.register_forward_hook(fail)
+    ids, mask = tiny_batch()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model(input_ids=ids, attention_mask=mask)
+    runtime = model._adaprefix_runtime
+    assert runtime.prefix is None and all(site.prefix is None for site in runtime.sites)

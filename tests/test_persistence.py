@@ -1,11 +1,15 @@
 """save_adapter / load_adapter: small, pickle-free, bit-for-bit, and loud about every mismatch."""
 
 import json
+import warnings
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 
-from adaprefix import AdapterLoadError, AdaptivePrefixConfig, attach, load_adapter
+from adaprefix import AdapterLoadError, AdaptivePrefixConfig, BaseModelMismatchWarning, attach, load_adapter
 from tiny_models import tiny_batch, tiny_model
 
 
@@ -98,7 +102,7 @@ def test_unknown_config_field_is_named(tmp_path):
     meta = json.loads((path / "adapter_config.json").read_text())
     meta["config"]["prefix_lenght"] = 8
     (path / "adapter_config.json").write_text(json.dumps(meta))
-    with pytest.raises(AdapterLoadError, match="unknown field.*prefix_lenght"):
+    with pytest.raises(AdapterLoadError, match="adapter_config.json field 'config': unknown field.*prefix_lenght"):
         load_adapter(tiny_model("bert"), path)
 
 
@@ -120,3 +124,103 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     for name in ("adapter.safetensors", "adapter_config.json"):
         assert (path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_save_pretrained_writes_the_clean_base_model(tmp_path):
+    model = tiny_model("gpt2", head="causal-lm")  # tied output embeddings: the reload must not miss them either
+    attach(model, AdaptivePrefixConfig(prefix_length=4))
+    with torch.no_grad():
+        model.adaprefix.prefix.embedding.mul_(1.5)
+    model.save_pretrained(tmp_path / "base")
+    keys = safe_open(str(tmp_path / "base" / "model.safetensors"), "pt").keys()
+    assert keys and not [k for k in keys if k.startswith("adaprefix.")]
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path / "base", output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+    ids, mask = tiny_batch(pad_last=0)
+    with model.disable_adapter():
+        assert torch.equal(reloaded.eval()(input_ids=ids, attention_mask=mask).logits,
+                           model(input_ids=ids, attention_mask=mask).logits)
+    # The adapter is saved beside the base model: nothing trained is lost.
+    restored = load_adapter(reloaded, tmp_path / "base")
+    assert torch.equal(restored(input_ids=ids, attention_mask=mask).logits,
+                       model(input_ids=ids, attention_mask=mask).logits)
+    # A caller that asks for given tensors gets them (the Trainer's checkpoints keep the adapter this way).
+    model.save_pretrained(tmp_path / "full", state_dict=model.state_dict())
+    assert "adaprefix.prefix.embedding" in safe_open(str(tmp_path / "full" / "model.safetensors"), "pt").keys()
+
+
+def test_adapter_records_its_base_model_and_warns_on_another(tmp_path):
+    model = tiny_model("bert")
+    model.config._name_or_path = "org/bert-tiny"
+    attach(model, AdaptivePrefixConfig(prefix_length=4)).save_adapter(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model"] == "org/bert-tiny"
+    same = tiny_model("bert")
+    same.config._name_or_path = "org/bert-tiny"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaseModelMismatchWarning)
+        load_adapter(same, tmp_path / "adapter")
+    other = tiny_model("bert")
+    other.config._name_or_path = "org/bert-tiny-other-seed"
+    with pytest.warns(BaseModelMismatchWarning, match="adaprefix: .*'org/bert-tiny'.*'org/bert-tiny-other-seed'"):
+        load_adapter(other, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("version", [2, None])
+def test_unknown_format_version_is_refused_by_name(tmp_path, version):
+    _, path = _trained_adapter(tmp_path)
+    meta = json.loads((path / "adapter_config.json").read_text())
+    if version is None:
+        del meta["format_version"]
+    else:
+        meta["format_version"] = version
+    (path / "adapter_config.json").write_text(json.dumps(meta))
+    model = tiny_model("bert")
+    with pytest.raises(AdapterLoadError, match=rf"format_version {version}, but adaprefix .* reads format_version 1"):
+        load_adapter(model, path)
+    assert not hasattr(model, "adaprefix")
+
+
+def test_save_adapter_makes_missing_parent_folders_and_leaves_no_temporary_file_on_failure(tmp_path, monkeypatch):
+    model, _ = _trained_adapter(tmp_path)
+    model.save_adapter(tmp_path / "runs" / "a" / "adapter")
+    assert (tmp_path / "runs" / "a" / "adapter" / "adapter.safetensors").is_file()
+
+    import adaprefix.persistence as persistence
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(persistence, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_adapter(tmp_path / "failed")
+    assert list((tmp_path / "failed").iterdir()) == [], "a failed write leaves neither a partial nor a temporary file"
+
+
+def test_missing_and_unexpected_tensors_are_named(tmp_path):
+    _, path = _trained_adapter(tmp_path)
+    tensors = load_file(str(path / "adapter.safetensors"))
+    tensors["adaprefix.extra"] = tensors.pop("adaprefix.token_gate.bias")
+    save_file(tensors, str(path / "adapter.safetensors"))
+    with pytest.raises(AdapterLoadError, match=r"does not fit this model: missing tensors \['adaprefix.token_gate.bias'\]"
+                                               r", unexpected tensors \['adaprefix.extra'\]$"):
+        load_adapter(tiny_model("bert"), path)
+
+
+def test_trainer_checkpoints_keep_the_adapter_for_resuming(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(prefix_length=4))
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+    trainer.save_model(str(tmp_path / "checkpoint"))  # what every Trainer checkpoint does for the weights
+    keys = safe_open(str(tmp_path / "checkpoint" / "model.safetensors"), "pt").keys()
+    assert "adaprefix.prefix.embedding" in keys and "adaprefix.token_gate.weight" in keys
+
+
+def test_saving_again_into_the_same_folder_replaces_the_adapter(tmp_path):
+    model, path = _trained_adapter(tmp_path)
+    with torch.no_grad():
+        model.adaprefix.prefix.embedding.add_(1.0)
+    model.save_adapter(path)
+    ids, mask = tiny_batch()
+    assert torch.equal(load_adapter(tiny_model("bert"), path)(input_ids=ids, attention_mask=mask).logits,
+                       model(input_ids=ids, attention_mask=mask).logits)

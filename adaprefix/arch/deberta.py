@@ -16,7 +16,7 @@ import torch.nn as nn
 def _prefix_forward(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
                     relative_pos=None, rel_embeddings=None):
     site = getattr(self, "_adaprefix_site", None)
-    if site is None or not site.enabled or site.prefix is None:
+    if site is None or site.prefix is None:
         return type(self).forward(self, hidden_states, attention_mask, output_attentions, query_states,
                                   relative_pos, rel_embeddings)
     heads = self.num_attention_heads

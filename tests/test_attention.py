@@ -1,0 +1,92 @@
+"""The hand-written attention paths (per-query gates, DeBERTa): attention dropout, and the weights they report."""
+
+import pytest
+import torch
+
+from adaprefix import AdaptivePrefixConfig, attach
+from adaprefix.attention import LayerPrefix, _inner_function, per_query_gated_attention, prefix_attention
+from tiny_models import tiny_batch, tiny_model
+
+P = 0.5
+
+
+def _random_inputs(batch=2, heads=4, kv_heads=2, length=6, hd=8, l=3):
+    torch.manual_seed(0)
+    q = torch.randn(batch, heads, length, hd)
+    k, v = torch.randn(batch, kv_heads, length, hd), torch.randn(batch, kv_heads, length, hd)
+    prefix = LayerPrefix(torch.randn(1, kv_heads, l, hd), torch.randn(1, kv_heads, l, hd), torch.rand(batch, length, l))
+    causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+    return q, k, v, causal, prefix
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_per_query_weights_reported_are_the_ones_the_output_is_made_of(training):
+    q, k, v, causal, prefix = _random_inputs()
+    module = torch.nn.Module().train(training)
+    out, weights = per_query_gated_attention(module, q, k, v, causal, prefix, dropout=P)
+    rep = q.shape[1] // k.shape[1]
+    values = torch.cat([prefix.values.expand(2, -1, -1, -1), v], dim=2).repeat_interleave(rep, dim=1)
+    torch.testing.assert_close(out, (weights @ values).transpose(1, 2), rtol=1e-5, atol=1e-6)
+    if not training:  # gates below one scale the prefix columns: rows no longer sum to one
+        assert torch.all(weights.sum(-1) < 1.0)
+
+
+def test_per_query_attention_dropout_drops_at_the_configured_rate():
+    q, k, v, causal, prefix = _random_inputs(batch=8, length=16, l=16)
+    module = torch.nn.Module()
+    _, plain = per_query_gated_attention(module.eval(), q, k, v, causal, prefix, dropout=P)
+    _, dropped = per_query_gated_attention(module.train(), q, k, v, causal, prefix, dropout=P)
+    visible = plain > 0
+    zeroed = (dropped[visible] == 0).float().mean().item()
+    assert abs(zeroed - P) < 0.05, zeroed
+    kept = dropped[visible & (dropped > 0)] / plain[visible & (dropped > 0)]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - P)))
+
+
+def _attention_in_a_model(name, **overrides):
+    model = tiny_model(name, "eager", **overrides)
+    attach(model, AdaptivePrefixConfig(prefix_length=8, prefix_dropout=0.0, token_gate_weight_std=0.5))
+    ids, mask = tiny_batch(batch=4, length=12, pad_last=0)
+    return model, ids, mask
+
+
+@pytest.mark.parametrize("name,field", [("llama", "attention_dropout"), ("deberta-v2", "attention_probs_dropout_prob")])
+def test_hand_written_paths_apply_the_models_attention_dropout(name, field):
+    model, ids, mask = _attention_in_a_model(name, **{field: P})
+    model.train()
+    torch.manual_seed(0)
+    first = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    second = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert not torch.allclose(first.logits, second.logits), "training forwards must differ by attention dropout"
+    for dropped in first.attentions:
+        prefix_columns = dropped[..., :8]  # always visible, gates > 0: any zero here is dropout
+        zeroed = (prefix_columns == 0).float().mean().item()
+        assert abs(zeroed - P) < 0.1, zeroed
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_seam_keeps_a_causal_module_causal_without_a_mask_and_leaves_modules_without_prefix_alone(impl):
+    model = attach(tiny_model("llama", impl), AdaptivePrefixConfig(prefix_length=3))
+    module = model.model.layers[0].self_attn
+    torch.manual_seed(0)
+    batch, length, hd = 2, 5, module.head_dim
+    q = torch.randn(batch, 4, length, hd)
+    k, v = torch.randn(batch, 2, length, hd), torch.randn(batch, 2, length, hd)
+    module._adaprefix_site.prefix = LayerPrefix(torch.randn(1, 2, 3, hd), torch.randn(1, 2, 3, hd))
+    causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+    expected, _ = prefix_attention(impl, module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)
+    # No mask at all: keys outnumber queries, so causality must not be left to sdpa's top-left is_causal.
+    unmasked, _ = prefix_attention(impl, module, q, k, v, None, scaling=hd**-0.5, dropout=0.0)
+    torch.testing.assert_close(unmasked, expected)
+
+    module._adaprefix_site.prefix = None  # no prefix for this call: exactly the host's own kernel
+    host = _inner_function(type(module), impl)
+    plain, _ = prefix_attention(impl, module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)
+    torch.testing.assert_close(plain, host(module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("option", ["softcap", "sinks", "s_aux"])
+def test_per_query_path_refuses_options_it_does_not_implement(option):
+    q, k, v, causal, prefix = _random_inputs()
+    with pytest.raises(NotImplementedError, match=option):
+        per_query_gated_attention(torch.nn.Module(), q, k, v, causal, prefix, **{option: 1.0})
