@@ -58,7 +58,8 @@ class ForwardState:
         return hit[1]
 
     def additive_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        key = ("additive", id(mask), mask._version, dtype)
+        version = None if mask.is_inference() else mask._version  # inference tensors keep no version counter
+        key = ("additive", id(mask), version, dtype)
         return self.once(key, lambda: additive_mask(mask, dtype), source=mask)
 
 

@@ -400,7 +400,7 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
     seam.register_attention()
 
     param = next(model.parameters())
-    adapter = PrefixAdapter(config, shape).to(device=param.device, dtype=param.dtype)
+    adapter = PrefixAdapter(config, shape).to(device=param.device, dtype=param.dtype).train(model.training)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     head = _head_parameters(model, config)
     for p in model.parameters():
