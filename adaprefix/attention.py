@@ -3,21 +3,63 @@
 It is registered in transformers' AttentionInterface under ``adaprefix_<impl>`` with a matching mask function, so
 the host model keeps its own projections, rotary embeddings, cache and mask logic. Per layer, the state it needs
 (the prefix tensors for this forward) hangs on the attention module as ``_adaprefix_site``.
+
+Decoders gate the prefix per query position (gate shape (B, T, l)), which a shared key tensor cannot carry. Two
+implementations compute that attention, with the same result:
+
+- :func:`fused_per_query_gated_attention`, the fast path: the real keys go through a fused kernel that also returns
+  its log-sum-exp (on CPU, ``aten._scaled_dot_product_flash_attention_for_cpu``), the l prefix columns are computed
+  apart, and the two are merged in log space. Grouped-query heads read their key/value head directly (no copy of the
+  cache), and nothing is concatenated onto the cache.
+- :func:`per_query_gated_attention`, the eager reference: one (B, H, T, l + S) score matrix. It runs whenever the
+  fast path cannot: attention weights requested (``output_attentions``), attention dropout while training (the fused
+  CPU kernel has no dropout), a device other than CPU, or a non-floating dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 IMPL_PREFIX = "adaprefix_"
+
+
+class ForwardState:
+    """What every layer of one forward shares: whether attention weights were requested, and tensors made once.
+
+    The host model passes the same mask tensor to every layer: its additive form for the fused kernel, like the
+    padding weights the gate pools with, is made on the first layer that needs it and reused by the others.
+    """
+
+    def __init__(self, want_weights: bool = False):
+        self.want_weights = want_weights
+        self._memo: dict[tuple, tuple] = {}
+
+    def once(self, key: tuple, make: Callable[[], torch.Tensor], source: torch.Tensor | None = None) -> torch.Tensor:
+        """``make()`` the first time ``key`` is asked for in this forward, the same tensor afterwards.
+
+        ``source``, when given, is the tensor the result derives from: it is kept alive with the result, and a hit
+        must be that very tensor, so a key built from ``id(source)`` cannot match a later tensor at a reused address.
+        """
+        hit = self._memo.get(key)
+        if hit is None or hit[0] is not source:
+            hit = (source, make())
+            self._memo[key] = hit
+        return hit[1]
+
+    def additive_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        version = None if mask.is_inference() else mask._version  # inference tensors keep no version counter
+        key = ("additive", id(mask), version, dtype)
+        return self.once(key, lambda: additive_mask(mask, dtype), source=mask)
 
 
 @dataclass
@@ -27,6 +69,7 @@ class LayerPrefix:
     keys: torch.Tensor  # (B or 1, kv_heads, l, head_dim), already scaled when the gate is per example
     values: torch.Tensor  # (B or 1, kv_heads, l, head_dim)
     query_gate: torch.Tensor | None = None  # (B, T, l) when each query position has its own gate
+    shared: ForwardState = field(default_factory=ForwardState)  # per forward, shared by the layers
 
 
 class LayerSite:
@@ -68,10 +111,13 @@ def _repeat_heads(x: torch.Tensor, times: int) -> torch.Tensor:
 
 def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPrefix, scaling=None, dropout=0.0,
                               **kwargs):
-    """Attention over [gated prefix; keys] when the gate differs per query position, shape (B, T, l).
+    """Attention over [gated prefix; keys] when the gate differs per query position, shape (B, T, l): eager.
 
     Scaling pseudo token j's key and value by a_tj for query t equals scaling its logit and its attention weight by
-    a_tj, which is what is computed here (a shared key tensor cannot carry a per-query factor).
+    a_tj, which is what is computed here (a shared key tensor cannot carry a per-query factor). One (B, H, T, l + S)
+    score matrix, keys and values repeated per query head. This is the reference the fused path is tested against,
+    and what runs where that path cannot (see :func:`fast_path_blocker`): it returns the weights it used, and applies
+    attention dropout.
     """
     unsupported = [k for k in ("softcap", "sinks", "s_aux") if kwargs.get(k) is not None]
     if unsupported:  # none of the supported architectures passes these; fail rather than compute something else
@@ -100,6 +146,211 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
     return out.transpose(1, 2).contiguous(), weights
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A keep/drop mask as the fused kernel takes it: additive, in the query's dtype, a dropped key at dtype's minimum.
+
+    The minimum, not -inf: for a query that sees no real key (left padding) the kernel then reports a log-sum-exp near
+    the minimum (with -inf it reports 0 and a zero output), so the merge gives all weight to the prefix, as the eager
+    path does.
+    """
+    low = torch.finfo(dtype).min
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, low)
+    return mask.to(dtype).clamp(min=low)
+
+
+_FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_FAST_PATH = {"enabled": True}
+
+
+@contextlib.contextmanager
+def fast_path(enabled: bool) -> Iterator[None]:
+    """Use (or bypass) :func:`fused_per_query_gated_attention` inside this block; the tests compare both paths."""
+    previous = _FAST_PATH["enabled"]
+    _FAST_PATH["enabled"] = enabled
+    try:
+        yield
+    finally:
+        _FAST_PATH["enabled"] = previous
+
+
+def fast_path_blocker(module, query, key, value, mask, prefix: LayerPrefix, dropout=0.0, **kwargs) -> str | None:
+    """Why this call must take the eager per-query path; None when the fused path applies."""
+    if not _FAST_PATH["enabled"]:
+        return "fast path disabled"
+    if kwargs.get("output_attentions") or prefix.shared.want_weights:
+        return "attention weights requested (the fused kernel does not return them)"
+    if module.training and dropout > 0:
+        return "attention dropout while training (the fused CPU kernel has none)"
+    if any(kwargs.get(k) is not None for k in ("softcap", "sinks", "s_aux")):
+        return "softcap / attention sinks"
+    if query.device.type != "cpu":
+        return f"no fused kernel with log-sum-exp wired up for {query.device.type}"
+    if query.dtype not in _FAST_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
+        return f"dtype {query.dtype}"
+    if mask is not None and (mask.ndim != 4 or not (mask.dtype == torch.bool or mask.is_floating_point())):
+        return f"a {mask.ndim}D {mask.dtype} mask"
+    if value.shape[-1] != query.shape[-1] or query.shape[1] % key.shape[1]:
+        return "head shapes"
+    return None
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def _kernel_inputs(query, key, mask):
+    """Query and mask as the kernel takes them, and whether a decoding step's heads were folded.
+
+    The kernel reads grouped-query key/value heads directly. When decoding (one query), the rep query heads of a group
+    become rep queries of their key/value head instead, so each head of the cache is read once per step.
+    """
+    batch, heads, q_len, head_dim = query.shape
+    groups = key.shape[1]
+    rep = heads // groups
+    if q_len != 1 or rep == 1 or (mask is not None and mask.shape[1] not in (1, heads)):
+        return query, mask, False
+    q = query.view(batch, groups, rep, head_dim)  # (B, G, R, hd)
+    if mask is not None:  # (B|1, 1|H, 1, S) -> (B|1, 1|G, R, S)
+        mask = mask.expand(-1, -1, rep, -1) if mask.shape[1] == 1 else mask.view(mask.shape[0], groups, rep, -1)
+    return q, mask, True
+
+
+def _fused_forward(query, key, value, pk, pv, gate, mask, scale: float, causal: bool, need_lse: bool):
+    """The merged attention and, if asked, its log-normaliser; see :func:`fused_per_query_gated_attention`.
+
+    Returns out (B, H, T, hd) in the query's dtype and lse (B, H, T) (or None) in the kernel's log-sum-exp dtype
+    (float32, or float64 for float64 inputs): the log of the softmax denominator over [prefix columns; real keys].
+    """
+    batch, heads, q_len, head_dim = query.shape
+    groups, length = pk.shape[1], pk.shape[2]
+    rep = heads // groups
+    q, kernel_mask, _ = _kernel_inputs(query, key, mask)
+    out_real, lse_real = _flash(q, key, value, 0.0, causal, attn_mask=kernel_mask, scale=scale)
+    out_real = out_real.view(batch, groups, rep, q_len, head_dim)  # head h = g * R + r, as repeat_kv numbers them
+    lse_real = lse_real.view(batch, groups, rep, q_len)
+    ct = lse_real.dtype
+    gate = _cast(gate, ct)[:, None, None]  # (B, 1, 1, T, l), broadcast over the heads
+    logits = _prefix_logits(query, pk, gate, scale)  # (B, G, R, T, l): a_tj * s_tj
+    # One softmax over the l prefix logits and the real keys' log-mass: the last column is the real keys' share.
+    both = torch.cat([logits, lse_real.unsqueeze(-1)], dim=-1)  # (B, G, R, T, l + 1)
+    probs = torch.softmax(both, dim=-1)
+    weights = probs[..., :length] * gate  # the gate on the prefix values too
+    prefix_out = torch.matmul(weights.reshape(batch, groups, rep * q_len, length), _cast(pv, ct))  # (B, G, R*T, hd)
+    out = torch.addcmul(prefix_out.view(batch, groups, rep, q_len, head_dim), _cast(out_real, ct), probs[..., length:])
+    lse = torch.logsumexp(both, dim=-1).view(batch, heads, q_len) if need_lse else None
+    return _cast(out.view(batch, heads, q_len, head_dim), query.dtype), lse
+
+
+def _prefix_logits(query, pk, gate, scale: float) -> torch.Tensor:
+    """a_tj * (q_t . pk_j) * scale, as (B, G, R, T, l), in the gate's dtype; gate (B, 1, 1, T, l).
+
+    The R query heads of kv group G read its prefix keys as they are (no copy per query head).
+    """
+    batch, heads, q_len, head_dim = query.shape
+    groups, length = pk.shape[1], pk.shape[2]
+    rep = heads // groups
+    grouped = _cast(query, gate.dtype).reshape(batch, groups, rep * q_len, head_dim)  # a view when decoding
+    scores = torch.matmul(grouped, _cast(pk, gate.dtype).transpose(-1, -2))  # (B, G, R*T, l)
+    return scores.view(batch, groups, rep, q_len, length).mul_(scale) * gate
+
+
+class _FusedGatedAttention(torch.autograd.Function):
+    """Autograd for :func:`_fused_forward`: the kernel's log-sum-exp has no gradient of its own, so the merge does.
+
+    Real keys: the kernel's backward, given the *merged* output and log-normaliser, rebuilds each real key's weight
+    as exp(s - lse), which is its weight in the merged softmax, and uses sum(grad * out) over the merged output: that
+    is exactly the real keys' share of the merged gradient (as in ring attention). Prefix columns: the gradient of
+    the surrogate sum_j p_j (a_j grad . pv_j - sum(grad * out)) with p_j = exp(a_j s_j - lse), lse held fixed, which
+    is the softmax gradient for logit a_j s_j and value a_j pv_j; autograd takes it through the small (B, H, T, l)
+    tensors to q, the prefix and the gate.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, pk, pv, gate, mask, scale, causal):
+        out, lse = _fused_forward(query, key, value, pk, pv, gate, mask, scale, causal, need_lse=True)
+        ctx.save_for_backward(query, key, value, pk, pv, gate, mask, out, lse)
+        ctx.scale, ctx.causal = scale, causal
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, pk, pv, gate, mask, out, lse = ctx.saved_tensors
+        batch, heads, q_len, head_dim = query.shape
+        groups, length = pk.shape[1], pk.shape[2]
+        rep, ct = heads // groups, lse.dtype
+        grad_out = grad_out.contiguous()
+        q, kernel_mask, _ = _kernel_inputs(query, key, mask)
+        shape = q.shape  # the kernel's view of the query: (B, H, T, hd), or (B, G, R, hd) when folded
+        grad_q, grad_k, grad_v = _flash_backward(
+            grad_out.view(shape), q, key, value, out.view(shape), lse.view(shape[:-1]), 0.0, ctx.causal,
+            attn_mask=kernel_mask, scale=ctx.scale)
+        grad_q = grad_q.reshape(query.shape)
+        wanted = [i for i in (0, 3, 4, 5) if ctx.needs_input_grad[i]]
+        grads = {}
+        if wanted:
+            with torch.enable_grad():
+                inputs = zip((0, 3, 4, 5), (query, pk, pv, gate))
+                leaves = {i: t.detach().requires_grad_(i in wanted) for i, t in inputs}
+                a = _cast(leaves[5], ct)[:, None, None]  # (B, 1, 1, T, l)
+                g = _cast(grad_out, ct)
+                d = (g * _cast(out, ct)).sum(dim=-1).view(batch, groups, rep, q_len, 1)
+                logits = _prefix_logits(leaves[0], leaves[3], a, ctx.scale)  # (B, G, R, T, l)
+                probs = torch.exp(logits - lse.view(batch, groups, rep, q_len, 1))
+                g_dot_pv = torch.matmul(g.reshape(batch, groups, rep * q_len, head_dim),
+                                        _cast(leaves[4], ct).transpose(-1, -2))  # (B, G, R*T, l)
+                g_dot_pv = g_dot_pv.view(batch, groups, rep, q_len, length)
+                surrogate = (probs * (a * g_dot_pv - d)).sum()
+                found = torch.autograd.grad(surrogate, [leaves[i] for i in wanted])
+            grads = {i: _cast(g_i, leaves[i].dtype) for i, g_i in zip(wanted, found)}
+        if 0 in grads:
+            grad_q = grad_q + grads[0]
+        return (grad_q, grad_k, grad_v, grads.get(3), grads.get(4), grads.get(5), None, None, None)
+
+
+def fused_per_query_gated_attention(module, query, key, value, attention_mask, prefix: LayerPrefix, scaling=None,
+                                    dropout=0.0, **kwargs):
+    """The result of :func:`per_query_gated_attention` with the real keys on a fused kernel.
+
+    With s_tj = q_t . pk_j * scale and gate a_tj, pseudo token j enters query t's softmax with logit a_tj s_tj and its
+    value with weight a_tj. Over the real keys the fused kernel returns O_r and the log-sum-exp L_r; then
+    ``out = (exp(L_r) O_r + sum_j exp(a_tj s_tj) a_tj pv_j) / (exp(L_r) + sum_j exp(a_tj s_tj))``, evaluated
+    relative to the largest exponent. Keys and values are read as they are: no repeat per query head (the kernel
+    takes grouped-query heads; the prefix part keeps the heads of a group on their own axis) and no concatenation
+    onto the cache. Causality without a mask uses the kernel's flag when queries and keys are aligned (T == S);
+    otherwise the mask is materialised. Returns (out (B, T, H, hd), None): no weights (ask for them with
+    ``output_attentions`` and the eager path runs).
+    """
+    q_len, key_len = query.shape[2], key.shape[2]
+    causal = False
+    if attention_mask is None and bool(getattr(module, "is_causal", False)) and q_len > 1:
+        if q_len == key_len:
+            causal = True
+        else:
+            attention_mask = explicit_mask(None, query, key_len, True)
+    mask = None if attention_mask is None else prefix.shared.additive_mask(attention_mask, query.dtype)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate)  # gate (B, T, l)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        out = _FusedGatedAttention.apply(*tensors, mask, scale, causal)
+    else:
+        out, _ = _fused_forward(*tensors, mask, scale, causal, need_lse=False)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def gated_attention(module, query, key, value, attention_mask, prefix: LayerPrefix, **kwargs):
+    """Attention with a per-query gate: the fused path where :func:`fast_path_blocker` allows it, else the eager one."""
+    if fast_path_blocker(module, query, key, value, attention_mask, prefix, **kwargs) is None:
+        return fused_per_query_gated_attention(module, query, key, value, attention_mask, prefix, **kwargs)
+    mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
+    return per_query_gated_attention(module, query, key, value, mask, prefix, **kwargs)
+
+
 def _inner_function(module_class: type, impl: str) -> Callable:
     if impl == "sdpa":
         return sdpa_attention_forward
@@ -117,9 +368,9 @@ def prefix_attention(impl: str, module, query, key, value, attention_mask, **kwa
     if site is None or site.prefix is None:
         return inner(module, query, key, value, attention_mask, **kwargs)
     prefix = site.prefix
-    mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
     if prefix.query_gate is not None:
-        return per_query_gated_attention(module, query, key, value, mask, prefix, **kwargs)
+        return gated_attention(module, query, key, value, attention_mask, prefix, **kwargs)
+    mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
     mask = widen_mask(mask, prefix.keys.shape[2])
     batch = key.shape[0]
     key = torch.cat([prefix.keys.expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, l + S, hd)

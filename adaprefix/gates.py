@@ -39,13 +39,20 @@ class LayerGate(nn.Module):
         return self.scale[layer]
 
 
-def pool_hidden(hidden: torch.Tensor, padding_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """Summarise h_{i-1} (B, T, d) for the token gate: (B, d) for mean/cls, (B, T, d) for per-query 'token'."""
+def pool_hidden(hidden: torch.Tensor, keep: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """Summarise h_{i-1} (B, T, d) for the token gate: (B, d) for mean/cls, (B, T, d) for per-query 'token'.
+
+    ``keep``: (B, T, 1) weights of the real tokens in hidden's dtype (see :func:`padding_weights`), or None.
+    """
     if pooling == "token":
         return hidden
     if pooling == "cls":
         return hidden[:, 0]
-    if padding_mask is None:
+    if keep is None:
         return hidden.mean(dim=1)
-    mask = padding_mask[:, -hidden.shape[1]:].to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
+def padding_weights(padding_mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """The (B, S) keep-mask's last T columns as (B, T, 1) weights in hidden's dtype, on hidden's device."""
+    return padding_mask[:, -hidden.shape[1]:].to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)

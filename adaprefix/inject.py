@@ -22,7 +22,7 @@ from .arch import BackboneShape, UnsupportedModelError, resolve_arch
 from .arch.table import SUPPORTED_ATTENTION
 from .arch.deberta import patch_deberta_attention, unpatch_deberta_attention
 from .config import AdaptivePrefixConfig, ConfigError
-from .gates import LayerGate, TokenGate, pool_hidden
+from .gates import LayerGate, TokenGate, padding_weights, pool_hidden
 from .prefix import PrefixEncoder
 
 ADAPTER_ATTR = "adaprefix"  # the submodule name: every adapter parameter is named "adaprefix.*"
@@ -64,6 +64,7 @@ class _Runtime:
         # later forward must neither read it nor keep its graph alive.
         self.prefix: torch.Tensor | None = None
         self.padding_mask: torch.Tensor | None = None  # (B, S) keep-mask of real keys of the last forward, if known
+        self.forward_state: seam.ForwardState | None = None  # shared by the layers while the base model runs
         self.token_gates: list[torch.Tensor | None] = [None] * shape.num_layers  # last forward, detached
         self.arg_names = list(inspect.signature(model.base_model.forward).parameters)
 
@@ -116,6 +117,10 @@ class _BasePreHook:
         inputs = _bound_arguments(runtime, args, kwargs)
         runtime.padding_mask = padding_mask_from(inputs.get("attention_mask"))
         runtime.prefix = runtime.adapter.prefix()
+        want_weights = inputs.get("output_attentions")
+        if want_weights is None:
+            want_weights = getattr(module.config, "output_attentions", False)
+        runtime.forward_state = seam.ForwardState(want_weights=bool(want_weights))
         if runtime.config.shift_positions and inputs.get("position_ids") is None:
             positions = _shifted_positions(module, inputs, runtime.config.prefix_length)
             return args, {**kwargs, "position_ids": positions}
@@ -130,6 +135,7 @@ class _BasePostHook:
 
     def __call__(self, module, args, output):
         self.runtime.prefix = None
+        self.runtime.forward_state = None
 
 
 def _shifted_positions(base: nn.Module, inputs: dict, length: int) -> torch.Tensor:
@@ -229,11 +235,15 @@ class _LayerPreHook:
             batch = hidden.shape[0]  # one dropout mask per example, as P-tuning v2
             keys = nn.functional.dropout(keys.expand(batch, -1, -1, -1), p, training=True)
             values = nn.functional.dropout(values.expand(batch, -1, -1, -1), p, training=True)
+        # A layer called outside the base model's forward shares nothing with other layers.
+        shared = runtime.forward_state if runtime.forward_state is not None else seam.ForwardState()
         scale = None
         if adapter.token_gate is not None:
-            mask = runtime.padding_mask
-            mask = None if mask is None else mask.to(hidden.device)
-            pooled = pool_hidden(hidden, mask, config.gate_pooling).to(device)  # pooled where h is, then moved
+            keep, mask = None, runtime.padding_mask
+            if mask is not None and config.gate_pooling == "mean":  # sliced and cast once per forward
+                key = ("pool", hidden.device, hidden.dtype, hidden.shape[1])
+                keep = shared.once(key, lambda: padding_weights(mask, hidden), source=mask)
+            pooled = pool_hidden(hidden, keep, config.gate_pooling).to(device)  # pooled where h is, then moved
             alpha = adapter.token_gate(i, pooled)  # (B, l) | (B, T, l)
             runtime.token_gates[i] = alpha.detach()
             scale = alpha
@@ -246,7 +256,7 @@ class _LayerPreHook:
         elif scale is not None:
             factor = scale if scale.ndim == 0 else scale[:, None, :, None]  # (B, 1, l, 1)
             keys, values = keys * factor, values * factor
-        site.prefix = seam.LayerPrefix(keys=keys, values=values, query_gate=query_gate)
+        site.prefix = seam.LayerPrefix(keys=keys, values=values, query_gate=query_gate, shared=shared)
         checkpointing = module.__dict__.get("_gradient_checkpointing_func")
         if checkpointing is not None and not isinstance(checkpointing, _CheckpointReplay):
             # Wrapped here, on every call, because gradient checkpointing may be enabled after attach.
@@ -407,7 +417,7 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
     seam.register_attention()
 
     param = next(model.parameters())
-    adapter = PrefixAdapter(config, shape).to(device=param.device, dtype=param.dtype)
+    adapter = PrefixAdapter(config, shape).to(device=param.device, dtype=param.dtype).train(model.training)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     head = _head_parameters(model, config)
     for p in model.parameters():

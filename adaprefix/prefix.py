@@ -36,9 +36,45 @@ class PrefixEncoder(nn.Module):
             for linear in (self.projection[0], self.projection[2]):
                 nn.init.normal_(linear.weight, std=config.projection_init_std)
                 nn.init.zeros_(linear.bias)
+        self._cache: tuple[tuple, torch.Tensor] | None = None  # (key, projection output), see _projected
+
+    def _projected(self) -> torch.Tensor:
+        """The projection MLP's output; in eval mode, when no gradient is wanted, reused while nothing changed.
+
+        Generation calls the model once per new token, each call needing the same (l, N*2*kv_dim) output, whose MLP
+        reads r x N*2*kv_dim weights. The cache key holds, for every parameter, its storage address, dtype, device,
+        shape and version counter (which every in-place update of a parameter bumps: optimizer steps,
+        ``load_state_dict``, ``copy_`` or ``mul_`` under no_grad), plus the grad, inference and autocast modes;
+        ``.to()``, ``.half()``, ``.float()`` and the like clear it. Training mode, or a forward that needs gradients,
+        never reads or keeps it. Writes through ``param.data`` bypass version counters: call :meth:`clear_cache`
+        after those.
+        """
+        need_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if self.training or need_grad:
+            self._cache = None
+            return self.projection(self.embedding)
+        device = self.embedding.device.type
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        key = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), autocast,
+               *((p.data_ptr(), p._version, p.dtype, p.device, tuple(p.shape)) for p in self.parameters()))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.projection(self.embedding))
+        return self._cache[1]
+
+    def clear_cache(self) -> None:
+        """Drop the cached projection output (only needed after writing parameters through ``.data``)."""
+        self._cache = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None  # .to() / .half() / ... swap parameter storage without bumping version counters
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {**state, "_cache": None}  # copies and pickles recompute on their own parameters
 
     def forward(self) -> torch.Tensor:
-        flat = self.embedding if self.projection is None else self.projection(self.embedding)  # (l, N*2*kv_dim)
+        flat = self.embedding if self.projection is None else self._projected()  # (l, N*2*kv_dim)
         s = self.shape
         kv = flat.view(self.length, s.num_layers, 2, s.num_kv_heads, s.head_dim)
         return kv.permute(1, 2, 3, 0, 4)  # (N, 2, kv_heads, l, head_dim)
