@@ -170,8 +170,10 @@ def _jsonl_inputs(task, file: Path) -> list[dict]:
         columns = {"text": task.text_column}
         if task.text_pair_column:
             columns["text_pair"] = task.text_pair_column
+    from .tasks.readers import numbered_lines, read_text
+
     examples = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
+    for number, line in numbered_lines(read_text(file)):  # a byte-order mark and CRLF line ends are fine
         if not line.strip():
             continue
         try:
@@ -186,6 +188,8 @@ def _jsonl_inputs(task, file: Path) -> list[dict]:
 
 
 def _read_inputs(loaded, text, text_pair, file) -> list[dict]:
+    from .tasks.readers import numbered_lines, read_text
+
     task = loaded.task
     fields = _text_fields(task)
     if file is not None:
@@ -193,7 +197,7 @@ def _read_inputs(loaded, text, text_pair, file) -> list[dict]:
             raise ValueError(f"{file}: input file not found")
         if file.suffix == ".jsonl":
             return _jsonl_inputs(task, file)
-        rows = [line.rstrip("\n").split("\t") for line in file.read_text().splitlines() if line.strip()]
+        rows = [line.split("\t") for _, line in numbered_lines(read_text(file)) if line.strip()]
     elif text is not None:
         rows = [[text] + ([text_pair] if text_pair is not None else [])]
     else:

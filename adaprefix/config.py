@@ -44,8 +44,14 @@ class AdaptivePrefixConfig:
     )
     prefix_init_std: float = field(
         default=1.0,
-        metadata={"help": "Std of the normal init of the prefix (or of its embedding when reparameterised). 1.0 "
-                  "matches nn.Embedding, which P-tuning v2 and PEFT use."},
+        metadata={"help": "Std of the normal init of the prefix (or of its embedding when reparameterised). 0.02 is "
+                  "what P-tuning v2 ran with (from_pretrained re-initialises its missing prefix embedding with the "
+                  "backbone's initializer_range); 1.0 is nn.Embedding's default, which PEFT keeps."},
+    )
+    projection_init_std: float | None = field(
+        default=0.02,
+        metadata={"help": "Std of the normal init of the reparameterisation MLP's weights, biases at 0, as P-tuning "
+                  "v2 ran (the backbone's initializer_range). None: torch's default Linear init (PEFT)."},
     )
     shift_positions: bool = field(
         default=False,
@@ -90,6 +96,8 @@ class AdaptivePrefixConfig:
             raise ConfigError(f"prefix_dropout: expected None or a value in [0, 1), got {self.prefix_dropout}")
         if self.prefix_init_std <= 0 or self.token_gate_weight_std < 0:
             raise ConfigError("prefix_init_std must be > 0 and token_gate_weight_std >= 0")
+        if self.projection_init_std is not None and self.projection_init_std <= 0:
+            raise ConfigError(f"projection_init_std: expected None or a value > 0, got {self.projection_init_std}")
 
     @property
     def use_token_gate(self) -> bool:

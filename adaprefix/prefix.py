@@ -32,6 +32,10 @@ class PrefixEncoder(nn.Module):
             self.embedding = nn.Parameter(torch.empty(self.length, out_dim))
             self.projection = None
         nn.init.normal_(self.embedding, std=config.prefix_init_std)
+        if self.projection is not None and config.projection_init_std is not None:
+            for linear in (self.projection[0], self.projection[2]):
+                nn.init.normal_(linear.weight, std=config.projection_init_std)
+                nn.init.zeros_(linear.bias)
 
     def forward(self) -> torch.Tensor:
         flat = self.embedding if self.projection is None else self.projection(self.embedding)  # (l, N*2*kv_dim)

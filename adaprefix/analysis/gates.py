@@ -34,6 +34,7 @@ def gate_report(run_dir: str | Path, split: str = "dev", output: str | Path | No
                 max_examples: int = 512) -> dict[str, Any]:
     """Gate statistics of a run's best adapter over ``split``; writes ``gates.json`` and a PNG heat map."""
     from ..training import load_run
+    from ..training.recipe import resolve_max_length
 
     loaded = load_run(run_dir)
     model, task = loaded.model, loaded.task
@@ -42,7 +43,8 @@ def gate_report(run_dir: str | Path, split: str = "dev", output: str | Path | No
     token = None
     if model.adaprefix.token_gate is not None:
         examples = task.load(split, loaded.config.data_dir)[:max_examples]
-        rows = list(task.encode(examples, loaded.tokenizer, loaded.config.max_length).dataset)
+        max_length = resolve_max_length(loaded.config, task, loaded.tokenizer)
+        rows = list(task.encode(examples, loaded.tokenizer, max_length).dataset)
         collate = task.collator(loaded.tokenizer)
         batches = [{k: v for k, v in collate(rows[i:i + 32]).items() if k != "labels"}
                    for i in range(0, len(rows), 32)]

@@ -71,6 +71,8 @@ class Task(ABC):
     eval_split: str = "dev"
     #: split with gold labels to report final numbers on; None where the test split is unlabelled.
     test_split: str | None = None
+    #: Truncation length when the run sets none: None means the tokenizer's own limit (``model_max_length``).
+    default_max_length: int | None = 128
 
     def __init__(self, labels: Sequence[str] | None = None) -> None:
         self._labels: list[str] | None = list(labels) if labels is not None else None
@@ -317,6 +319,9 @@ class TokenClassificationTask(Task):
     metric_names = ("f1", "precision", "recall")
     main_metric = "f1"
     test_split = "test"
+    # P-tuning v2 tokenizes NER with truncation=True and no max_length, i.e. at the model's limit: gold entities
+    # past 128 sub-tokens still count. Truncating at 128 would drop a few of them from scoring.
+    default_max_length = None
 
     def encode(self, examples: Sequence[Example], tokenizer: Any, max_length: int | None = None) -> EncodedSplit:
         if not getattr(tokenizer, "is_fast", False):

@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError, Verbatim
+from .readers import numbered_lines, read_text
 
-_TAG_RE = re.compile(r"^[BIES]-\S+$")
+#: A tag the readers accept: ``O``, IOB2/IOBES with a type (``B-PER``, ``I-PER``, ``E-PER``, ``S-PER``), or
+#: BIO without a type (``B``, ``I``), as in keyphrase and chunk-free span data.
+TAG_RE = re.compile(r"^(?:O|[BIES]-\S+|[BI])$")
 
 
 @dataclass(frozen=True)
@@ -44,50 +47,51 @@ class Sentence:
 
 
 def read_conll(path: str | Path, fmt: ConllFormat) -> list[Sentence]:
-    """Read ``path`` into sentences, checking column counts and tag syntax (IOB2/IOBES or ``O``)."""
+    """Read ``path`` into sentences, checking column counts and tag syntax (see :data:`TAG_RE`).
+
+    A UTF-8 byte-order mark is dropped and CRLF line ends are read as LF (see :func:`~.readers.read_text`).
+    """
     path = Path(path)
     sentences: list[Sentence] = []
     cur: Sentence | None = None
     expected = fmt.num_columns
     expected_from: int | None = None
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith(fmt.boundary_prefixes):
-                if cur is not None:
-                    sentences.append(cur)
-                    cur = None
-                continue
-            cols = line.split(fmt.delimiter) if fmt.delimiter else line.split()
-            if expected is None:
-                if len(cols) < fmt.min_columns():
-                    raise _column_error(path, lineno, fmt, f"at least {fmt.min_columns()} columns", cols)
-                expected, expected_from = len(cols), lineno
-            elif len(cols) != expected:
-                want = f"{expected} columns"
-                if fmt.columns_doc:
-                    want += f" ({fmt.columns_doc})"
-                elif expected_from is not None:
-                    want += f" (as on line {expected_from})"
-                raise _column_error(path, lineno, fmt, want, cols)
-            token, tag = cols[fmt.token_column].strip(), cols[fmt.tag_column].strip()
-            if not token:
-                raise DataError("empty token", path=path, line=lineno, hint="Check the column delimiter.")
-            if tag != "O" and not _TAG_RE.match(tag):
-                raise DataError(
-                    path=path,
-                    line=lineno,
-                    field=f"tag (column {_colno(fmt.tag_column, len(cols))})",
-                    expected="'O' or a BIO/IOBES tag such as 'B-PER', 'I-PER'",
-                    got=tag,
-                    hint="Convert bracketed OntoNotes/CoNLL-2012 tags like '(PERSON*' to BIO first, "
-                    "or point the tag column at the NER column.",
-                )
-            if cur is None:
-                cur = Sentence([], [], lineno)
-            cur.tokens.append(token)
-            cur.tags.append(tag)
-            cur.tag_lines.append(lineno)
+    for lineno, line in numbered_lines(read_text(path)):
+        if not line.strip() or line.startswith(fmt.boundary_prefixes):
+            if cur is not None:
+                sentences.append(cur)
+                cur = None
+            continue
+        cols = line.split(fmt.delimiter) if fmt.delimiter else line.split()
+        if expected is None:
+            if len(cols) < fmt.min_columns():
+                raise _column_error(path, lineno, fmt, f"at least {fmt.min_columns()} columns", cols)
+            expected, expected_from = len(cols), lineno
+        elif len(cols) != expected:
+            want = f"{expected} columns"
+            if fmt.columns_doc:
+                want += f" ({fmt.columns_doc})"
+            elif expected_from is not None:
+                want += f" (as on line {expected_from})"
+            raise _column_error(path, lineno, fmt, want, cols)
+        token, tag = cols[fmt.token_column].strip(), cols[fmt.tag_column].strip()
+        if not token:
+            raise DataError("empty token", path=path, line=lineno, hint="Check the column delimiter.")
+        if not TAG_RE.match(tag):
+            raise DataError(
+                path=path,
+                line=lineno,
+                field=f"tag (column {_colno(fmt.tag_column, len(cols))})",
+                expected="'O' or a BIO/IOBES tag such as 'B-PER', 'I-PER' (or 'B', 'I' without a type)",
+                got=tag,
+                hint="Convert bracketed OntoNotes/CoNLL-2012 tags like '(PERSON*' to BIO first, "
+                "or point the tag column at the NER column.",
+            )
+        if cur is None:
+            cur = Sentence([], [], lineno)
+        cur.tokens.append(token)
+        cur.tags.append(tag)
+        cur.tag_lines.append(lineno)
     if cur is not None:
         sentences.append(cur)
     return sentences

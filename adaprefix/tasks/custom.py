@@ -1,5 +1,6 @@
 """Bring-your-own data: text classification from jsonl/json/csv/tsv files and token classification
-from CoNLL column files. Paths are given per split; the data dir is not used."""
+from CoNLL column files (whatever their extension: ``.txt``, ``.conll``, ``.tsv``). Paths are given per split;
+the data dir is not used. :func:`custom_task` picks the task that fits the train file (see ``formats.py``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from typing import Any, Sequence
 from .base import Example, SequenceClassificationTask
 from .conll import ConllFormat
 from .errors import DataError
+from .formats import FORMAT_FLAG, check_format, detect_format
 from .ner import ConllTask
-from .readers import get_field, read_json_or_jsonl, read_table
-
-_READERS = {".jsonl": "json", ".json": "json", ".csv": ",", ".tsv": "\t", ".tab": "\t"}
+from .readers import QUOTING_FLAG, TSV_QUOTING, get_field, read_json_or_jsonl, read_table
 
 
 def _given_path(paths: dict[str, Path | None], split: str, task_name: str) -> Path:
@@ -20,7 +20,7 @@ def _given_path(paths: dict[str, Path | None], split: str, task_name: str) -> Pa
     if path is None:
         raise DataError(
             f"task {task_name!r} has no {split} file",
-            hint=f"Pass {split}=PATH when building the task (e.g. --{split}-file on the command line).",
+            hint=f"Pass --{split}-file PATH ({split}=PATH in Python).",
         )
     if not path.is_file():
         raise DataError(f"file not found for the {split} split of task {task_name!r}", path=path,
@@ -54,7 +54,7 @@ class CustomSequenceTask(SequenceClassificationTask):
     """Sequence (or sequence-pair) classification from your own files.
 
     Args:
-        train, dev, test: paths of the split files (``.jsonl``, ``.json``, ``.csv``, ``.tsv``); csv/tsv
+        train, dev, test: paths of the split files (``.jsonl``, ``.json``, ``.csv``, ``.tsv``, ``.tab``); csv/tsv
             need a header row. Any may be None if not used.
         text_column: field holding the text.
         text_pair_column: optional field holding the second text of a pair.
@@ -62,7 +62,10 @@ class CustomSequenceTask(SequenceClassificationTask):
             "false"/"true"). The test file may lack it.
         labels: the label set, in id order; default: the labels of the train file, sorted
             (numerically when all are integers).
-        file_format: "jsonl", "csv" or "tsv" to override the guess from the file extension.
+        file_format: "jsonl", "csv" or "tsv" for every file; None or "auto": each file's own, from its
+            extension and content (:func:`~.formats.detect_format`; a file that looks like tagging data is refused).
+        tsv_quoting: how quote characters in a tsv file are read: "auto" (plain text when every line has the
+            header's number of tabs, else CSV quoting), "none" (plain text, as in GLUE's TSVs) or "csv".
     Metrics: accuracy and macro-F1; the main metric is ``main_metric`` (default accuracy).
     """
 
@@ -78,13 +81,21 @@ class CustomSequenceTask(SequenceClassificationTask):
         labels: Sequence[str] | None = None,
         name: str = "custom",
         file_format: str | None = None,
+        tsv_quoting: str = "auto",
         main_metric: str = "accuracy",
     ) -> None:
         super().__init__([str(x) for x in labels] if labels is not None else None)
         self.name = name
         self.paths = _split_paths(train, dev, test)
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
-        self.file_format = file_format
+        self.file_format = check_format(file_format or "auto")
+        if self.file_format == "conll":
+            raise DataError(field="format", expected="jsonl, csv or tsv for a classification task", got="conll",
+                            hint="CoNLL column files are tagging data: use CustomTokenTask (or custom_task).")
+        if tsv_quoting not in TSV_QUOTING:
+            raise DataError(field="tsv_quoting", expected=f"one of {', '.join(TSV_QUOTING)}", got=tsv_quoting,
+                            hint=f"Pass {QUOTING_FLAG} auto, none or csv.")
+        self.tsv_quoting = tsv_quoting
         self.metric_names = ("accuracy", "macro_f1")
         self.main_metric = main_metric
         self.test_split = "test" if test is not None else None
@@ -94,14 +105,16 @@ class CustomSequenceTask(SequenceClassificationTask):
         return str(path) if path is not None else None
 
     def _records(self, path: Path) -> list[tuple[int, dict[str, Any]]]:
-        fmt = (self.file_format or "").lower().lstrip(".")
-        kind = _READERS.get(f".{fmt}" if fmt else path.suffix.lower())
-        if kind is None:
+        fmt = detect_format(path, self.file_format)
+        if fmt == "conll":
             raise DataError(
-                "cannot tell the file format", path=path, expected="a .jsonl, .json, .csv or .tsv file",
-                got=path.suffix or "no extension", hint="Rename the file or pass file_format='jsonl'|'csv'|'tsv'.",
+                "this file looks like tagging data (token and tag columns, a blank line between sentences), but "
+                "the task reads classification data", path=path,
+                hint=f"Pass {FORMAT_FLAG} tsv, csv or jsonl if it is a table, or train a tagging task on it.",
             )
-        return read_json_or_jsonl(path) if kind == "json" else read_table(path, kind)
+        if fmt == "jsonl":
+            return read_json_or_jsonl(path)
+        return read_table(path, "," if fmt == "csv" else "\t", quoting="csv" if fmt == "csv" else self.tsv_quoting)
 
     def _collect_labels(self, data_dir: str | Path | None) -> list[str]:
         path = _given_path(self.paths, "train", self.name)
@@ -132,7 +145,8 @@ class CustomSequenceTask(SequenceClassificationTask):
                 raise DataError(
                     "unknown label", path=path, line=line, field=self.label_column,
                     expected=f"one of {self.labels}", got=raw,
-                    hint="Known labels come from the train file (or labels=[...]): fix the label or add it to labels.",
+                    hint="The label set is the train file's labels (or labels=[...] in Python): fix this label, or "
+                    "add train examples with it.",
                 )
             out.append({
                 "text": text,
@@ -164,8 +178,11 @@ class CustomTokenTask(ConllTask):
             first token line.
         labels: the tag set, in id order; default "O" then the train tags sorted.
         boundary_prefixes: lines starting with one of these end a sentence and are skipped.
-    Tags must be "O" or BIO/IOBES (``B-X``, ``I-X``, ``E-X``, ``S-X``); metric: seqeval micro-F1.
+    Tags must be "O" or BIO/IOBES (``B-X``, ``I-X``, ``E-X``, ``S-X``, or ``B``/``I`` without a type); metric:
+    seqeval micro-F1. Byte-order marks, CRLF line ends and ``-DOCSTART-`` lines are handled by the reader.
     """
+
+    file_format = "conll"
 
     def __init__(
         self,
@@ -196,3 +213,32 @@ class CustomTokenTask(ConllTask):
 
     def _split_file(self, split: str, data_dir: str | Path | None) -> Path:
         return _given_path(self.paths, split, self.name)
+
+
+def custom_task(
+    train: str | Path,
+    dev: str | Path | None = None,
+    test: str | Path | None = None,
+    *,
+    file_format: str = "auto",
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    token_column: int = 0,
+    tag_column: int = -1,
+    tsv_quoting: str = "auto",
+) -> CustomSequenceTask | CustomTokenTask:
+    """The bring-your-own task the train file calls for: tagging for CoNLL columns, classification otherwise.
+
+    The format is ``file_format``, or for ``auto`` the train file's (:func:`~.formats.detect_format`: its content,
+    then its extension). Dev and test files are read the same way. The task's ``file_format`` is the format
+    chosen, never ``auto``, so a run can record it and rebuild the task without the train file.
+    """
+    fmt = check_format(file_format)
+    if fmt == "auto":  # an explicit format needs no train file: a finished run predicts without it
+        fmt = detect_format(_given_path(_split_paths(train, None, None), "train", "custom"), fmt,
+                            tag_column=tag_column)
+    if fmt == "conll":
+        return CustomTokenTask(train, dev, test, token_column=token_column, tag_column=tag_column)
+    return CustomSequenceTask(train, dev, test, text_column=text_column, text_pair_column=text_pair_column,
+                              label_column=label_column, file_format=fmt, tsv_quoting=tsv_quoting)

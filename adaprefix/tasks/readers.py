@@ -1,15 +1,57 @@
-"""Record readers (jsonl, JSON array, csv, tsv) that keep the line number of every record."""
+"""Record readers (jsonl, JSON array, csv, tsv) that keep the line number of every record.
+
+Every reader goes through :func:`read_text`: a UTF-8 byte-order mark is dropped and CRLF / CR line ends are
+read as LF, so a file saved by Excel or Notepad reads the same as one written on Linux.
+"""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import DataError
+from .errors import DataError, Verbatim
 
 Record = dict[str, Any]
+
+#: How quote characters in a .tsv file are read: ``auto`` (plain text when every line has the header's number of
+#: tabs, else CSV quoting), ``none`` (always plain text, as in GLUE's TSVs) or ``csv`` (CSV quoting rules).
+TSV_QUOTING = ("auto", "none", "csv")
+QUOTING_FLAG = "--tsv-quoting"
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file, without a leading byte-order mark and with every line end made ``\\n``.
+
+    Raises :class:`DataError` naming the file and the line for text that is not UTF-8 (UTF-16 included).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError("the file is UTF-16 text", path=path, line=1, expected="UTF-8 text", got=Verbatim("UTF-16"),
+                        hint="Re-save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`).")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"not UTF-8 text (byte {data[exc.start:exc.start + 1]!r} at byte offset {exc.start})", path=path,
+            line=line, hint="Re-save the file as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`).",
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def numbered_lines(text: str) -> list[tuple[int, str]]:
+    """``(line_number, line)`` pairs of text from :func:`read_text` (1-based; no empty line after a final ``\\n``)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return list(enumerate(lines, start=1))
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, Record]]:
@@ -18,36 +60,38 @@ def read_jsonl(path: str | Path) -> list[tuple[int, Record]]:
     Blank lines are skipped (official SuperGLUE test files end without a newline, others with one).
     """
     path = Path(path)
+    return _jsonl_records(read_text(path), path)
+
+
+def _jsonl_records(text: str, path: Path) -> list[tuple[int, Record]]:
     out: list[tuple[int, Record]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"malformed JSON line ({exc.msg} at column {exc.colno})",
-                    path=path,
-                    line=lineno,
-                    hint="Each line of a .jsonl file must be one complete JSON object.",
-                ) from None
-            if not isinstance(rec, dict):
-                raise DataError(
-                    path=path, line=lineno, expected="a JSON object per line", got=type(rec).__name__,
-                    hint="Each line of a .jsonl file must be one JSON object such as {\"text\": ..., \"label\": ...}.",
-                )
-            out.append((lineno, rec))
+    for lineno, line in numbered_lines(text):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"malformed JSON line ({exc.msg} at column {exc.colno})",
+                path=path,
+                line=lineno,
+                hint="Each line of a .jsonl file must be one complete JSON object.",
+            ) from None
+        if not isinstance(rec, dict):
+            raise DataError(
+                path=path, line=lineno, expected="a JSON object per line", got=type(rec).__name__,
+                hint="Each line of a .jsonl file must be one JSON object such as {\"text\": ..., \"label\": ...}.",
+            )
+        out.append((lineno, rec))
     return out
 
 
 def read_json_or_jsonl(path: str | Path) -> list[tuple[int, Record]]:
     """Read ``.jsonl`` or a ``.json`` file that is either a JSON array of objects or JSON lines."""
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    text = read_text(path)
     if not text.lstrip().startswith("["):
-        return read_jsonl(path)
+        return _jsonl_records(text, path)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -62,36 +106,96 @@ def read_json_or_jsonl(path: str | Path) -> list[tuple[int, Record]]:
     return out
 
 
-def read_table(path: str | Path, delimiter: str) -> list[tuple[int, Record]]:
+def read_table(path: str | Path, delimiter: str, quoting: str = "csv") -> list[tuple[int, Record]]:
     """Read a csv/tsv file with a header row; returns ``(line_number, row)`` pairs.
 
-    A row with fewer or more cells than the header is an error (file:line, expected vs got).
+    ``quoting`` is ``csv`` (cells may be quoted, and quoted cells may hold the delimiter or a line break),
+    ``none`` (every line is split on the delimiter; quote characters are plain text, as in GLUE's TSVs) or
+    ``auto`` (``none`` when every non-blank line has as many delimiters as the header, else ``csv``).
+    Blank lines are skipped. A row with fewer or more cells than the header is an error (file:line, expected
+    vs got, and how to change the quoting).
     """
     path = Path(path)
-    out: list[tuple[int, Record]] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        header: list[str] | None = None
-        for row in _rows(reader):
-            lineno, cells = row
-            if header is None:
-                header = [c.strip() for c in cells]
-                continue
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                raise DataError(
-                    "wrong number of cells",
-                    path=path,
-                    line=lineno,
-                    expected=f"{len(header)} cells (header: {header})",
-                    got=len(cells),
-                    hint="Quote cells that contain the delimiter, or check the file's delimiter.",
-                )
-            out.append((lineno, dict(zip(header, cells))))
-    if header is None:
+    if quoting not in TSV_QUOTING:
+        raise DataError(field="quoting", expected=f"one of {', '.join(TSV_QUOTING)}", got=quoting,
+                        hint=f"Pass {QUOTING_FLAG} with one of those values.")
+    lines = [(n, line) for n, line in numbered_lines(read_text(path)) if line.strip()]
+    if not lines:
         raise DataError("file is empty (no header row)", path=path)
+    header_line, header_text = lines[0]
+    header = [c.strip() for c in header_text.split(delimiter)] if quoting != "csv" else None
+    if quoting == "auto":
+        odd = next(((n, line) for n, line in lines if line.count(delimiter) != len(header) - 1), None)
+        if odd is None:
+            quoting = "none"
+        else:
+            try:
+                return _read_quoted(path, delimiter, auto=True)
+            except _CellCountError:
+                n, line = odd
+                raise _cell_count_error(path, n, header, line.split(delimiter), delimiter, "auto") from None
+    if quoting == "csv":
+        return _read_quoted(path, delimiter, auto=False)
+    out: list[tuple[int, Record]] = []
+    for lineno, line in lines[1:]:
+        cells = line.split(delimiter)
+        if len(cells) != len(header):
+            raise _cell_count_error(path, lineno, header, cells, delimiter, "none")
+        out.append((lineno, dict(zip(header, cells))))
     return out
+
+
+class _CellCountError(DataError):
+    """A row with the wrong number of cells under CSV quoting (auto mode reports the raw line instead)."""
+
+
+def _read_quoted(path: Path, delimiter: str, auto: bool) -> list[tuple[int, Record]]:
+    out: list[tuple[int, Record]] = []
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    header: list[str] | None = None
+    for lineno, cells in _rows(reader):
+        if not any(c.strip() for c in cells):
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            continue
+        if len(cells) != len(header):
+            err = _cell_count_error(path, lineno, header, cells, delimiter, "csv")
+            raise _CellCountError(str(err)) if auto else err
+        out.append((lineno, dict(zip(header, cells))))
+    return out
+
+
+def _cell_count_error(path: Path, lineno: int, header: list[str], cells: list[str], delimiter: str,
+                      quoting: str) -> DataError:
+    sep = "tab" if delimiter == "\t" else repr(delimiter)
+    if delimiter != "\t":
+        hint = ("Quote cells that contain the delimiter, or check the file's delimiter "
+                "(--format tsv for a tab-separated file).")
+    elif quoting == "csv":
+        hint = (f"Read with CSV quoting, a cell that starts with '\"' runs on to the next '\"', across tabs. "
+                f"If quote characters in this file are plain text (as in GLUE's TSVs), pass {QUOTING_FLAG} none.")
+    elif quoting == "none":
+        hint = (f"Quote characters are read as plain text ({QUOTING_FLAG} none), so every line needs exactly "
+                f"{len(header) - 1} tabs. If cells that hold tabs or line breaks are quoted, pass "
+                f"{QUOTING_FLAG} csv; otherwise fix this line.")
+    else:
+        hint = (f"Not every line has the header's {len(header) - 1} tabs, so the file was read with CSV quoting, "
+                f"and that failed too. Fix this line, or choose how quote characters are read with "
+                f"{QUOTING_FLAG} none (plain text) or {QUOTING_FLAG} csv (quoted cells).")
+    return DataError(
+        f"wrong number of cells ({sep}-separated)",
+        path=path,
+        line=lineno,
+        expected=f"{len(header)} cells (header: {header})",
+        got=Verbatim(f"{len(cells)} cells {_clip(cells)}"),
+        hint=hint,
+    )
+
+
+def _clip(cells: list[str], limit: int = 120) -> str:
+    text = repr(cells)
+    return text if len(text) <= limit else text[: limit - 4] + "...]"
 
 
 def _rows(reader: Any) -> Iterator[tuple[int, list[str]]]:

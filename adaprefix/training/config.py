@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 from ..config import AdaptivePrefixConfig, ConfigError
+from ..tasks.formats import FORMAT_CHOICES
+from ..tasks.readers import TSV_QUOTING
 
 TRAIN_METHODS = ("ft", "apt", "pt2", "token-gate", "layer-gate")
 SCHEDULES = ("auto", "linear", "exponential", "constant")
@@ -46,13 +48,25 @@ class TrainConfig:
         "help": "linear (decay to 0), exponential (x exp_decay per epoch), constant; auto: linear for SuperGLUE "
                 "and custom classification, exponential for NER (the P-tuning v2 protocol)."})
     exp_decay: float = field(default=0.95, metadata={"help": "Per-epoch factor of the exponential schedule."})
-    max_length: int = field(default=128, metadata={"help": "Longer inputs are truncated (and counted)."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "Longer inputs are truncated (and counted). Default: the task's, 128 for SuperGLUE and "
+                "classification, the tokenizer's limit for NER (as P-tuning v2). With shift_positions it is capped "
+                "so that prefix + input fit the position table."})
+    hidden_dropout: float | None = field(default=None, metadata={
+        "help": "Override the backbone's hidden dropout (BERT's hidden_dropout_prob, DistilBERT's dropout, GPT-2's "
+                "resid_pdrop, ...); it also reaches the head and, with prefix_dropout unset, the prefix "
+                "(P-tuning v2's --hidden_dropout_prob). Default: the checkpoint's."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and dropout."})
+    data_seed: int | None = field(default=None, metadata={
+        "help": "Seed of the --max-train-samples subset; default: seed. The run records the value used."})
     precision: str = field(default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, "
                                                      "bf16."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N dev/test examples."})
+    max_train_samples: int | None = field(default=None, metadata={
+        "help": "Train on N examples drawn at random with data_seed (kept in file order; the subsets of one seed are "
+                "nested). final_metrics.json records train_examples and train_examples_full."})
+    max_eval_samples: int | None = field(default=None, metadata={
+        "help": "Use only the first N dev/test examples (the first, so every run is scored on the same ones)."})
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
     # Bring-your-own data (task: custom)
     train_file: str | None = field(default=None, metadata={"help": "custom task: training file (jsonl/csv/tsv for "
@@ -62,6 +76,14 @@ class TrainConfig:
     text_column: str = field(default="text", metadata={"help": "custom classification: text field."})
     text_pair_column: str | None = field(default=None, metadata={"help": "custom classification: second text."})
     label_column: str = field(default="label", metadata={"help": "custom classification: label field."})
+    format: str = field(default="auto", metadata={
+        "help": f"custom task: format of the files, one of {', '.join(FORMAT_CHOICES)}. auto: from the train file's "
+                "content, then its extension (token<TAB>tag lines with O/IOB tags and blank lines between sentences "
+                "are tagging data, whatever the extension); the run records the format used."})
+    tsv_quoting: str = field(default="auto", metadata={
+        "help": f"custom tsv files: how quote characters are read, one of {', '.join(TSV_QUOTING)}. none: plain text "
+                "(GLUE's TSVs); csv: CSV quoting (a quoted cell may hold tabs); auto: none when every line has the "
+                "header's number of tabs, else csv."})
     token_column: int = field(default=0, metadata={"help": "custom tagging: column of the token."})
     tag_column: int = field(default=-1, metadata={"help": "custom tagging: column of the tag."})
     adapter: dict[str, Any] = field(default_factory=dict, metadata={
@@ -71,9 +93,17 @@ class TrainConfig:
         _check(self.method in TRAIN_METHODS, "method", f"one of {', '.join(TRAIN_METHODS)}", self.method)
         _check(self.lr_schedule in SCHEDULES, "lr_schedule", f"one of {', '.join(SCHEDULES)}", self.lr_schedule)
         _check(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "gradient_accumulation_steps",
-                     "logging_steps"):
+        _check(self.format in FORMAT_CHOICES, "format", f"one of {', '.join(FORMAT_CHOICES)}", self.format)
+        _check(self.tsv_quoting in TSV_QUOTING, "tsv_quoting", f"one of {', '.join(TSV_QUOTING)}", self.tsv_quoting)
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, name, "a positive integer or null (all examples)", value)
+        for name in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
             _check(getattr(self, name) >= 1, name, "a positive integer", getattr(self, name))
+        _check(self.max_length is None or self.max_length >= 1, "max_length", "a positive integer or null",
+               self.max_length)
+        _check(self.hidden_dropout is None or 0 <= self.hidden_dropout < 1, "hidden_dropout",
+               "null or a value in [0, 1)", self.hidden_dropout)
         _check(0 < self.exp_decay <= 1, "exp_decay", "a value in (0, 1]", self.exp_decay)
         if self.task == "custom":
             _check(self.train_file is not None, "train_file", "a path (task 'custom' reads your own files)", None)
@@ -85,6 +115,11 @@ class TrainConfig:
 
     def adapter_config(self) -> AdaptivePrefixConfig:
         return AdaptivePrefixConfig.from_dict({**self.adapter, "method": self.method}, source="adapter")
+
+    @property
+    def resolved_data_seed(self) -> int:
+        """The seed of the training subset: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def resolved_learning_rate(self) -> float:

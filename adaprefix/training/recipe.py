@@ -9,6 +9,7 @@ Run directory:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -25,14 +26,13 @@ from transformers.integrations import TensorBoardCallback
 
 from ..inject import attach
 from ..persistence import save_adapter
-from ..tasks import CustomSequenceTask, CustomTokenTask, Task, get_task
+from ..tasks import Task, custom_task, get_task, sample_examples
 from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, remove_unsealed,
                         restore_run_snapshot, sealed_checkpoints)
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 from .files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
 
 BYTE_LEVEL_BPE = ("roberta", "gpt2", "qwen2", "deberta")  # need add_prefix_space=True for pre-split words
-NER_TASKS = ("conll03", "conll04", "ontonotes")
 RUN_FILES = ("metrics.jsonl", "adapter", "model")  # run state that every sealed checkpoint carries a snapshot of
 
 
@@ -58,13 +58,22 @@ class RunResult:
 
 
 def build_task(cfg: TrainConfig) -> Task:
+    """The run's task: a registered one by name, or for ``custom`` the one the files call for (tasks.custom_task)."""
     if cfg.task != "custom":
         return get_task(cfg.task)
-    files = dict(train=cfg.train_file, dev=cfg.dev_file, test=cfg.test_file)
-    if Path(cfg.train_file).suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):
-        return CustomSequenceTask(**files, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
-                                  label_column=cfg.label_column)
-    return CustomTokenTask(**files, token_column=cfg.token_column, tag_column=cfg.tag_column)
+    return custom_task(cfg.train_file, cfg.dev_file, cfg.test_file, file_format=cfg.format,
+                       text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
+                       label_column=cfg.label_column, token_column=cfg.token_column, tag_column=cfg.tag_column,
+                       tsv_quoting=cfg.tsv_quoting)
+
+
+def resolved_settings(cfg: TrainConfig, task: Task) -> TrainConfig:
+    """``cfg`` with the choices a run makes for itself written in: the data seed, and a custom task's format,
+    so that config.yaml says exactly what was run and rebuilds the task without sniffing the files again."""
+    changes: dict[str, Any] = {"data_seed": cfg.resolved_data_seed}
+    if cfg.task == "custom":
+        changes["format"] = task.file_format
+    return dataclasses.replace(cfg, **changes)
 
 
 def load_tokenizer(path: str, task: Task, model_type: str | None = None):
@@ -74,6 +83,38 @@ def load_tokenizer(path: str, task: Task, model_type: str | None = None):
     return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
+def resolve_max_length(cfg: TrainConfig, task: Task, tokenizer) -> int:
+    """The truncation length a run uses: its own setting, else the task's default, else the tokenizer's limit.
+
+    With ``shift_positions`` the real tokens sit at positions l .. l+T-1, so T is capped at the position limit minus
+    the prefix length (P-tuning v2 would index past BERT's position table there).
+    """
+    limit = getattr(tokenizer, "model_max_length", None)
+    limit = int(limit) if limit and limit < 100_000 else 512
+    length = cfg.max_length or task.default_max_length or limit
+    if cfg.method != "ft" and cfg.adapter_config().shift_positions:
+        length = min(length, limit - cfg.adapter_config().prefix_length)
+        if length < 1:
+            raise TrainConfigError(f"prefix_length {cfg.adapter_config().prefix_length} with shift_positions leaves "
+                                   f"no room in the tokenizer's {limit} positions; use a shorter prefix or "
+                                   "--shift-positions false")
+    return length
+
+
+DROPOUT_NAMES = ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout")  # per-family config names
+
+
+def dropout_overrides(cfg: TrainConfig, model_config) -> dict[str, float]:
+    """``from_pretrained`` kwargs that set the backbone's hidden dropout, under the name its config uses."""
+    if cfg.hidden_dropout is None:
+        return {}
+    names = [n for n in DROPOUT_NAMES if hasattr(model_config, n)]
+    if not names:
+        raise TrainConfigError(f"hidden_dropout: the {model_config.model_type} config has none of "
+                               f"{', '.join(DROPOUT_NAMES)}; leave hidden_dropout unset for this backbone")
+    return {names[0]: cfg.hidden_dropout}
+
+
 def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, attach_adapter: bool = True):
     """The task's Auto model on the backbone, with the adapter attached unless the method is full fine-tuning."""
     kwargs = {}
@@ -81,6 +122,7 @@ def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, atta
         kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
     # A checkpoint with another task's head (e.g. 2 labels) gets a fresh head for this task; transformers reports it.
+    kwargs.update(dropout_overrides(cfg, AutoConfig.from_pretrained(cfg.model_path())))
     model = task.auto_model_class().from_pretrained(cfg.model_path(), ignore_mismatched_sizes=True, **kwargs)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -105,12 +147,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
                              lr=lr)
 
 
-def resolved_schedule(cfg: TrainConfig) -> str:
+def resolved_schedule(cfg: TrainConfig, task: Task) -> str:
+    """``cfg.lr_schedule``, with ``auto`` read as P-tuning v2 does: exponential for tagging, linear otherwise."""
     if cfg.lr_schedule != "auto":
         return cfg.lr_schedule
-    is_ner = cfg.task in NER_TASKS or (cfg.task == "custom" and Path(cfg.train_file or "").suffix.lower()
-                                       not in (".jsonl", ".json", ".csv", ".tsv"))
-    return "exponential" if is_ner else "linear"
+    return "exponential" if task.kind == "token-classification" else "linear"
 
 
 def _exponential_scheduler(optimizer, cfg: TrainConfig, train_size: int):
@@ -162,6 +203,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     started = time.time()
     cfg, run = prepare_run_dir(cfg, overwrite, resume)
     task = build_task(cfg)
+    cfg = resolved_settings(cfg, task)
     data_dir = cfg.data_dir
     labels = task.labels_for(data_dir)
     model_path = cfg.model_path()
@@ -172,14 +214,21 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     splits = {"train": task.load("train", data_dir), "dev": task.load(task.eval_split, data_dir)}
     if task.test_split is not None and task.has_split(task.test_split, data_dir):
         splits["test"] = task.load(task.test_split, data_dir)
-    limits = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_eval_samples}
-    encoded = {name: task.encode(examples[: limits[name]] if limits[name] else examples, tokenizer, cfg.max_length)
-               for name, examples in splits.items()}
+    train_full = len(splits["train"])
+    splits["train"] = sample_examples(splits["train"], cfg.max_train_samples, cfg.data_seed)
+    if len(splits["train"]) < train_full:
+        print(f"note: training on {len(splits['train'])} of {train_full} train examples, drawn with data_seed "
+              f"{cfg.data_seed}")
+    for name in ("dev", "test"):  # the first N, so that runs with any seed are scored on the same examples
+        if name in splits and cfg.max_eval_samples:
+            splits[name] = splits[name][: cfg.max_eval_samples]
+    max_length = resolve_max_length(cfg, task, tokenizer)
+    encoded = {name: task.encode(examples, tokenizer, max_length) for name, examples in splits.items()}
     truncated = {name: e.num_truncated for name, e in encoded.items()}
     for name, count in truncated.items():
         if count:
             print(f"note: {count} of {encoded[name].num_examples} {name} examples were longer than "
-                  f"{cfg.max_length} tokens and were truncated")
+                  f"{max_length} tokens and were truncated")
 
     set_seed(cfg.seed)
     model = build_model(cfg, task, labels, tokenizer)
@@ -204,7 +253,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                     _remove(run / name)
         history = read_jsonl(run / "metrics.jsonl")
 
-    schedule = resolved_schedule(cfg)
+    schedule = resolved_schedule(cfg, task)
     optimizer = build_optimizer(model, cfg)
     scheduler = _exponential_scheduler(optimizer, cfg, len(encoded["train"])) if schedule == "exponential" else None
     use_cuda = torch.cuda.is_available()
@@ -269,10 +318,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     n_total = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("adaprefix."))
     final = {
         "task": cfg.task, "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epochs,
+        "data_seed": cfg.data_seed, "train_examples": len(splits["train"]), "train_examples_full": train_full,
         "main_metric": task.main_metric, "best_epoch": best["epoch"] if best else None,
         "dev": _strip(best, "dev_") if best else {}, "test": _strip(best, "test_") if best else {},
         "trainable_parameters": n_trainable, "total_parameters": n_total,
-        "train_seconds": time.time() - started, "truncated": truncated, "lr_schedule": schedule,
+        "train_seconds": time.time() - started, "truncated": truncated, "max_length": max_length,
+        "lr_schedule": schedule,
         "resumed": resume,
     }
     if _is_main_process():

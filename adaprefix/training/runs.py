@@ -17,6 +17,7 @@ from ..persistence import load_adapter
 from ..tasks import Task
 from .config import TrainConfig
 from .files import atomic_write_json
+from .recipe import resolve_max_length
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -67,7 +68,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None =
     loaded = load_run(run_dir)
     cfg, task = loaded.config, loaded.task
     examples = task.load(split, data_dir or cfg.data_dir)
-    encoded = task.encode(examples, loaded.tokenizer, cfg.max_length)
+    encoded = task.encode(examples, loaded.tokenizer, resolve_max_length(cfg, task, loaded.tokenizer))
     if not encoded.has_labels:
         raise ValueError(f"the {split} split of {task.name} has no labels (SuperGLUE test sets are unlabelled); "
                          "evaluate on dev, or use `adaprefix predict` for test inputs")
@@ -90,7 +91,7 @@ def predict(loaded: LoadedRun, inputs: Sequence[dict[str, Any]], batch_size: int
     task, tokenizer, model = loaded.task, loaded.tokenizer, loaded.model
     examples = [dict(ex, label=None) if task.kind != "token-classification"
                 else dict(ex, tags=["O"] * len(ex["tokens"]), tag_ids=[-100] * len(ex["tokens"])) for ex in inputs]
-    encoded = task.encode(examples, tokenizer, loaded.config.max_length)
+    encoded = task.encode(examples, tokenizer, resolve_max_length(loaded.config, task, tokenizer))
     collate = task.collator(tokenizer)
     rows = list(encoded.dataset)
     device = next(model.parameters()).device

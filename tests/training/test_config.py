@@ -6,7 +6,8 @@ import pytest
 
 from adaprefix.training.config import TrainConfig, TrainConfigError, load_train_config
 
-PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+CONFIGS = Path(__file__).parents[2] / "configs"
+PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 
 
 def test_overrides_are_typed_and_adapter_fields_go_to_the_adapter():
@@ -30,6 +31,11 @@ def test_defaults_are_the_main_job():
     ({"method": "lora"}, "method: expected one of ft, apt"),
     ({"gate_pooling": "max"}, "gate_pooling: expected one of 'auto', 'mean', 'cls', 'token', got 'max'"),
     ({"task": "custom"}, "train_file"),
+    ({"format": "xlsx"}, "format: expected one of auto, jsonl, csv, tsv, conll, got 'xlsx'"),
+    ({"tsv_quoting": "yes"}, "tsv_quoting: expected one of auto, none, csv, got 'yes'"),
+    ({"tsv_quoting": "double"}, "tsv_quoting: expected one of auto, none, csv, got 'double'"),
+    ({"max_train_samples": "0"}, "max_train_samples: expected a positive integer or null"),
+    ({"max_eval_samples": "-1"}, "max_eval_samples: expected a positive integer or null"),
 ])
 def test_bad_settings_name_the_key(overrides, message):
     with pytest.raises(TrainConfigError, match=message):
@@ -53,10 +59,10 @@ def test_presets_exist():
     assert PRESETS, "configs/ ships YAML presets"
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_preset_validates_and_names_its_command(preset):
     first_line = preset.read_text().splitlines()[0]
-    assert first_line.startswith("# adaprefix train --config configs/" + preset.name)
+    assert first_line.startswith(f"# adaprefix train --config configs/{preset.relative_to(CONFIGS)}")
     cfg = load_train_config(preset)
     if cfg.method != "ft":
         cfg.adapter_config()
@@ -73,3 +79,10 @@ def test_string_settings_stay_exactly_as_typed():
 def test_run_settings_nested_under_adapter_are_refused(key):
     with pytest.raises(TrainConfigError, match=f"{key} is not an adapter field"):
         load_train_config(None, {key: "3"})
+
+
+def test_data_seed_defaults_to_the_run_seed():
+    assert load_train_config(None, {"seed": "3"}).resolved_data_seed == 3
+    cfg = load_train_config(None, {"seed": "3", "data-seed": "11", "max-train-samples": "100", "format": "tsv",
+                                   "tsv-quoting": "none"})
+    assert (cfg.resolved_data_seed, cfg.max_train_samples, cfg.format, cfg.tsv_quoting) == (11, 100, "tsv", "none")

@@ -1,0 +1,146 @@
+"""The reproduction grid: expand ``grid.yaml`` into runs, each with a stable id and its full settings.
+
+A run's settings are layered: ``defaults``, then the task's ``common`` settings, then its ``prefix`` (every method
+but ft) or ``ft`` section, then the experiment's settings, its arm, then its variant. Experiment and variant
+settings may also hold ``prefix:`` and ``ft:`` sections of their own. Three keys are the grid's own:
+
+- ``lr_scale``: multiplies the learning rate found so far (a sweep around the task's script value);
+- ``prefix_length_scale``: multiplies the task's prefix length (pt2+: a longer prefix matching APT's parameters);
+- ``learning_rate: sweep`` (or ``sweep:METHOD``): the learning rate with the best dev value among that task and
+  method's ``lr-sweep`` records (ties go to the smaller rate). A run waits until that sweep is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).parent
+GRID_FILE = HERE / "grid.yaml"
+SWEEP = "lr-sweep"
+
+
+class GridError(ValueError):
+    """grid.yaml does not describe a valid grid; the message names the entry."""
+
+
+@dataclass
+class Run:
+    """One training run of the grid."""
+
+    experiment: str
+    task: str
+    method: str  # the record's method name: ft, pt2, apt, token-gate, layer-gate, pt2+, pt2*
+    train_method: str  # what `adaprefix train --method` gets
+    variant: str
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        variant = f"-{self.variant}" if self.variant else ""
+        return f"{self.experiment}/{self.task}-{self.method}{variant}-s{self.seed}"
+
+    @property
+    def group(self) -> tuple[str, str, str, str]:
+        """Runs that differ only in seed."""
+        return self.experiment, self.task, self.method, self.variant
+
+
+def load_grid(path: Path = GRID_FILE) -> dict[str, Any]:
+    grid = yaml.safe_load(path.read_text())
+    for key in ("defaults", "tasks", "experiments"):
+        if key not in grid:
+            raise GridError(f"{path}: missing top-level key {key!r}")
+    return grid
+
+
+def _arms(experiment: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(record method name, train method, settings) for each arm of an experiment."""
+    arms = []
+    for arm in experiment["methods"]:
+        if isinstance(arm, str):
+            arms.append((arm, arm, {}))
+        elif isinstance(arm, dict) and "name" in arm and "method" in arm:
+            arms.append((arm["name"], arm["method"], dict(arm.get("settings", {}))))
+        else:
+            raise GridError(f"experiment {experiment['name']}: a method is a name or {{name, method, settings}}, "
+                            f"got {arm!r}")
+    return arms
+
+
+def _for_kind(settings: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """Settings for every method, plus those under ``prefix:`` or ``ft:`` for this kind of method."""
+    settings = dict(settings or {})
+    own = settings.pop(kind, None) or {}
+    settings.pop("ft" if kind == "prefix" else "prefix", None)
+    return {**settings, **own}
+
+
+def expand(grid: dict[str, Any]) -> list[Run]:
+    """Every run of the grid, in the order they should run: experiment, seed, task, variant, method.
+
+    Seeds vary slowest so that a grid stopped half way holds whole comparisons (every task, every method) for the
+    first seeds.
+    """
+    runs = []
+    for experiment in grid["experiments"]:
+        name = experiment["name"]
+        variants = experiment.get("variants") or {"": {}}
+        for task in experiment["tasks"]:
+            if task not in grid["tasks"]:
+                raise GridError(f"experiment {name}: task {task!r} has no entry under tasks:")
+        for seed in experiment["seeds"]:
+            for task in experiment["tasks"]:
+                protocol = grid["tasks"][task]
+                for variant, variant_settings in variants.items():
+                    for method, train_method, arm_settings in _arms(experiment):
+                        kind = "ft" if train_method == "ft" else "prefix"
+                        settings = {**grid["defaults"], **protocol.get("common", {}), **protocol.get(kind, {}),
+                                    **_for_kind(experiment.get("settings"), kind), **arm_settings,
+                                    **_for_kind(variant_settings, kind)}
+                        runs.append(Run(name, task, method, train_method, variant, int(seed), settings))
+    return runs
+
+
+def resolve_settings(grid: dict[str, Any], run: Run, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's settings as `adaprefix train` takes them, or None while its learning-rate sweep is unfinished."""
+    settings = dict(run.settings)
+    scale = float(settings.pop("lr_scale", 1.0))
+    lr = settings.get("learning_rate")
+    if isinstance(lr, str) and lr.startswith("sweep"):
+        swept_method = lr.partition(":")[2] or run.method
+        if not sweep_complete(grid, run.task, swept_method, records):
+            return None
+        chosen = swept_learning_rate(run.task, swept_method, records)
+        if chosen is None:
+            return None
+        settings["learning_rate"] = chosen
+    elif scale != 1.0:
+        settings["learning_rate"] = float(settings["learning_rate"]) * scale
+    length_scale = settings.pop("prefix_length_scale", None)
+    if length_scale is not None:
+        settings["prefix_length"] = round(int(settings["prefix_length"]) * float(length_scale))
+    settings.update(task=run.task, method=run.train_method, seed=run.seed)
+    return settings
+
+
+def swept_learning_rate(task: str, method: str, records: list[dict[str, Any]]) -> float | None:
+    """Best dev value among the finished sweep runs of (task, method); None if none has finished.
+
+    The sweep ranks on the dev metric (never on test), so NER test F1 stays untouched by the choice.
+    """
+    done = [r for r in records if r["experiment"] == SWEEP and r["task"] == task and r["method"] == method]
+    if not done:
+        return None
+    best = max(done, key=lambda r: (r["dev_value"], -r["learning_rate"]))
+    return float(best["learning_rate"])
+
+
+def sweep_complete(grid: dict[str, Any], task: str, method: str, records: list[dict[str, Any]]) -> bool:
+    wanted = {r.run_id for r in expand(grid) if r.experiment == SWEEP and r.task == task and r.method == method}
+    have = {r["run_id"] for r in records}
+    return bool(wanted) and wanted <= have

@@ -1,0 +1,258 @@
+"""Regenerate report.md (and its plots) from results/runs.jsonl alone.
+
+    python benchmarks/reproduce/report.py
+
+Every number in the report is computed here from the records; the hand-written reading lives in reading.md and
+is included verbatim, so regenerating never loses it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from grid import HERE, expand, load_grid  # noqa: E402
+from run import read_records  # noqa: E402
+
+COMMAND = "python benchmarks/reproduce/report.py"
+REPORT = HERE / "report.md"
+PLOTS = HERE / "results"
+SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "wsc")
+NER = ("conll03", "conll04", "ontonotes")
+METHOD_ORDER = ("ft", "pt2", "pt2+", "pt2*", "token-gate", "layer-gate", "apt")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell(values: list[float], expected: int | None = None) -> str:
+    """'mean ± std (n)'; n is shown when fewer seeds than planned have finished."""
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    partial = f" ({len(values)}/{expected})" if expected and len(values) < expected else ""
+    return f"{m:.1f} ± {s:.1f}{partial}"
+
+
+def _method_key(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def group(records: Iterable[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
+    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        out[tuple(r[k] for k in keys)].append(r)
+    return out
+
+
+def planned_seeds(grid: dict[str, Any]) -> dict[tuple[str, str, str, str], int]:
+    counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for run in expand(grid):
+        counts[run.group] += 1
+    return counts
+
+
+def variant_table(records: list[dict[str, Any]], experiment: str, plan: dict) -> str:
+    """Rows task x method, one column per variant."""
+    rows = [r for r in records if r["experiment"] == experiment]
+    if not rows:
+        return "_No runs recorded yet._\n"
+    variants = list(dict.fromkeys(v for (e, _, _, v) in plan if e == experiment))
+    lines = ["| task | method | metric | " + " | ".join(variants) + " |",
+             "|---|---|---|" + "---:|" * len(variants)]
+    by = group(rows, "task", "method", "variant")
+    for task, method in sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (k[0], _method_key(k[1]))):
+        metric = next(r for r in rows if r["task"] == task)["reported"]
+        cells = [cell([r["value"] for r in by.get((task, method, v), [])], plan.get((experiment, task, method, v)))
+                 for v in variants]
+        lines.append(f"| {task} | {method} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_table(records: list[dict[str, Any]], experiment: str, plan: dict) -> str:
+    """The paper's layout: one row per method, one column per task, SuperGLUE and NER averages."""
+    rows = [r for r in records if r["experiment"] == experiment]
+    if not rows:
+        return "_No runs recorded yet._\n"
+    tasks = sorted({r["task"] for r in rows}, key=lambda t: (t in NER, t))
+    methods = sorted({r["method"] for r in rows}, key=_method_key)
+    by = group(rows, "task", "method")
+    header = "| method | " + " | ".join(tasks) + " | SuperGLUE avg | NER avg | params (cb or first task) |"
+    lines = [header, "|---|" + "---:|" * (len(tasks) + 3)]
+    for method in methods:
+        cells, means = [], defaultdict(list)
+        for task in tasks:
+            values = [r["value"] for r in by.get((task, method), [])]
+            expected = max((n for (e, t, m, _), n in plan.items() if (e, t, m) == (experiment, task, method)),
+                           default=None)
+            cells.append(cell(values, expected))
+            if values and (not expected or len(values) == expected):
+                means["sg" if task in SUPERGLUE else "ner"].append(statistics.fmean(values))
+        sg_tasks = [t for t in tasks if t in SUPERGLUE]
+        ner_tasks = [t for t in tasks if t in NER]
+        sg = f"{statistics.fmean(means['sg']):.1f}" if sg_tasks and len(means["sg"]) == len(sg_tasks) else "–"
+        ner = f"{statistics.fmean(means['ner']):.1f}" if ner_tasks and len(means["ner"]) == len(ner_tasks) else "–"
+        params = next((r["trainable_params"] for r in rows if r["method"] == method), None)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {sg} | {ner} | {params:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def margins(records: list[dict[str, Any]], experiment: str, better: str, other: str, key: str = "variant") -> str:
+    """better - other per (task, variant) with both seed spreads, and whether the gap exceeds them."""
+    rows = [r for r in records if r["experiment"] == experiment]
+    by = group(rows, "task", key, "method")
+    lines = [f"| task | {key} | {better} − {other} | std {better} | std {other} | gap > both stds |",
+             "|---|---|---:|---:|---:|---|"]
+    found = False
+    for task, variant in sorted({(r["task"], r[key]) for r in rows}):
+        a = [r["value"] for r in by.get((task, variant, better), [])]
+        b = [r["value"] for r in by.get((task, variant, other), [])]
+        if len(a) < 2 or len(b) < 2:
+            continue
+        found = True
+        (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+        lines.append(f"| {task} | {variant or '–'} | {ma - mb:+.1f} | {sa:.1f} | {sb:.1f} | "
+                     f"{'yes' if abs(ma - mb) > max(sa, sb) else 'no'} |")
+    return ("\n".join(lines) + "\n") if found else "_Fewer than two seeds of each side so far._\n"
+
+
+def loss_flattened(losses: list[float], window: int = 3, tolerance: float = 0.05) -> bool | None:
+    """Whether the training loss has flattened: the mean of the last `window` epochs is within `tolerance`
+    (relative) of the mean of the `window` before. None when there are too few epochs to tell."""
+    if len(losses) < 2 * window:
+        return None
+    last, before = statistics.fmean(losses[-window:]), statistics.fmean(losses[-2 * window:-window])
+    return abs(before - last) <= tolerance * before
+
+
+def time_table(records: list[dict[str, Any]]) -> str:
+    by = group(records, "experiment", "task", "method")
+    lines = ["| experiment | task | method | runs | epochs | mean seconds per run | runs whose train loss flattened |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for (experiment, task, method), rows in sorted(by.items()):
+        flat = [loss_flattened(r.get("train_loss_by_epoch", [])) for r in rows]
+        lines.append(f"| {experiment} | {task} | {method} | {len(rows)} | {rows[0]['epochs']} | "
+                     f"{statistics.fmean(r['seconds'] for r in rows):.0f} | {sum(bool(f) for f in flat)}/{len(rows)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_variants(records: list[dict[str, Any]], experiment: str, path: Path) -> bool:
+    rows = [r for r in records if r["experiment"] == experiment]
+    if not rows:
+        return False
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        by = group([r for r in rows if r["task"] == task], "method", "variant")
+        labels = [f"{m}\n{v}" for (m, v) in sorted(by, key=lambda k: (_method_key(k[0]), k[1]))]
+        stats = [mean_std([r["value"] for r in by[k]]) for k in sorted(by, key=lambda k: (_method_key(k[0]), k[1]))]
+        ax.bar(range(len(stats)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3,
+               color=["tab:blue" if lab.startswith("pt2") else "tab:orange" for lab in labels])
+        for i, (m, _) in enumerate(stats):
+            ax.text(i, m, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=45, ha="right")
+        ax.set_title(f"{experiment}: {task} ({rows[0]['metric'] if task == rows[0]['task'] else ''})")
+        ax.set_ylabel("headline metric (%)")
+        seeds = [r for r in rows if r["task"] == task]
+        ax.set_ylim(max(0, min(r["value"] for r in seeds) - 10), min(100, max(r["value"] for r in seeds) + 8))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_gates(summary: dict[str, Any], path: Path) -> None:
+    """Heat map of mean lambda * alpha (layer 1 at the bottom, as in the paper) beside lambda per layer."""
+    gate = summary["effective_gate"]
+    layers, length = len(gate), len(gate[0])
+    fig, (heat, lam) = plt.subplots(1, 2, figsize=(min(14, 3 + 0.12 * length + 3), 3.4),
+                                    gridspec_kw={"width_ratios": [4, 1]})
+    image = heat.imshow(gate, origin="lower", aspect="auto", cmap="viridis")
+    heat.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
+    heat.set_xlabel("pseudo token")
+    heat.set_ylabel("layer")
+    heat.set_title(f"{summary['task']} {summary['method']}: mean lambda x alpha ({summary['split']})", fontsize=9)
+    fig.colorbar(image, ax=heat)
+    if summary["lambda"][0] is not None:
+        lam.barh(range(layers), summary["lambda"], color="tab:orange")
+        lam.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
+        lam.set_title("lambda per layer", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def gate_section() -> str:
+    """One heat map per recorded gate file and a lower- vs upper-layer table (the paper: NER lower, COPA upper)."""
+    files = sorted((HERE / "results" / "gates").glob("*.json"))
+    if not files:
+        return "_No gate maps yet (python benchmarks/reproduce/gates.py)._\n"
+    lines = ["| run | examples | lambda per layer (1..N) | mean gate, lower half | mean gate, upper half | "
+             "heavier half |", "|---|---:|---|---:|---:|---|"]
+    images = []
+    for file in files:
+        summary = json.loads(file.read_text())
+        rows = [statistics.fmean(row) for row in summary["effective_gate"]]
+        half = len(rows) // 2
+        lower, upper = statistics.fmean(rows[:half]), statistics.fmean(rows[-half:])
+        lam = ", ".join(f"{x:.2f}" for x in summary["lambda"]) if summary["lambda"][0] is not None else "–"
+        lines.append(f"| {summary['run_id']} | {summary['examples']} | {lam} | {lower:.3f} | {upper:.3f} | "
+                     f"{'lower' if lower > upper else 'upper'} |")
+        png = file.with_suffix(".png")
+        plot_gates(summary, png)
+        images.append(f"![{summary['run_id']}](results/gates/{png.name})")
+    return "\n".join(lines) + "\n\n" + "\n".join(images) + "\n"
+
+
+def build_report(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
+    plan = planned_seeds(grid)
+    total = len(expand(grid))
+    out = [f"# Reproduction report: fine-tuning vs P-tuning v2 vs APT on MiniLM\n",
+           f"Regenerate: `{COMMAND}` (from `results/runs.jsonl`: {len(records)} of {total} planned runs recorded). "
+           "Run what is missing: `python benchmarks/reproduce/run.py --commit`. Grid and per-task protocol: "
+           "`grid.yaml`. Headline metric: best dev accuracy (SuperGLUE), test micro-F1 at the best dev epoch (NER). "
+           "Cells are mean ± std over seeds; `(k/n)` marks a cell with k of its n seeds finished.\n"]
+    reading = HERE / "reading.md"
+    if reading.is_file():
+        out += ["## Reading\n", reading.read_text().strip() + "\n"]
+    out += ["## 1. P-tuning v2 parity: prefix init std and position shift\n",
+            "P-tuning v2 as it ran: prefix N(0, 0.02) and real tokens' positions shifted by the prefix length "
+            "(`std0.02-shift`). adaprefix 0.1's defaults were `std1-noshift`.\n",
+            variant_table(records, "parity", plan)]
+    if plot_variants(records, "parity", PLOTS / "parity.png"):
+        out.append("![parity](results/parity.png)\n")
+    out += ["APT − P-tuning v2 per setting:\n", margins(records, "parity", "apt", "pt2")]
+    for experiment, title in (("main", "2. Main comparison (paper layout)"), ("ablation", "3. Ablations"),
+                              ("low-resource", "4. Low-resource"), ("pt2-star", "5. PT-2*")):
+        out.append(f"## {title}\n")
+        out.append(paper_table(records, experiment, plan) if experiment in ("main", "ablation")
+                   else variant_table(records, experiment, plan))
+    lr = [r for r in records if r["experiment"] == "lr-sweep"]
+    out += ["## Learning-rate sweep (seed 1, dev metric)\n",
+            variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n"]
+    out += ["## 6. What the gates learn\n", gate_section()]
+    out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
+            "ran: seconds are indicative only (a resumed run counts its last sitting only). A run's training loss "
+            "counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
+    return "\n".join(out)
+
+
+def main() -> None:
+    records = read_records()
+    REPORT.write_text(build_report(records, load_grid()))
+    print(f"wrote {REPORT} from {len(records)} records")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Run whatever the reproduction grid still misses, one `adaprefix train` at a time, and record each finished run.
+
+    python benchmarks/reproduce/run.py                      # everything missing, in grid order
+    python benchmarks/reproduce/run.py --only parity        # one experiment (repeatable)
+    python benchmarks/reproduce/run.py --list               # what is done, waiting and missing
+    python benchmarks/reproduce/run.py --commit             # git-commit results/runs.jsonl after every record
+
+Each run is a separate `python -m adaprefix.cli train` process writing to runs/reproduce/<run id>; an interrupted
+run resumes from its last sealed checkpoint, so the grid can be stopped and restarted across sittings. A finished
+run appends one JSON object to results/runs.jsonl (the only state the report reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from grid import HERE, Run, expand, load_grid, resolve_settings  # noqa: E402
+
+REPO = HERE.parent.parent
+RECORDS = HERE / "results" / "runs.jsonl"
+RUNS_DIR = REPO / "runs" / "reproduce"
+
+
+def read_records(path: Path = RECORDS) -> list[dict[str, Any]]:
+    """Every record; a torn last line (a kill mid-append) is dropped, a bad line elsewhere is an error."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                print(f"{path}:{number}: dropping a torn last line", file=sys.stderr)
+                continue
+            raise SystemExit(f"{path}:{number}: not a JSON object ({err}); fix or delete that line") from None
+    return records
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": str(torch.get_num_threads())}
+
+
+def _train_examples_full(task: str, data_dir: str | None) -> int:
+    from adaprefix.tasks import get_task
+
+    return len(get_task(task).load("train", data_dir))
+
+
+def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: float, commit: str) -> dict[str, Any]:
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    adapter = config.get("adapter") or {}
+    metric = final["main_metric"]
+    dev = 100 * final["dev"][metric]
+    test = 100 * final["test"][metric] if final.get("test") else None
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    full = final.get("train_examples_full") or _train_examples_full(run.task, config.get("data_dir"))
+    used = final.get("train_examples") or min(full, config.get("max_train_samples") or full)
+    return {
+        "run_id": run.run_id, "experiment": run.experiment, "task": run.task, "method": run.method,
+        "variant": run.variant, "seed": run.seed, "metric": metric,
+        "reported": "test at best dev" if test is not None else "best dev",
+        "value": test if test is not None else dev, "dev_value": dev, "test_value": test,
+        "best_epoch": final["best_epoch"], "epochs": config["epochs"], "batch_size": config["batch_size"],
+        "learning_rate": float(settings["learning_rate"]),
+        "prefix_length": adapter.get("prefix_length") if run.train_method != "ft" else None,
+        "prefix_init_std": adapter.get("prefix_init_std") if run.train_method != "ft" else None,
+        "shift_positions": adapter.get("shift_positions") if run.train_method != "ft" else None,
+        "hidden_dropout": config.get("hidden_dropout"), "max_length": final.get("max_length"),
+        "trainable_params": final["trainable_parameters"], "train_examples": used, "train_examples_full": full,
+        "train_loss_by_epoch": [round(e["train_loss"], 4) for e in epochs if e.get("train_loss") is not None],
+        "dev_by_epoch": [round(100 * e[f"dev_{metric}"], 2) for e in epochs if f"dev_{metric}" in e],
+        "seconds": round(seconds, 1), "commit": commit, "versions": _versions(),
+        "date": datetime.date.today().isoformat(), "settings": settings,
+    }
+
+
+def append_record(record: dict[str, Any], commit: bool) -> None:
+    RECORDS.parent.mkdir(parents=True, exist_ok=True)
+    with RECORDS.open("a") as f:
+        f.write(json.dumps(record, sort_keys=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if commit:
+        path = str(RECORDS.relative_to(REPO))
+        for _ in range(5):  # another git command may hold the index lock for a moment
+            _git("add", path)
+            done = subprocess.run(["git", "commit", "-q", "-m", f"reproduce: record {record['run_id']}", "--", path],
+                                  cwd=REPO, capture_output=True, text=True)
+            if done.returncode == 0 or "nothing" in done.stdout:
+                return
+            time.sleep(3)
+        print(f"warning: could not commit {path}: {done.stderr.strip()}", file=sys.stderr)
+
+
+def reusable_record(run: Run, settings: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A finished run with exactly these training settings (same task, method, seed, everything): training it
+    again would give the same result, so its record is reused rather than spending the CPU-time twice."""
+    for record in records:
+        if record.get("settings") == settings and "reused_from" not in record:
+            return record
+    return None
+
+
+def train_one(run: Run, settings: dict[str, Any]) -> float:
+    run_dir = RUNS_DIR / run.run_id
+    resume = (run_dir / "config.yaml").is_file() and not (run_dir / "final_metrics.json").is_file()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump({**settings, "output_dir": str(run_dir)}, f)
+        config_file = f.name
+    command = [sys.executable, "-m", "adaprefix.cli", "train", "--config", config_file]
+    command += ["--resume"] if resume else ["--overwrite"]
+    started = time.time()
+    try:
+        subprocess.run(command, cwd=REPO, check=True)
+    finally:
+        os.unlink(config_file)
+    return time.time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", help="Run only this experiment (repeatable).")
+    parser.add_argument("--list", action="store_true", help="List done / waiting / missing runs and exit.")
+    parser.add_argument("--commit", action="store_true", help="git-commit runs.jsonl after each record.")
+    parser.add_argument("--max-runs", type=int, help="Stop after this many runs.")
+    args = parser.parse_args()
+
+    grid = load_grid()
+    runs = [r for r in expand(grid) if not args.only or r.experiment in args.only]
+    done_runs = 0
+    while True:
+        records = read_records()
+        have = {r["run_id"] for r in records}
+        missing = [r for r in runs if r.run_id not in have]
+        ready = [(r, s) for r in missing if (s := resolve_settings(grid, r, records)) is not None]
+        if args.list:
+            print(f"{len(runs) - len(missing)} done, {len(ready)} ready, {len(missing) - len(ready)} waiting on a "
+                  f"learning-rate sweep")
+            for run in missing:
+                print(("ready   " if any(run is r for r, _ in ready) else "waiting ") + run.run_id)
+            return
+        if not ready or (args.max_runs is not None and done_runs >= args.max_runs):
+            print(f"grid: {len(runs) - len(missing)} of {len(runs)} runs recorded; "
+                  f"{len(missing) - len(ready)} waiting" if missing else "grid complete")
+            return
+        run, settings = ready[0]
+        twin = reusable_record(run, settings, records)
+        if twin is not None:  # e.g. the sweep's seed-1 run at the chosen rate is the main grid's seed 1
+            print(f"=== {run.run_id}: same settings as {twin['run_id']}, reusing its record", flush=True)
+            append_record({**twin, "run_id": run.run_id, "experiment": run.experiment, "variant": run.variant,
+                           "method": run.method, "reused_from": twin["run_id"]}, args.commit)
+            continue
+        print(f"=== {run.run_id} ({len(missing)} missing)", flush=True)
+        commit = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
+                                                         else "")
+        seconds = train_one(run, settings)
+        append_record(make_record(run, settings, RUNS_DIR / run.run_id, seconds, commit), args.commit)
+        done_runs += 1
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The reproduction grid: expansion and layering of settings, the learning-rate sweep, records, the report."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks" / "reproduce"))
+import grid as G  # noqa: E402
+import report as R  # noqa: E402
+import run as RUN  # noqa: E402
+
+GRID = {
+    "defaults": {"model": "minilm", "epochs": 1},
+    "tasks": {"cb": {"common": {"epochs": 20, "batch_size": 16},
+                     "prefix": {"learning_rate": 0.01, "prefix_length": 20},
+                     "ft": {"learning_rate": 2e-5}}},
+    "experiments": [
+        {"name": "lr-sweep", "tasks": ["cb"], "seeds": [1], "methods": ["pt2", "ft"],
+         "variants": {"x0.5": {"lr_scale": 0.5}, "x1": {}, "x2": {"lr_scale": 2}}},
+        {"name": "main", "tasks": ["cb"], "seeds": [1, 2], "settings": {"learning_rate": "sweep"},
+         "methods": ["pt2", "ft", {"name": "pt2+", "method": "pt2", "settings": {"prefix_length": 40,
+                                                                               "learning_rate": "sweep:pt2"}}]},
+    ],
+}
+
+
+def record(run_id, value, lr, experiment="lr-sweep", method="pt2", task="cb", variant="", seed=1, **extra):
+    return {"run_id": run_id, "experiment": experiment, "task": task, "method": method, "variant": variant,
+            "seed": seed, "value": value, "dev_value": value, "learning_rate": lr, "reported": "best dev",
+            "metric": "accuracy", "trainable_params": 1000, "epochs": 20, "seconds": 10.0, **extra}
+
+
+def test_runs_have_unique_ids_and_layered_settings():
+    runs = G.expand(GRID)
+    assert len({r.run_id for r in runs}) == len(runs) == 6 + 6
+    pt2 = next(r for r in runs if r.run_id == "lr-sweep/cb-pt2-x2-s1")
+    assert pt2.settings == {"model": "minilm", "epochs": 20, "batch_size": 16, "learning_rate": 0.01,
+                            "prefix_length": 20, "lr_scale": 2}
+    ft = next(r for r in runs if r.run_id == "lr-sweep/cb-ft-x0.5-s1")
+    assert ft.settings["learning_rate"] == 2e-5 and "prefix_length" not in ft.settings
+    plus = next(r for r in runs if r.run_id == "main/cb-pt2+-s2")
+    assert (plus.train_method, plus.settings["prefix_length"], plus.settings["learning_rate"]) == ("pt2", 40,
+                                                                                                 "sweep:pt2")
+
+
+def test_seeds_vary_slowest():
+    grid = {**GRID, "tasks": {**GRID["tasks"], "rte": GRID["tasks"]["cb"]},
+            "experiments": [{"name": "main", "tasks": ["cb", "rte"], "seeds": [1, 2], "methods": ["pt2", "ft"]}]}
+    assert [r.run_id for r in G.expand(grid)] == [
+        "main/cb-pt2-s1", "main/cb-ft-s1", "main/rte-pt2-s1", "main/rte-ft-s1",
+        "main/cb-pt2-s2", "main/cb-ft-s2", "main/rte-pt2-s2", "main/rte-ft-s2"]
+
+
+def test_lr_scale_multiplies_the_task_rate():
+    run = next(r for r in G.expand(GRID) if r.run_id == "lr-sweep/cb-ft-x0.5-s1")
+    settings = G.resolve_settings(GRID, run, [])
+    assert settings["learning_rate"] == pytest.approx(1e-5)
+    assert "lr_scale" not in settings and (settings["task"], settings["method"], settings["seed"]) == ("cb", "ft", 1)
+
+
+def test_main_runs_wait_for_their_sweep_then_take_its_best_dev_rate():
+    main_pt2 = next(r for r in G.expand(GRID) if r.run_id == "main/cb-pt2-s1")
+    plus = next(r for r in G.expand(GRID) if r.run_id == "main/cb-pt2+-s1")
+    partial = [record("lr-sweep/cb-pt2-x0.5-s1", 70.0, 0.005), record("lr-sweep/cb-pt2-x1-s1", 75.0, 0.01)]
+    assert G.resolve_settings(GRID, main_pt2, partial) is None  # x2 still missing
+    done = partial + [record("lr-sweep/cb-pt2-x2-s1", 75.0, 0.02)]
+    assert G.resolve_settings(GRID, main_pt2, done)["learning_rate"] == 0.01  # tie: the smaller rate
+    assert G.resolve_settings(GRID, plus, done)["learning_rate"] == 0.01  # pt2+ takes pt2's sweep
+    ft = next(r for r in G.expand(GRID) if r.run_id == "main/cb-ft-s1")
+    assert G.resolve_settings(GRID, ft, done) is None  # ft's own sweep has not run
+
+
+def test_a_torn_last_record_is_dropped_and_a_bad_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps({"a": 1}) + "\n" + '{"a": 2')
+    assert RUN.read_records(path) == [{"a": 1}]
+    path.write_text('{"a": 1\n' + json.dumps({"a": 2}) + "\n")
+    with pytest.raises(SystemExit, match="runs.jsonl:1: not a JSON object"):
+        RUN.read_records(path)
+
+
+def test_report_cells_are_mean_and_sample_std_with_missing_seeds_marked():
+    assert R.cell([70.0, 72.0, 74.0], 3) == "72.0 ± 2.0"
+    assert R.cell([70.0, 74.0], 3) == "72.0 ± 2.8 (2/3)"
+    assert R.cell([]) == "–"
+
+
+def test_report_tables_follow_the_records():
+    records = [record(f"main/cb-{m}-s{s}", v, 0.01, experiment="main", method=m, seed=s)
+               for m, values in (("pt2", (70.0, 72.0)), ("ft", (60.0, 64.0))) for s, v in zip((1, 2), values)]
+    plan = R.planned_seeds(GRID)
+    table = R.paper_table(records, "main", plan)
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert list(rows) == ["ft", "pt2"]  # the paper's method order
+    assert "| 71.0 ± 1.4 | 71.0 |" in rows["pt2"] and "| 62.0 ± 2.8 | 62.0 |" in rows["ft"]
+    gap = R.margins(records, "main", "pt2", "ft", key="experiment")
+    assert "| cb | main | +9.0 | 1.4 | 2.8 | yes |" in gap
+
+
+def test_variants_and_experiment_settings_may_differ_for_ft_and_prefix_methods():
+    grid = {**GRID, "experiments": [{"name": "lr-sweep", "tasks": ["cb"], "seeds": [1], "methods": ["pt2", "ft"],
+                                     "variants": {"hi": {"prefix": {"lr_scale": 2}, "ft": {"lr_scale": 2.5}}}}]}
+    runs = {r.method: G.resolve_settings(grid, r, []) for r in G.expand(grid)}
+    assert runs["pt2"]["learning_rate"] == pytest.approx(0.02)
+    assert runs["ft"]["learning_rate"] == pytest.approx(5e-5)
+
+
+def test_a_run_with_identical_settings_reuses_the_record():
+    main_pt2 = next(r for r in G.expand(GRID) if r.run_id == "main/cb-pt2-s1")
+    sweep = [record(f"lr-sweep/cb-pt2-x{k}-s1", v, lr) for k, v, lr in (("0.5", 70.0, 0.005), ("1", 76.0, 0.01),
+                                                                         ("2", 75.0, 0.02))]
+    for r, scale in zip(sweep, ("x0.5", "x1", "x2")):
+        run = next(x for x in G.expand(GRID) if x.run_id == f"lr-sweep/cb-pt2-{scale}-s1")
+        r["settings"] = G.resolve_settings(GRID, run, [])
+    settings = G.resolve_settings(GRID, main_pt2, sweep)
+    assert RUN.reusable_record(main_pt2, settings, sweep)["run_id"] == "lr-sweep/cb-pt2-x1-s1"
+    seed2 = next(r for r in G.expand(GRID) if r.run_id == "main/cb-pt2-s2")
+    assert RUN.reusable_record(seed2, G.resolve_settings(GRID, seed2, sweep), sweep) is None
+
+
+def test_gate_section_reads_the_committed_json_and_names_the_heavier_half(tmp_path, monkeypatch):
+    gates = tmp_path / "results" / "gates"
+    gates.mkdir(parents=True)
+    summary = {"run_id": "main/conll04-apt-s1", "task": "conll04", "method": "apt", "split": "dev", "examples": 5,
+               "effective_gate": [[0.9, 0.7], [0.8, 0.6], [0.2, 0.2], [0.1, 0.3]], "lambda": [1.2, 1.1, 0.4, 0.3]}
+    (gates / "main__conll04-apt-s1.json").write_text(json.dumps(summary))
+    monkeypatch.setattr(R, "HERE", tmp_path)
+    section = R.gate_section()
+    assert "| main/conll04-apt-s1 | 5 | 1.20, 1.10, 0.40, 0.30 | 0.750 | 0.200 | lower |" in section
+    assert (gates / "main__conll04-apt-s1.png").stat().st_size > 0
+
+
+def test_loss_flattening_compares_the_last_epochs_with_the_ones_before():
+    assert R.loss_flattened([1.0, 0.8, 0.6, 0.50, 0.50, 0.49, 0.48, 0.48, 0.47]) is True
+    assert R.loss_flattened([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) is False  # (0.9 - 0.6) / 0.9 > 5%
+    assert R.loss_flattened([1.0, 0.9]) is None
