@@ -29,6 +29,12 @@ class AdaptivePrefixConfig:
         default="apt", metadata={"help": "apt (both gates), pt2 (no gates), token-gate or layer-gate (ablations)."}
     )
     prefix_length: int = field(default=16, metadata={"help": "Pseudo tokens l prepended to every layer's keys/values."})
+    prefix_lengths: list[int] | None = field(
+        default=None,
+        metadata={"help": "Per-layer prefix lengths, one per layer (PT-2*: see adaprefix.analysis.layer_lengths); a "
+                  "layer with 0 has no prefix. Overrides prefix_length, which becomes the longest layer's. Not "
+                  "with prefix_projection. None: prefix_length in every layer."},
+    )
     prefix_projection: bool = field(
         default=False,
         metadata={"help": "Reparameterise the prefix with an MLP (embedding -> Linear -> tanh -> Linear), as in "
@@ -88,6 +94,18 @@ class AdaptivePrefixConfig:
             raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
         if self.gate_pooling not in POOLINGS:
             raise ConfigError(f"gate_pooling: expected one of {', '.join(POOLINGS)}, got {self.gate_pooling!r}")
+        if self.prefix_lengths is not None:
+            lengths = self.prefix_lengths
+            if (not isinstance(lengths, (list, tuple)) or not lengths
+                    or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths)
+                    or max(lengths) < 1):
+                raise ConfigError(f"prefix_lengths: expected one integer >= 0 per layer, at least one > 0, got "
+                                  f"{lengths!r}")
+            if self.prefix_projection:
+                raise ConfigError("prefix_lengths: per-layer lengths and prefix_projection cannot be combined (the "
+                                  "projection makes every layer's prefix from one shared embedding); turn one off")
+            self.prefix_lengths = list(lengths)
+            self.prefix_length = max(lengths)
         if not isinstance(self.prefix_length, int) or self.prefix_length < 1:
             raise ConfigError(f"prefix_length: expected a positive integer, got {self.prefix_length!r}")
         if self.projection_hidden_size < 1:
@@ -98,6 +116,15 @@ class AdaptivePrefixConfig:
             raise ConfigError("prefix_init_std must be > 0 and token_gate_weight_std >= 0")
         if self.projection_init_std is not None and self.projection_init_std <= 0:
             raise ConfigError(f"projection_init_std: expected None or a value > 0, got {self.projection_init_std}")
+
+    def layer_lengths(self, num_layers: int) -> list[int]:
+        """Each layer's prefix length; refuses per-layer lengths given for another number of layers."""
+        if self.prefix_lengths is None:
+            return [self.prefix_length] * num_layers
+        if len(self.prefix_lengths) != num_layers:
+            raise ConfigError(f"prefix_lengths: expected one length per layer ({num_layers}), got "
+                              f"{len(self.prefix_lengths)}")
+        return list(self.prefix_lengths)
 
     @property
     def use_token_gate(self) -> bool:

@@ -13,13 +13,22 @@ class TokenGate(nn.Module):
 
     def __init__(self, config: AdaptivePrefixConfig, num_layers: int, hidden_size: int):
         super().__init__()
-        # Stacked over layers so the whole gate is two tensors; layer i uses slice i.
-        self.weight = nn.Parameter(torch.empty(num_layers, hidden_size, config.prefix_length))
-        self.bias = nn.Parameter(torch.full((num_layers, config.prefix_length), float(config.token_gate_bias_init)))
-        if config.token_gate_weight_std > 0:
-            nn.init.normal_(self.weight, std=config.token_gate_weight_std)
-        else:
-            nn.init.zeros_(self.weight)
+        bias = float(config.token_gate_bias_init)
+        if config.prefix_lengths is None:
+            # Stacked over layers so the whole gate is two tensors; layer i uses slice i.
+            self.weight = nn.Parameter(torch.empty(num_layers, hidden_size, config.prefix_length))
+            self.bias = nn.Parameter(torch.full((num_layers, config.prefix_length), bias))
+            weights = [self.weight]
+        else:  # per-layer lengths: layer i's gate has exactly l_i outputs; indexing [i] reads the same either way
+            lengths = config.layer_lengths(num_layers)
+            self.weight = nn.ParameterList([nn.Parameter(torch.empty(hidden_size, n)) for n in lengths])
+            self.bias = nn.ParameterList([nn.Parameter(torch.full((n,), bias)) for n in lengths])
+            weights = list(self.weight)
+        for weight in weights:
+            if config.token_gate_weight_std > 0:
+                nn.init.normal_(weight, std=config.token_gate_weight_std)
+            else:
+                nn.init.zeros_(weight)
 
     def forward(self, layer: int, pooled: torch.Tensor) -> torch.Tensor:
         # pooled: (B, d) -> (B, l), or (B, T, d) -> (B, T, l) for per-query gates. The layer's slice goes to the

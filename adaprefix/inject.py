@@ -229,7 +229,10 @@ class _LayerPreHook:
         prefix = runtime.prefix if runtime.prefix is not None else adapter.prefix()
         # A model split across devices (device_map): the layer's slice of the adapter goes to the layer's device.
         device = _layer_device(module, hidden)
-        keys, values = prefix[i, 0].unsqueeze(0).to(device), prefix[i, 1].unsqueeze(0).to(device)  # (1, kvh, l, hd)
+        if runtime.config.prefix_lengths is not None and runtime.config.prefix_lengths[i] == 0:
+            site.prefix = None  # PT-2*: this layer has no prefix; its attention runs as the host's
+            return None
+        keys, values = prefix[i][0].unsqueeze(0).to(device), prefix[i][1].unsqueeze(0).to(device)  # (1, kvh, l, hd)
         p = config.prefix_dropout or 0.0
         if module.training and p > 0:
             batch = hidden.shape[0]  # one dropout mask per example, as P-tuning v2

@@ -17,13 +17,20 @@ def layer_gates(model: nn.Module) -> torch.Tensor | None:
 def last_token_gates(model: nn.Module) -> torch.Tensor | None:
     """alpha from the last forward, shape (B, N, l); per-query gates are averaged over real tokens.
 
+    With per-layer prefix lengths (PT-2*), l is the longest layer's and a layer's missing pseudo tokens are NaN.
     None when the method has no token gate or no forward has run yet.
     """
     runtime = model._adaprefix_runtime
-    if model.adaprefix.token_gate is None or any(g is None for g in runtime.token_gates):
+    lengths = runtime.config.layer_lengths(runtime.shape.num_layers)
+    if model.adaprefix.token_gate is None or any(g is None for g, n in zip(runtime.token_gates, lengths) if n):
         return None
+    ref = next(g for g in runtime.token_gates if g is not None)
+    longest = max(lengths)
     per_layer = []
-    for alpha in runtime.token_gates:
+    for alpha, n in zip(runtime.token_gates, lengths):
+        if n == 0:
+            per_layer.append(torch.full((ref.shape[0], longest), float("nan"), dtype=ref.dtype, device=ref.device))
+            continue
         if alpha.ndim == 3:  # (B, T, l): average over the query positions that are real tokens
             mask = runtime.padding_mask
             if mask is None:
@@ -31,6 +38,8 @@ def last_token_gates(model: nn.Module) -> torch.Tensor | None:
             else:
                 m = mask[:, -alpha.shape[1]:].to(alpha.dtype).unsqueeze(-1)
                 alpha = (alpha * m).sum(1) / m.sum(1).clamp(min=1.0)
+        if n < longest:
+            alpha = nn.functional.pad(alpha, (0, longest - n), value=float("nan"))
         per_layer.append(alpha)
     return torch.stack(per_layer, dim=1)  # (B, N, l)
 
@@ -56,10 +65,15 @@ def collect_token_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.T
 
 
 def effective_gates(model: nn.Module, token_gates: torch.Tensor | None = None) -> torch.Tensor:
-    """lambda_i * alpha_ij averaged over examples, shape (N, l): the factor each pseudo token's key/value received."""
+    """lambda_i * alpha_ij averaged over examples, shape (N, l): the factor each pseudo token's key/value received.
+
+    With per-layer prefix lengths, pseudo tokens a layer does not have are NaN.
+    """
     config = model.adapter_config
     shape = model._adaprefix_runtime.shape
     gate = torch.ones(shape.num_layers, config.prefix_length)
+    for i, n in enumerate(config.layer_lengths(shape.num_layers)):
+        gate[i, n:] = float("nan")
     if token_gates is not None:
         gate = gate * token_gates.float().mean(dim=0)
     lam = layer_gates(model)

@@ -20,7 +20,17 @@ class PrefixEncoder(nn.Module):
         super().__init__()
         self.shape = shape
         self.length = config.prefix_length
+        self.layer_lengths = config.layer_lengths(shape.num_layers)
         out_dim = shape.num_layers * 2 * shape.kv_dim
+        if config.prefix_lengths is not None:
+            # PT-2*: each layer owns exactly its l_i pseudo tokens, so the parameter count is sum(l_i) * 2 * kv_dim.
+            self.embedding = nn.ParameterList(
+                [nn.Parameter(torch.empty(n, 2 * shape.kv_dim)) for n in self.layer_lengths])
+            for weight in self.embedding:
+                nn.init.normal_(weight, std=config.prefix_init_std)
+            self.projection = None
+            self._cache = None
+            return
         if config.prefix_projection:
             self.embedding = nn.Parameter(torch.empty(self.length, shape.hidden_size))
             self.projection = nn.Sequential(
@@ -73,8 +83,13 @@ class PrefixEncoder(nn.Module):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         return {**state, "_cache": None}  # copies and pickles recompute on their own parameters
 
-    def forward(self) -> torch.Tensor:
-        flat = self.embedding if self.projection is None else self._projected()  # (l, N*2*kv_dim)
+    def forward(self) -> torch.Tensor | list[torch.Tensor]:
+        """Every layer's keys and values: a tensor (N, 2, kv_heads, l, head_dim), or with per-layer lengths a list
+        of N tensors (2, kv_heads, l_i, head_dim). Either way ``prefix[i][0]`` is layer i's keys."""
         s = self.shape
+        if isinstance(self.embedding, nn.ParameterList):
+            return [w.view(n, 2, s.num_kv_heads, s.head_dim).permute(1, 2, 0, 3)  # (2, kv_heads, l_i, head_dim)
+                    for w, n in zip(self.embedding, self.layer_lengths)]
+        flat = self.embedding if self.projection is None else self._projected()  # (l, N*2*kv_dim)
         kv = flat.view(self.length, s.num_layers, 2, s.num_kv_heads, s.head_dim)
         return kv.permute(1, 2, 3, 0, 4)  # (N, 2, kv_heads, l, head_dim)

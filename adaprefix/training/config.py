@@ -159,6 +159,16 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     hint = typing.get_type_hints(TrainConfig).get(key) or typing.get_type_hints(AdaptivePrefixConfig).get(key)
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)
+    if list[int] in allowed:  # per-layer lengths: a YAML list, or "4,8,0,12" on the command line
+        if isinstance(value, str) and value.strip().lower() not in ("null", "none", "~"):
+            value = [part.strip() for part in value.split(",")]
+        if isinstance(value, list):
+            try:
+                return [int(v) if not isinstance(v, bool) and float(v) == int(float(v)) else _not_int(v)
+                        for v in value]
+            except (TypeError, ValueError):
+                raise TrainConfigError(f"{source}: {key}: expected a list of integers (or 'a,b,c'), got "
+                                       f"{value!r}") from None
     if isinstance(value, str):
         if str in allowed:  # a path or name like "2024_01" or "007" stays exactly as typed
             return None if value.strip().lower() in ("null", "none", "~") and type(None) in allowed else value
@@ -179,6 +189,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     names = " or ".join(f"one of {', '.join(map(repr, typing.get_args(k)))}" if typing.get_origin(k) is typing.Literal
                         else getattr(k, "__name__", str(k)) for k in allowed)
     raise TrainConfigError(f"{source}: {key}: expected {names}, got {value!r}")
+
+
+def _not_int(value: Any) -> int:
+    raise ValueError(value)
 
 
 def _parse_scalar(text: str) -> Any:
