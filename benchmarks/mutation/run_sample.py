@@ -7,7 +7,7 @@ bounded time (mutmut itself runs the quickest mutants first, so stopping a full 
 
 Run from the repository root:
     .venv/bin/pip install mutmut==3.8.1
-    .venv/bin/python benchmarks/mutation/run_sample.py --sample 150 --seed 0 --max-minutes 45
+    .venv/bin/python benchmarks/mutation/run_sample.py --sample 120 --seed 0 --max-minutes 45
 Writes results/sample-seed<seed>.json (every sampled mutant and its verdict) and prints the score.
 `.venv/bin/mutmut show <name>` prints a mutant's diff; `.venv/bin/mutmut run` runs them all.
 """
