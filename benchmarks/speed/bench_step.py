@@ -64,6 +64,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/speed/machine.py, beside this script)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import transformers  # noqa: E402
@@ -193,15 +194,6 @@ def make_batch(batch: int, seq_len: int, vocab_size: int, seed: int) -> dict[str
         "labels": torch.randint(0, 2, (batch,), generator=g),
     }
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def stats(values) -> dict[str, float]:
