@@ -85,10 +85,10 @@ def _for_kind(settings: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 
 
 def expand(grid: dict[str, Any]) -> list[Run]:
-    """Every run of the grid, in the order they should run: experiment, seed, task, variant, method.
+    """Every run of the grid, in the order they should run: experiment, seed, variant, task, method.
 
     Seeds vary slowest so that a grid stopped half way holds whole comparisons (every task, every method) for the
-    first seeds.
+    first seeds; within a seed, a variant's comparison across tasks is complete before the next variant starts.
     """
     runs = []
     for experiment in grid["experiments"]:
@@ -98,9 +98,9 @@ def expand(grid: dict[str, Any]) -> list[Run]:
             if task not in grid["tasks"]:
                 raise GridError(f"experiment {name}: task {task!r} has no entry under tasks:")
         for seed in experiment["seeds"]:
-            for task in experiment["tasks"]:
-                protocol = grid["tasks"][task]
-                for variant, variant_settings in variants.items():
+            for variant, variant_settings in variants.items():
+                for task in experiment["tasks"]:
+                    protocol = grid["tasks"][task]
                     for method, train_method, arm_settings in _arms(experiment):
                         kind = "ft" if train_method == "ft" else "prefix"
                         settings = {**grid["defaults"], **protocol.get("common", {}), **protocol.get(kind, {}),

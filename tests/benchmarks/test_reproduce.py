@@ -151,3 +151,11 @@ def test_pt2_star_lengths_come_from_the_recorded_gates_of_the_task_s_apt_run(tmp
     gates.mkdir(parents=True)
     (gates / "main__cb-apt-s1.json").write_text(json.dumps({"effective_gate": [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]}))
     assert G.resolve_settings(grid, run, [])["prefix_lengths"] == [2, 0, 1]  # budget 3 shared 2 : 0 : 1
+
+
+def test_within_a_seed_each_variant_covers_every_task_before_the_next():
+    grid = {**GRID, "tasks": {**GRID["tasks"], "rte": GRID["tasks"]["cb"]},
+            "experiments": [{"name": "parity", "tasks": ["cb", "rte"], "seeds": [1], "methods": ["pt2"],
+                             "variants": {"a": {}, "b": {}}}]}
+    assert [r.run_id for r in G.expand(grid)] == ["parity/cb-pt2-a-s1", "parity/rte-pt2-a-s1",
+                                                  "parity/cb-pt2-b-s1", "parity/rte-pt2-b-s1"]
