@@ -31,6 +31,7 @@ from grid import HERE, Run, expand, load_grid, resolve_settings  # noqa: E402
 
 REPO = HERE.parent.parent
 RECORDS = HERE / "results" / "runs.jsonl"
+FAILURES = HERE / "results" / "failures.jsonl"  # runs that exited with an error; skipped unless --retry-failed
 RUNS_DIR = REPO / "runs" / "reproduce"
 
 
@@ -100,14 +101,14 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
     }
 
 
-def append_record(record: dict[str, Any], commit: bool) -> None:
-    RECORDS.parent.mkdir(parents=True, exist_ok=True)
-    with RECORDS.open("a") as f:
+def append_record(record: dict[str, Any], commit: bool, target: Path = RECORDS) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a") as f:
         f.write(json.dumps(record, sort_keys=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
     if commit:
-        path = str(RECORDS.relative_to(REPO))
+        path = str(target.relative_to(REPO))
         for _ in range(5):  # another git command may hold the index lock for a moment
             _git("add", path)
             done = subprocess.run(["git", "commit", "-q", "-m", f"reproduce: record {record['run_id']}", "--", path],
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="List done / waiting / missing runs and exit.")
     parser.add_argument("--commit", action="store_true", help="git-commit runs.jsonl after each record.")
     parser.add_argument("--max-runs", type=int, help="Stop after this many runs.")
+    parser.add_argument("--retry-failed", action="store_true", help="Also run the runs in results/failures.jsonl.")
     args = parser.parse_args()
 
     grid = load_grid()
@@ -157,11 +159,12 @@ def main() -> None:
     while True:
         records = read_records()
         have = {r["run_id"] for r in records}
-        missing = [r for r in runs if r.run_id not in have]
+        failed = set() if args.retry_failed else {f["run_id"] for f in read_records(FAILURES)}
+        missing = [r for r in runs if r.run_id not in have and r.run_id not in failed]
         ready = [(r, s) for r in missing if (s := resolve_settings(grid, r, records)) is not None]
         if args.list:
-            print(f"{len(runs) - len(missing)} done, {len(ready)} ready, {len(missing) - len(ready)} waiting on a "
-                  f"learning-rate sweep")
+            print(f"{len(have & {r.run_id for r in runs})} done, {len(failed)} failed (--retry-failed), {len(ready)} "
+                  f"ready, {len(missing) - len(ready)} waiting on a learning-rate sweep or gate map")
             for run in missing:
                 print(("ready   " if any(run is r for r, _ in ready) else "waiting ") + run.run_id)
             return
@@ -179,7 +182,13 @@ def main() -> None:
         print(f"=== {run.run_id} ({len(missing)} missing)", flush=True)
         commit = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
                                                          else "")
-        seconds = train_one(run, settings)
+        try:
+            seconds = train_one(run, settings)
+        except subprocess.CalledProcessError as err:  # e.g. a NaN loss: note it, keep the grid going
+            print(f"=== {run.run_id} failed (exit {err.returncode}); noted in {FAILURES.name}", flush=True)
+            append_record({"run_id": run.run_id, "returncode": err.returncode, "commit": commit,
+                           "date": datetime.date.today().isoformat()}, args.commit, FAILURES)
+            continue
         append_record(make_record(run, settings, RUNS_DIR / run.run_id, seconds, commit), args.commit)
         done_runs += 1
 

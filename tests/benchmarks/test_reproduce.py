@@ -159,3 +159,29 @@ def test_within_a_seed_each_variant_covers_every_task_before_the_next():
                              "variants": {"a": {}, "b": {}}}]}
     assert [r.run_id for r in G.expand(grid)] == ["parity/cb-pt2-a-s1", "parity/rte-pt2-a-s1",
                                                   "parity/cb-pt2-b-s1", "parity/rte-pt2-b-s1"]
+
+
+def test_a_failed_run_is_noted_and_skipped_and_the_grid_goes_on(tmp_path, monkeypatch):
+    import subprocess
+
+    grid = {**GRID, "experiments": [{"name": "main", "tasks": ["cb"], "seeds": [1, 2], "methods": ["pt2"]}]}
+    monkeypatch.setattr(RUN, "load_grid", lambda: grid)
+    monkeypatch.setattr(RUN, "RECORDS", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(RUN, "FAILURES", tmp_path / "failures.jsonl")
+    monkeypatch.setattr(RUN, "_git", lambda *args: "abc")
+    tried = []
+
+    def fail(run, settings):
+        tried.append(run.run_id)
+        raise subprocess.CalledProcessError(1, ["adaprefix", "train"])
+
+    monkeypatch.setattr(RUN, "train_one", fail)
+    monkeypatch.setattr(sys, "argv", ["run.py"])
+    RUN.main()
+    assert tried == ["main/cb-pt2-s1", "main/cb-pt2-s2"]  # the first failure did not stop the grid
+    assert [f["run_id"] for f in RUN.read_records(tmp_path / "failures.jsonl")] == tried
+    RUN.main()  # a second sitting skips them
+    assert len(tried) == 2
+    monkeypatch.setattr(sys, "argv", ["run.py", "--retry-failed"])
+    RUN.main()  # unless asked to retry them
+    assert len(tried) == 4
