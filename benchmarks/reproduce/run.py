@@ -156,10 +156,11 @@ def main() -> None:
     grid = load_grid()
     runs = [r for r in expand(grid) if not args.only or r.experiment in args.only]
     done_runs = 0
+    failed_now: set[str] = set()  # never tried twice in one sitting, even with --retry-failed
     while True:
         records = read_records()
         have = {r["run_id"] for r in records}
-        failed = set() if args.retry_failed else {f["run_id"] for f in read_records(FAILURES)}
+        failed = failed_now | (set() if args.retry_failed else {f["run_id"] for f in read_records(FAILURES)})
         missing = [r for r in runs if r.run_id not in have and r.run_id not in failed]
         ready = [(r, s) for r in missing if (s := resolve_settings(grid, r, records)) is not None]
         if args.list:
@@ -186,6 +187,7 @@ def main() -> None:
             seconds = train_one(run, settings)
         except subprocess.CalledProcessError as err:  # e.g. a NaN loss: note it, keep the grid going
             print(f"=== {run.run_id} failed (exit {err.returncode}); noted in {FAILURES.name}", flush=True)
+            failed_now.add(run.run_id)
             append_record({"run_id": run.run_id, "returncode": err.returncode, "commit": commit,
                            "date": datetime.date.today().isoformat()}, args.commit, FAILURES)
             continue
