@@ -86,3 +86,12 @@ def test_data_seed_defaults_to_the_run_seed():
     cfg = load_train_config(None, {"seed": "3", "data-seed": "11", "max-train-samples": "100", "format": "tsv",
                                    "tsv-quoting": "none"})
     assert (cfg.resolved_data_seed, cfg.max_train_samples, cfg.format, cfg.tsv_quoting) == (11, 100, "tsv", "none")
+
+
+def test_per_layer_prefix_lengths_from_the_command_line_or_yaml(tmp_path):
+    assert load_train_config(None, {"method": "pt2", "prefix-lengths": "4,8,0"}).adapter["prefix_lengths"] == [4, 8, 0]
+    preset = tmp_path / "pt2star.yaml"
+    preset.write_text("method: pt2\nadapter:\n  prefix_lengths: [2, 0, 5]\n")
+    assert load_train_config(preset).adapter_config().prefix_lengths == [2, 0, 5]
+    with pytest.raises(TrainConfigError, match=r"prefix_lengths: expected a list of integers .*'2.5'"):
+        load_train_config(None, {"method": "pt2", "prefix_lengths": "4,2.5"})
