@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from . import attention as seam
-from .arch import BackboneShape, UnsupportedModelError, resolve_arch
+from .arch import BackboneShape, UnsupportedModelError, hidden_dropout_name, resolve_arch
 from .arch.table import SUPPORTED_ATTENTION
 from .arch.deberta import patch_deberta_attention, unpatch_deberta_attention
 from .config import AdaptivePrefixConfig, ConfigError
@@ -225,13 +225,13 @@ class _LayerPreHook:
             return None
         config, adapter, i = runtime.config, runtime.adapter, site.layer_index
         hidden = args[0] if args else kwargs["hidden_states"]  # h_{i-1}: (B, T, d)
+        if config.prefix_lengths is not None and config.prefix_lengths[i] == 0:
+            site.prefix = None  # PT-2*: this layer has no prefix; its attention runs as the host's
+            return None
         # A layer called outside the base model's forward builds the prefix for itself.
         prefix = runtime.prefix if runtime.prefix is not None else adapter.prefix()
         # A model split across devices (device_map): the layer's slice of the adapter goes to the layer's device.
         device = _layer_device(module, hidden)
-        if runtime.config.prefix_lengths is not None and runtime.config.prefix_lengths[i] == 0:
-            site.prefix = None  # PT-2*: this layer has no prefix; its attention runs as the host's
-            return None
         keys, values = prefix[i][0].unsqueeze(0).to(device), prefix[i][1].unsqueeze(0).to(device)  # (1, kvh, l, hd)
         p = config.prefix_dropout or 0.0
         if module.training and p > 0:
@@ -292,8 +292,8 @@ def _resolve_config(config: AdaptivePrefixConfig, model: nn.Module, causal: bool
         raise ConfigError("shift_positions is a P-tuning v2 parity option for encoders; decoders keep positions")
     dropout = config.prefix_dropout
     if dropout is None:  # the backbone's hidden dropout, under whichever name its config uses
-        names = ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout")
-        dropout = float(next((getattr(model.config, n) for n in names if getattr(model.config, n, None)), 0.0))
+        name = hidden_dropout_name(model.config)
+        dropout = float(getattr(model.config, name) or 0.0) if name else 0.0
     return replace(config, gate_pooling=pooling, prefix_dropout=dropout)
 
 

@@ -108,3 +108,23 @@ def test_bad_per_layer_lengths_are_refused(kwargs, message):
 def test_lengths_for_another_number_of_layers_are_refused_at_attach():
     with pytest.raises(ConfigError, match=r"prefix_lengths: expected one length per layer \(3\), got 2"):
         attach(tiny_model("bert", "eager"), AdaptivePrefixConfig(prefix_lengths=[1, 2]))
+
+
+def test_deberta_layer_without_prefix_runs_as_the_host_s():
+    model = tiny_model("deberta-v2", "eager")
+    ids, mask = tiny_batch()
+    with torch.no_grad():
+        base = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    attach(model, AdaptivePrefixConfig(prefix_lengths=[0, 2, 1], prefix_dropout=0.0))
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert torch.equal(ours[1], base[1]) and not torch.allclose(ours[2], base[2])
+
+
+def test_generation_with_per_layer_lengths_equals_recomputation():
+    model = attach(tiny_model("llama", "sdpa"), AdaptivePrefixConfig(prefix_lengths=[2, 0, 3])).eval()
+    ids, mask = tiny_batch(pad_last=0)
+    with torch.no_grad():
+        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False)
+        recomputed = model(input_ids=generated).logits[:, ids.shape[1] - 1:-1].argmax(-1)
+    assert torch.equal(recomputed, generated[:, ids.shape[1]:])

@@ -1,5 +1,7 @@
 """Architecture facts: where the layers and their attention live, in one table (see table.py)."""
 
-from .table import ARCHITECTURES, ArchSpec, UnsupportedModelError, BackboneShape, resolve_arch
+from .table import (ARCHITECTURES, HIDDEN_DROPOUT_NAMES, ArchSpec, BackboneShape, UnsupportedModelError,
+                    hidden_dropout_name, resolve_arch)
 
-__all__ = ["ARCHITECTURES", "ArchSpec", "BackboneShape", "UnsupportedModelError", "resolve_arch"]
+__all__ = ["ARCHITECTURES", "HIDDEN_DROPOUT_NAMES", "ArchSpec", "BackboneShape", "UnsupportedModelError",
+           "hidden_dropout_name", "resolve_arch"]

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
+#: Where a config keeps its hidden dropout (BERT, DistilBERT, GPT-2, others), in the order they are looked for.
+HIDDEN_DROPOUT_NAMES = ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout")
+
+
+def hidden_dropout_name(config) -> str | None:
+    """The name under which ``config`` keeps the backbone's hidden dropout; None if it has none."""
+    return next((name for name in HIDDEN_DROPOUT_NAMES if hasattr(config, name)), None)
 
 
 class UnsupportedModelError(ValueError):

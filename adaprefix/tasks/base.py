@@ -160,11 +160,14 @@ class Task(ABC):
         return f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r})"
 
 
-def _max_length(tokenizer: Any, max_length: int | None) -> int:
-    if max_length is not None:
-        return int(max_length)
+def tokenizer_limit(tokenizer: Any) -> int:
+    """The tokenizer's own length limit; 512 where it reports none (transformers' "very large" sentinel)."""
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if limit and limit < 100_000 else 512
+
+
+def _max_length(tokenizer: Any, max_length: int | None) -> int:
+    return int(max_length) if max_length is not None else tokenizer_limit(tokenizer)
 
 
 def _label_of(ex: Example) -> int:

@@ -24,9 +24,11 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
+from ..arch import HIDDEN_DROPOUT_NAMES, hidden_dropout_name
 from ..inject import attach
 from ..persistence import save_adapter
 from ..tasks import Task, custom_task, get_task, sample_examples
+from ..tasks.base import tokenizer_limit
 from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, remove_unsealed,
                         restore_run_snapshot, sealed_checkpoints)
 from .config import TrainConfig, TrainConfigError
@@ -89,30 +91,27 @@ def resolve_max_length(cfg: TrainConfig, task: Task, tokenizer) -> int:
     With ``shift_positions`` the real tokens sit at positions l .. l+T-1, so T is capped at the position limit minus
     the prefix length (P-tuning v2 would index past BERT's position table there).
     """
-    limit = getattr(tokenizer, "model_max_length", None)
-    limit = int(limit) if limit and limit < 100_000 else 512
+    limit = tokenizer_limit(tokenizer)
     length = cfg.max_length or task.default_max_length or limit
-    if cfg.method != "ft" and cfg.adapter_config().shift_positions:
-        length = min(length, limit - cfg.adapter_config().prefix_length)
+    adapter = cfg.adapter_config() if cfg.method != "ft" else None
+    if adapter is not None and adapter.shift_positions:
+        length = min(length, limit - adapter.prefix_length)
         if length < 1:
-            raise TrainConfigError(f"prefix_length {cfg.adapter_config().prefix_length} with shift_positions leaves "
-                                   f"no room in the tokenizer's {limit} positions; use a shorter prefix or "
+            raise TrainConfigError(f"prefix_length {adapter.prefix_length} with shift_positions leaves no room in "
+                                   f"the tokenizer's {limit} positions; use a shorter prefix or "
                                    "--shift-positions false")
     return length
-
-
-DROPOUT_NAMES = ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout")  # per-family config names
 
 
 def dropout_overrides(cfg: TrainConfig, model_config) -> dict[str, float]:
     """``from_pretrained`` kwargs that set the backbone's hidden dropout, under the name its config uses."""
     if cfg.hidden_dropout is None:
         return {}
-    names = [n for n in DROPOUT_NAMES if hasattr(model_config, n)]
-    if not names:
+    name = hidden_dropout_name(model_config)
+    if name is None:
         raise TrainConfigError(f"hidden_dropout: the {model_config.model_type} config has none of "
-                               f"{', '.join(DROPOUT_NAMES)}; leave hidden_dropout unset for this backbone")
-    return {names[0]: cfg.hidden_dropout}
+                               f"{', '.join(HIDDEN_DROPOUT_NAMES)}; leave hidden_dropout unset for this backbone")
+    return {name: cfg.hidden_dropout}
 
 
 def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, attach_adapter: bool = True):

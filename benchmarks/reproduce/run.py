@@ -66,12 +66,6 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "threads": str(torch.get_num_threads())}
 
 
-def _train_examples_full(task: str, data_dir: str | None) -> int:
-    from adaprefix.tasks import get_task
-
-    return len(get_task(task).load("train", data_dir))
-
-
 def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: float, commit: str) -> dict[str, Any]:
     final = json.loads((run_dir / "final_metrics.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -80,8 +74,7 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
     dev = 100 * final["dev"][metric]
     test = 100 * final["test"][metric] if final.get("test") else None
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    full = final.get("train_examples_full") or _train_examples_full(run.task, config.get("data_dir"))
-    used = final.get("train_examples") or min(full, config.get("max_train_samples") or full)
+    full, used = final["train_examples_full"], final["train_examples"]
     return {
         "run_id": run.run_id, "experiment": run.experiment, "task": run.task, "method": run.method,
         "variant": run.variant, "seed": run.seed, "metric": metric,

@@ -100,3 +100,13 @@ def test_ptv2_presets_are_the_scripts_settings(task):
     assert (adapter.prefix_init_std, adapter.shift_positions, cfg.precision) == (0.02, True, "fp32")
     assert adapter.prefix_projection == (task == "wic")
     assert cfg.hidden_dropout == (0.2 if task.startswith("conll") else None)
+
+
+def test_hidden_dropout_reaches_backbone_head_and_prefix(tiny_backbone, tokenizer):
+    from adaprefix.training.recipe import build_model
+
+    cfg = TrainConfig(task="rte", method="pt2", model=tiny_backbone, hidden_dropout=0.2)
+    model = build_model(cfg, get_task("rte"), ["entailment", "not_entailment"], tokenizer)
+    assert model.config.hidden_dropout_prob == 0.2
+    assert model.dropout.p == 0.2  # the classification head's dropout
+    assert model.adapter_config.prefix_dropout == 0.2
