@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from ..introspect import collect_token_gates, effective_gates, layer_gates  # noqa: E402
-from ..training.files import atomic_write_json  # noqa: E402
+from ..files import atomic_write_json  # noqa: E402
 
 
 def plot_gate_heatmap(gate: torch.Tensor, title: str, path: Path) -> None:

@@ -32,7 +32,7 @@ from ..tasks.base import tokenizer_limit
 from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, remove_unsealed,
                         restore_run_snapshot, sealed_checkpoints)
 from .config import TrainConfig, TrainConfigError
-from .files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
+from ..files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
 
 BYTE_LEVEL_BPE = ("roberta", "gpt2", "qwen2", "deberta")  # need add_prefix_space=True for pre-split words
 RUN_FILES = ("metrics.jsonl", "adapter", "model")  # run state that every sealed checkpoint carries a snapshot of
