@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import adapter_runtime
+from .gates import masked_mean, padding_weights
 
 
 def layer_gates(model: nn.Module) -> torch.Tensor | None:
@@ -35,11 +36,7 @@ def last_token_gates(model: nn.Module) -> torch.Tensor | None:
             continue
         if alpha.ndim == 3:  # (B, T, l): average over the query positions that are real tokens
             mask = runtime.padding_mask
-            if mask is None:
-                alpha = alpha.mean(dim=1)
-            else:
-                m = mask[:, -alpha.shape[1]:].to(alpha.dtype).unsqueeze(-1)
-                alpha = (alpha * m).sum(1) / m.sum(1).clamp(min=1.0)
+            alpha = masked_mean(alpha, None if mask is None else padding_weights(mask, alpha))
         if n < longest:
             alpha = nn.functional.pad(alpha, (0, longest - n), value=float("nan"))
         per_layer.append(alpha)
