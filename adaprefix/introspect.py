@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import adapter_runtime
+from .config import ConfigError
 from .gates import masked_mean, padding_weights
 
 
@@ -56,7 +57,8 @@ def collect_token_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.T
             model(**inputs)
             gates = last_token_gates(model)
             if gates is None:
-                raise ValueError(f"method {model.adapter_config.method!r} has no token gate to collect")
+                raise ConfigError(f"method: {model.adapter_config.method!r} has no token gate to collect; "
+                                  "collect from an apt or token-gate adapter")
             gathered.append(gates.cpu())
     finally:
         model.train(was_training)
