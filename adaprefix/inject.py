@@ -1,9 +1,12 @@
-"""attach / detach: put the adapter into a Transformers model through hooks and the attention seam.
+"""attach / detach / load_adapter: put the adapter into a Transformers model through hooks and the attention seam.
 
 Per forward: a pre-hook on the base model builds every layer's prefix once and records the padding mask; a pre-hook
 on each layer reads h_{i-1}, computes that layer's gates and leaves the gated prefix on the layer's attention site,
 and a post-hook clears it when the layer returns. transformers checkpoints a layer's forward, not its hooks, so a
 checkpointed recompute gets its own forward's prefix back from a wrapper around the checkpointing function.
+
+What an attached adapter is (its module and runtime state) lives in :mod:`adaprefix.adapter`; the adapter's files in
+:mod:`adaprefix.persistence`, which this module uses to save and load (and which does not import this one).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .arch.deberta import patch_deberta_attention, unpatch_deberta_attention
 from .config import AdaptivePrefixConfig, ConfigError
 from .gates import padding_weights, pool_hidden
 from .persistence import AdapterLoadError, check_adapter_tensors, read_adapter, save_adapter
+
 
 def _bound_arguments(runtime: AdapterRuntime, args, kwargs) -> dict:
     return {**dict(zip(runtime.arg_names, args)), **kwargs}
@@ -382,7 +386,7 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
     sites, handles, patched = [], [], []
     original_impl = model.config._attn_implementation
     runtime = AdapterRuntime(model, adapter, config, shape, original_impl, sites, handles, patched, requires_grad,
-                       type(model))
+                             type(model))
     base = model.base_model
     handles.append(base.register_forward_pre_hook(_BasePreHook(runtime), with_kwargs=True))
     handles.append(base.register_forward_hook(_BasePostHook(runtime), always_call=True))
