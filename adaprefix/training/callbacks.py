@@ -12,13 +12,14 @@ from typing import Callable
 import torch
 from transformers import TrainerCallback
 
+from ..errors import AdaprefixError
 from .files import append_jsonl, atomic_replace_dir, atomic_write_text
 
 COMPLETE_MARKER = "COMPLETE"
 RUN_SNAPSHOT = "adaprefix_run"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(AdaprefixError, RuntimeError):
     """The training loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
 
