@@ -1,4 +1,5 @@
-"""A tiny BERT saved to disk with the MiniLM tokenizer, and small data files, for end-to-end runs."""
+"""Shared by the end-to-end runs (tests/training and the CLI tests): a tiny BERT saved to disk with the MiniLM
+tokenizer, and small data files."""
 
 import importlib.resources
 import json
@@ -8,11 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-os.environ["HF_HUB_OFFLINE"] = "1"
+from run_helpers import SENTIMENT
 
-SENTIMENT = [("a wonderful, moving film", "pos"), ("dull and far too long", "neg"), ("I loved every minute", "pos"),
-             ("a tedious mess", "neg"), ("brilliant acting throughout", "pos"), ("boring plot, weak jokes", "neg"),
-             ("an absolute delight", "pos"), ("I want my money back", "neg")]
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")
