@@ -158,6 +158,7 @@ def gates(
 
 
 def main() -> None:  # pragma: no cover
+    """The `adaprefix` console script."""
     app()
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-METHODS = ("apt", "pt2", "token-gate", "layer-gate")  # the one list of methods; help texts and docs derive from it
+METHODS = ("apt", "pt2", "token-gate", "layer-gate")
 POOLINGS = ("auto", "mean", "cls", "token")
 #: What each method attaches, for help texts (one entry per method in METHODS).
 METHOD_NOTES = {"apt": "both gates, the paper's method", "pt2": "P-tuning v2, no gates",

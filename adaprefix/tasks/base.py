@@ -93,14 +93,17 @@ class Task(ABC):
 
     @property
     def num_labels(self) -> int:
+        """Number of labels (the head's width)."""
         return len(self.labels)
 
     @property
     def label2id(self) -> dict[str, int]:
+        """Label name -> id."""
         return {label: i for i, label in enumerate(self.labels)}
 
     @property
     def id2label(self) -> dict[int, str]:
+        """Id -> label name."""
         return dict(enumerate(self.labels))
 
     def auto_model_class(self) -> type:

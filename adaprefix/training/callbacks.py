@@ -162,6 +162,7 @@ def sealed_checkpoints(folder: Path) -> list[Path]:
 
 
 def checkpoint_epoch(checkpoint: Path) -> float:
+    """The epoch a Trainer checkpoint was saved at."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     return float(state.get("epoch") or 0.0)
 

@@ -26,6 +26,8 @@ class RunNotFoundError(AdaprefixError, FileNotFoundError):
 
 @dataclass
 class LoadedRun:
+    """A run reloaded for use: its settings, task, tokenizer, best model (in eval mode) and label names."""
+
     config: TrainConfig
     task: Task
     tokenizer: Any
