@@ -10,6 +10,15 @@ from .errors import AdaprefixError
 
 METHODS = ("apt", "pt2", "token-gate", "layer-gate")
 POOLINGS = ("auto", "mean", "cls", "token")
+#: What each method attaches, for help texts (one entry per method in METHODS).
+METHOD_NOTES = {"apt": "both gates, the paper's method", "pt2": "P-tuning v2, no gates",
+                "token-gate": "token gate only, an ablation", "layer-gate": "layer gate only, an ablation"}
+
+
+def choices_help(choices: tuple[str, ...], notes: dict[str, str]) -> str:
+    """``"a (note), b (note) or c (note)"``: the choices in order, each with its note."""
+    described = [f"{choice} ({notes[choice]})" for choice in choices]
+    return ", ".join(described[:-1]) + " or " + described[-1] if len(described) > 1 else "".join(described)
 
 
 class ConfigError(AdaprefixError, ValueError):
@@ -39,9 +48,7 @@ class AdaptivePrefixConfig:
     - ``token-gate`` / ``layer-gate``: ablations with one gate only.
     """
 
-    method: Literal["apt", "pt2", "token-gate", "layer-gate"] = field(
-        default="apt", metadata={"help": "apt (both gates), pt2 (no gates), token-gate or layer-gate (ablations)."}
-    )
+    method: Literal[METHODS] = field(default="apt", metadata={"help": choices_help(METHODS, METHOD_NOTES) + "."})
     prefix_length: int = field(default=16, metadata={"help": "Pseudo tokens l prepended to every layer's keys/values."})
     prefix_lengths: list[int] | None = field(
         default=None,
@@ -78,7 +85,7 @@ class AdaptivePrefixConfig:
         metadata={"help": "Shift real tokens' position ids by prefix_length, reproducing P-tuning v2 (which fed the "
                   "prefix as past key values). Off: keep pretrained positions. Encoders only."},
     )
-    gate_pooling: Literal["auto", "mean", "cls", "token"] = field(
+    gate_pooling: Literal[POOLINGS] = field(
         default="auto",
         metadata={"help": "What the token gate reads from h_{i-1}: masked mean over real tokens ('mean'), the first "
                   "token ('cls'), or each query's own state ('token': one gate per query position, causal-safe). "

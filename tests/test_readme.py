@@ -27,15 +27,33 @@ def _section(title: str) -> str:
 
 def test_readme_own_data_section_matches_the_settings():
     """The format and quoting choices shown are the code's, and every flag shown is a real setting."""
-    from dataclasses import fields
-
-    from adaprefix.config import AdaptivePrefixConfig
     from adaprefix.tasks import FORMAT_CHOICES, TSV_QUOTING
-    from adaprefix.training.config import TrainConfig
+    from adaprefix.training.config import SECTIONS, run_fields, section_fields
 
     section = _section("Your own data")
     assert f"`--format {'|'.join(FORMAT_CHOICES)}`" in section
     assert f"`--tsv-quoting {'|'.join(TSV_QUOTING)}`" in section
-    settings = {f.name.replace("_", "-") for cls in (TrainConfig, AdaptivePrefixConfig) for f in fields(cls)}
+    names = [f.name for f in run_fields()] + [f.name for section in SECTIONS for f in section_fields(section)]
+    settings = {name.replace("_", "-") for name in names}
     shown = set(re.findall(r"--([a-z][a-z-]*)", section))
     assert shown and shown <= settings, shown - settings
+
+
+def test_readme_configuration_table_is_the_field_help():
+    """The table is rendered from AdaptivePrefixConfig's field help; paste `python -m adaprefix.training.docs`."""
+    from adaprefix.config import AdaptivePrefixConfig
+    from adaprefix.training.docs import field_table
+
+    text = README.read_text()
+    start = text.index("| field | default | meaning |")
+    shown = text[start:text.index("\n\n", start) + 1]
+    assert shown == field_table(AdaptivePrefixConfig), "README's table drifted: paste python -m adaprefix.training.docs"
+
+
+def test_readme_method_lists_are_the_code_lists():
+    from adaprefix.config import METHODS
+    from adaprefix.training.config import TRAIN_METHODS
+
+    lists = [set(re.findall(r"`([a-z0-9-]+)`", m)) for m in re.findall(r"Methods: (.*?)\.(?:\s|$)", README.read_text(),
+                                                                        re.S)]
+    assert lists == [set(METHODS), set(TRAIN_METHODS)]

@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..training.config import TRAIN_METHODS  # noqa: E402
+
 
 def headline(final: dict) -> float:
     """The number the paper reports: test score at the best dev epoch where a test split exists, else best dev."""
@@ -57,7 +59,7 @@ def markdown_table(rows: list[dict]) -> str:
 def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> None:
     """Grouped bars: one group per task, one bar per method, error bars = std over seeds."""
     tasks = sorted({r["task"] for r in rows})
-    methods = [m for m in ("ft", "pt2", "token-gate", "layer-gate", "apt") if any(r["method"] == m for r in rows)]
+    methods = [m for m in sorted(TRAIN_METHODS, key=lambda m: m == "apt") if any(r["method"] == m for r in rows)]
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(tasks) + 1), 3.5))
     for j, method in enumerate(methods):

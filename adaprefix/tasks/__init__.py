@@ -9,21 +9,15 @@ Typical use::
             compute_metrics=task.compute_metrics)
 """
 
-from .base import (
-    KINDS,
-    EncodedSplit,
-    MultipleChoiceTask,
-    SequenceClassificationTask,
-    Task,
-    TokenClassificationTask,
-    canonical_split,
-)
+from .base import KINDS, EncodedSplit, Task, canonical_split
 from .collators import MultipleChoiceCollator
 from .conll import ConllFormat, read_conll
 from .custom import CustomSequenceTask, CustomTokenTask, custom_task
 from .data_dir import ENV_VAR, data_dir_candidates, find_data_file, resolve_data_dir
-from .errors import DataError, UnknownTaskError
+from .errors import DataError, TokenizerError, UnknownTaskError
 from .formats import FORMAT_CHOICES, FORMATS, detect_format
+from .kinds import (BYTE_LEVEL_BPE, MultipleChoiceTask, SequenceClassificationTask,
+                    TokenClassificationTask)
 from .ner import CoNLL03, CoNLL04, ConllTask, OntoNotes
 from .readers import TSV_QUOTING
 from .registry import ALIASES, TASKS, TaskInfo, describe_tasks, get_task
@@ -31,10 +25,10 @@ from .sampling import sample_examples
 from .superglue import CB, COPA, RTE, WSC, BoolQ, SuperGlueTask, WiC
 
 __all__ = [
-    "ALIASES", "BoolQ", "CB", "COPA", "CoNLL03", "CoNLL04", "ConllFormat", "ConllTask", "CustomSequenceTask",
-    "CustomTokenTask", "DataError", "ENV_VAR", "EncodedSplit", "FORMATS", "FORMAT_CHOICES", "KINDS",
-    "MultipleChoiceCollator", "MultipleChoiceTask", "OntoNotes", "RTE", "SequenceClassificationTask",
-    "SuperGlueTask", "TASKS", "TSV_QUOTING", "Task", "TaskInfo", "TokenClassificationTask", "UnknownTaskError",
-    "WSC", "WiC", "canonical_split", "custom_task", "data_dir_candidates", "describe_tasks", "detect_format",
-    "find_data_file", "get_task", "read_conll", "resolve_data_dir", "sample_examples",
+    "ALIASES", "BYTE_LEVEL_BPE", "BoolQ", "CB", "COPA", "CoNLL03", "CoNLL04", "ConllFormat", "ConllTask",
+    "CustomSequenceTask", "CustomTokenTask", "DataError", "ENV_VAR", "EncodedSplit", "FORMATS", "FORMAT_CHOICES",
+    "KINDS", "MultipleChoiceCollator", "MultipleChoiceTask", "OntoNotes", "RTE", "SequenceClassificationTask",
+    "SuperGlueTask", "TASKS", "TSV_QUOTING", "Task", "TaskInfo", "TokenClassificationTask", "TokenizerError",
+    "UnknownTaskError", "WSC", "WiC", "canonical_split", "custom_task", "data_dir_candidates", "describe_tasks",
+    "detect_format", "find_data_file", "get_task", "read_conll", "resolve_data_dir", "sample_examples",
 ]

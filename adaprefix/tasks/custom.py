@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .base import Example, SequenceClassificationTask
+from .base import Example
 from .conll import ConllFormat
 from .errors import DataError
 from .formats import FORMAT_FLAG, check_format, detect_format
+from .kinds import SequenceClassificationTask
 from .ner import ConllTask
 from .readers import QUOTING_FLAG, TSV_QUOTING, get_field, read_json_or_jsonl, read_table
 

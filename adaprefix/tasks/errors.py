@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import AdaprefixError
 
-class DataError(ValueError):
+
+class DataError(AdaprefixError, ValueError):
     """Bad or missing task data.
 
     The message always says where (file, and line where there is one), which field, what was expected,
@@ -47,6 +49,14 @@ class DataError(ValueError):
         super().__init__(" ".join(parts))
 
 
+class TokenizerError(AdaprefixError, ValueError):
+    """A tokenizer that cannot encode the task's inputs as the model expects; the message says how to load it."""
+
+
+class SlowTokenizerError(TokenizerError, TypeError):
+    """Token classification needs a fast tokenizer (for ``word_ids``); a slow one was given."""
+
+
 class Verbatim(str):
     """A ``got`` value that is already a description: shown as it is, without quotes."""
 
@@ -54,7 +64,7 @@ class Verbatim(str):
         return str(self)
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(AdaprefixError, ValueError):
     """A task name that the registry does not know; the message lists the known names."""
 
 

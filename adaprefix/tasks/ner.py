@@ -19,11 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from .base import Example, TokenClassificationTask
+from .base import Example
 from .conll import ConllFormat, Sentence, read_conll
 from .data_dir import find_data_file, locate_data_file
 from .errors import DataError
-from .hub import hub_allowed, load_hub_split
+from .hub import hub_fallback
+from .kinds import TokenClassificationTask
 
 _DEFAULT_FILES = {"train": ("train.txt",), "dev": ("dev.txt", "valid.txt"), "test": ("test.txt",)}
 
@@ -131,16 +132,8 @@ class CoNLL03(ConllTask):
         return super()._load(split, data_dir)
 
     def _load_from_hub(self, split: str, missing: DataError) -> list[Example]:
-        if not hub_allowed():
-            raise DataError(f"{missing} Hub fallback skipped: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set") from None
-        try:
-            records, features = load_hub_split(self.hub_path, None, split)
-            names = features["ner_tags"].feature.names
-        except Exception as exc:  # any network/hub failure: report it with the local search
-            raise DataError(
-                f"{missing} The hub fallback load_dataset({self.hub_path!r}) failed too: {type(exc).__name__}: {exc}"
-            ) from None
-        where = f"hub:{self.hub_path}[{split}]"
+        records, features, where = hub_fallback(missing, self.hub_path, None, split)
+        names = features["ner_tags"].feature.names
         sents = [
             Sentence(list(r["tokens"]), [names[t] for t in r["ner_tags"]], i + 1, [i + 1] * len(r["tokens"]))
             for i, r in enumerate(records)

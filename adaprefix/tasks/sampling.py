@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Sequence, TypeVar
 
+from .errors import DataError
+
 T = TypeVar("T")
 
 
@@ -19,7 +21,7 @@ def sample_examples(examples: Sequence[T], n: int | None, seed: int) -> list[T]:
     if n is None or n >= len(examples):
         return list(examples)
     if n < 1:
-        raise ValueError(f"n: expected a positive number of examples, got {n}")
+        raise DataError(f"n: expected a positive number of examples, got {n}")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     return [examples[i] for i in sorted(order[:n])]

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import Example, MultipleChoiceTask, SequenceClassificationTask, Task
+from .base import Example, Task
 from .data_dir import find_data_file, locate_data_file
 from .errors import DataError
-from .hub import hub_allowed, load_hub_split
+from .hub import hub_fallback
+from .kinds import MultipleChoiceTask, SequenceClassificationTask
 from .readers import get_field, get_str, read_jsonl
 
 _FILES = {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}
@@ -54,16 +55,7 @@ class SuperGlueTask(Task):
         return [self._example(rec, split, path, line) for line, rec in read_jsonl(path)]
 
     def _load_from_hub(self, split: str, missing: DataError) -> list[Example]:
-        if not hub_allowed():
-            raise DataError(f"{missing} Hub fallback skipped: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set") from None
-        try:
-            records, _ = load_hub_split(HUB_PATH, self.hub_config, split)
-        except Exception as exc:  # any network/hub failure: report it with the local search
-            raise DataError(
-                f"{missing} The hub fallback load_dataset({HUB_PATH!r}, {self.hub_config!r}) failed too: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        where = f"hub:{HUB_PATH}/{self.hub_config}[{split}]"
+        records, _, where = hub_fallback(missing, HUB_PATH, self.hub_config, split)
         return [self._example(hub_record_to_jsonl(rec), split, where, i + 1) for i, rec in enumerate(records)]
 
     def load_file(self, path: str | Path) -> list[Example]:

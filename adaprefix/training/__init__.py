@@ -1,8 +1,9 @@
 """Training and evaluation recipe on the stock transformers.Trainer."""
 
 from .config import TrainConfig, TrainConfigError, load_train_config
-from .recipe import RunExistsError, train
+from .recipe import RunResult, train
+from .run_dir import RunExistsError
 from .runs import evaluate_run, load_run, predict
 
-__all__ = ["RunExistsError", "TrainConfig", "TrainConfigError", "evaluate_run", "load_run", "load_train_config",
-           "predict", "train"]
+__all__ = ["RunExistsError", "RunResult", "TrainConfig", "TrainConfigError", "evaluate_run", "load_run",
+           "load_train_config", "predict", "train"]

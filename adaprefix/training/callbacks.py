@@ -12,13 +12,14 @@ from typing import Callable
 import torch
 from transformers import TrainerCallback
 
+from ..errors import AdaprefixError
 from ..files import append_jsonl, atomic_replace_dir, atomic_write_text
 
 COMPLETE_MARKER = "COMPLETE"
 RUN_SNAPSHOT = "adaprefix_run"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(AdaprefixError, RuntimeError):
     """The training loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
 
@@ -161,6 +162,7 @@ def sealed_checkpoints(folder: Path) -> list[Path]:
 
 
 def checkpoint_epoch(checkpoint: Path) -> float:
+    """The epoch a Trainer checkpoint was saved at."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     return float(state.get("epoch") or 0.0)
 

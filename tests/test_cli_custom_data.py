@@ -35,7 +35,7 @@ def test_tagging_data_in_tsv_trains_as_ner(tiny_backbone, tmp_path):
     assert (final["main_metric"], final["lr_schedule"], final["best_epoch"]) == ("f1", "exponential", 1)
     assert (final["train_examples"], final["train_examples_full"], final["data_seed"]) == (8, 8, 42)
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert (saved["format"], saved["data_seed"], saved["seed"]) == ("conll", 42, 42)
+    assert (saved["custom"]["format"], saved["data_seed"], saved["seed"]) == ("conll", 42, 42)
     assert json.loads((run / "labels.json").read_text()) == ["O", "B-cell_type", "B-protein", "I-cell_type",
                                                               "I-protein"]
     predicted = runner.invoke(app, ["predict", str(run), "IL-2 gene expression"])
@@ -62,8 +62,8 @@ def test_glue_style_tsv_with_quotes_and_bom_trains_on_a_seeded_subset(tiny_backb
     assert (final["train_examples"], final["train_examples_full"], final["data_seed"]) == (6, 12, 5)
     assert final["main_metric"] == "accuracy" and final["lr_schedule"] == "linear"
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert (saved["format"], saved["tsv_quoting"], saved["data_seed"], saved["max_train_samples"]) == \
-        ("tsv", "auto", 5, 6)
+    assert (saved["custom"]["format"], saved["custom"]["tsv_quoting"], saved["data_seed"],
+            saved["max_train_samples"]) == ("tsv", "auto", 5, 6)
 
     train.unlink()  # the run recorded its format: predicting needs no train file to sniff
     predicted = runner.invoke(app, ["predict", str(run), '" A quoted sentence .', "Another one ."])

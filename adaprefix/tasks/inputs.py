@@ -1,0 +1,88 @@
+"""New inputs for prediction, in the task's own example format: from a text (and pair), a text file with one input
+per line (a tab between text and pair), or jsonl records in the task's format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .base import Example, Task
+from .errors import DataError
+from .readers import numbered_lines, read_text
+
+#: Fields of a loaded example that are bookkeeping or gold labels, not part of the input.
+NOT_INPUT = ("label", "source", "tags", "tag_ids")
+
+
+def input_fields(task: Task) -> tuple[str, ...]:
+    """The example fields that hold a task's input texts, in order (e.g. premise, hypothesis)."""
+    if task.kind == "token-classification":
+        return ("tokens",)
+    if hasattr(task, "text_fields"):
+        return tuple(task.text_fields)
+    return ("text", "text_pair") if task.text_pair_column else ("text",)  # custom classification
+
+
+def input_view(example: Example) -> dict[str, Any]:
+    """The input part of an example (no label, tags or source, no empty fields), to show beside its prediction."""
+    return {k: v for k, v in example.items() if k not in NOT_INPUT and v is not None}
+
+
+def read_jsonl_inputs(task: Task, file: str | Path) -> list[Example]:
+    """Records of a jsonl file in the task's own format, checked for the fields the task reads."""
+    file = Path(file)
+    if hasattr(task, "load_file"):
+        return task.load_file(file)
+    if task.kind == "token-classification":
+        columns = {"tokens": "tokens"}
+    else:
+        columns = {"text": task.text_column}
+        if task.text_pair_column:
+            columns["text_pair"] = task.text_pair_column
+    examples = []
+    for number, line in numbered_lines(read_text(file)):  # a byte-order mark and CRLF line ends are fine
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{file}:{number}: not valid JSON ({err})") from None
+        missing = [c for c in columns.values() if c not in record]
+        if missing:
+            raise DataError(f"{file}:{number}: missing field(s) {', '.join(missing)}; present: {', '.join(record)}")
+        examples.append({key: record[column] for key, column in columns.items()})
+    return examples
+
+
+def parse_inputs(task: Task, text: str | None = None, text_pair: str | None = None,
+                 file: str | Path | None = None) -> list[Example]:
+    """Inputs for ``task`` from ``file`` (jsonl records, or one input per line with a tab before the pair), else
+    from ``text`` (and ``text_pair``). Tagging inputs are whitespace-separated words; multiple-choice tasks and
+    tasks of more than two texts take jsonl records only."""
+    fields = input_fields(task)
+    if file is not None:
+        file = Path(file)
+        if not file.is_file():
+            raise DataError(f"{file}: input file not found")
+        if file.suffix == ".jsonl":
+            return read_jsonl_inputs(task, file)
+        rows = [line.split("\t") for _, line in numbered_lines(read_text(file)) if line.strip()]
+    elif text is not None:
+        rows = [[text] + ([text_pair] if text_pair is not None else [])]
+    else:
+        raise DataError("give an input text (and pair), or --file")
+    if task.kind == "token-classification":
+        return [{"tokens": row[0].split()} for row in rows]
+    if task.kind == "multiple-choice" or len(fields) > 2:
+        raise DataError(f"task {task.name!r} takes fields {', '.join(fields)}: pass --file with jsonl records in "
+                        "its official format")
+    examples = []
+    for number, row in enumerate(rows, 1):
+        if len(row) > len(fields):
+            raise DataError(f"input {number}: {len(row)} texts, but task {task.name!r} takes {len(fields)} "
+                            f"({', '.join(fields)})")
+        if len(row) < len(fields):
+            raise DataError(f"input {number}: task {task.name!r} takes a pair ({', '.join(fields)}); give both")
+        examples.append(dict(zip(fields, row)))
+    return examples

@@ -1,0 +1,76 @@
+"""The run folder's lifecycle: refuse to clobber a run, or take it up again on --resume.
+
+Run folder:
+    config.yaml          resolved settings            metrics.jsonl     one record per epoch
+    adapter/ | model/    best-dev adapter (ft: model)  final_metrics.json written last: the run is finished
+    tokenizer/           tokenizer used                tb/               TensorBoard logs
+    checkpoints/         latest sealed Trainer checkpoint, for --resume
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import AdaprefixError
+from .callbacks import remove_unsealed, restore_run_snapshot, sealed_checkpoints
+from .config import TrainConfig, load_train_config
+from ..files import read_jsonl
+
+RUN_FILES = ("metrics.jsonl", "adapter", "model")  # run state that every sealed checkpoint carries a snapshot of
+
+
+class RunExistsError(AdaprefixError, RuntimeError):
+    """The output directory already holds a run; nothing is overwritten without --overwrite."""
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run folder (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> tuple[TrainConfig, Path]:
+    """Refuse to clobber a run; on resume, continue with the settings the run was started with."""
+    run = cfg.run_dir()
+    finished = (run / "final_metrics.json").is_file()
+    if not is_main_process():  # rank 0 decides; the others would race its rmtree and its first writes
+        return (load_train_config(run / "config.yaml") if resume else cfg), run
+    if resume:
+        saved = run / "config.yaml"
+        if not saved.is_file():
+            raise RunExistsError(f"{run}: nothing to resume (no config.yaml); start it without --resume")
+        if finished:
+            raise RunExistsError(f"{run}: this run already finished (final_metrics.json); nothing to resume")
+        print(f"resuming {run} with the settings in {saved} (settings given now are not applied)")
+        return load_train_config(saved), run
+    if run.exists() and any(run.iterdir()):
+        if not overwrite:
+            state = "a finished run (final_metrics.json)" if finished else "an unfinished run"
+            raise RunExistsError(f"{run}: already holds {state}; pass --overwrite to replace it"
+                                 + ("" if finished else ", or --resume to continue it")
+                                 + ", or choose another --output-dir")
+        shutil.rmtree(run)
+    return cfg, run
+
+
+def restore_for_resume(run: Path) -> tuple[str | None, list[dict]]:
+    """Take an interrupted run back to its last sealed checkpoint: returns that checkpoint (None: start over) and
+    the epoch records written up to it."""
+    checkpoints = run / "checkpoints"
+    sealed = sealed_checkpoints(checkpoints)
+    if is_main_process():
+        remove_unsealed(checkpoints)
+        if sealed:  # metrics and best adapter exactly as they were when that checkpoint was sealed
+            restore_run_snapshot(sealed[-1], run, RUN_FILES)
+        else:  # nothing sealed yet: start over
+            for name in RUN_FILES:
+                _remove(run / name)
+    return (str(sealed[-1]) if sealed else None), read_jsonl(run / "metrics.jsonl")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
