@@ -55,6 +55,9 @@ def train(
     output_dir: Optional[str] = typer.Option(None, help=setting_help("output_dir")),
     overwrite: bool = typer.Option(False, help="Replace a run already in the output folder."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last complete checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings, errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Show transformers' own progress bars, log dicts and load reports."),
 ):
     """Train a method on a task. Any other setting as `--key value` (e.g. --epochs 5 --prefix-length 8).
 
@@ -65,10 +68,14 @@ def train(
     given = {k: v for k, v in dict(task=task, method=method, model=model, data_dir=data_dir,
                                    output_dir=output_dir).items() if v is not None}
     try:
+        if quiet and verbose:
+            raise typer.BadParameter("--quiet and --verbose exclude each other; give one")
         overrides = {**given, **_parse_overrides(list(ctx.args))}
         cfg = load_train_config(config, overrides)
-        console.print(f"[bold]adaprefix train[/]: {cfg.method} on {cfg.task} with {cfg.model} -> {cfg.run_dir()}")
-        result = run_training(cfg, overwrite=overwrite, resume=resume)
+        if not quiet:
+            console.print(f"[bold]adaprefix train[/]: {cfg.method} on {cfg.task} with {cfg.model} -> {cfg.run_dir()}")
+        verbosity = "quiet" if quiet else "verbose" if verbose else "normal"
+        result = run_training(cfg, overwrite=overwrite, resume=resume, verbosity=verbosity)
     except AdaprefixError as err:
         _fail(err)
     out.print(result.summary(), highlight=False, soft_wrap=True)

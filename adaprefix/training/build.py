@@ -16,6 +16,7 @@ from ..inject import attach
 from ..tasks import Task, custom_task, get_task
 from ..tasks.base import tokenizer_limit
 from .config import TrainConfig, TrainConfigError
+from .display import load_pretrained
 
 
 def build_task(cfg: TrainConfig) -> Task:
@@ -67,15 +68,20 @@ def dropout_overrides(cfg: TrainConfig, model_config) -> dict[str, float]:
     return {name: cfg.hidden_dropout}
 
 
-def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, attach_adapter: bool = True):
-    """The task's Auto model on the backbone, with the adapter attached unless the method is full fine-tuning."""
+def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, attach_adapter: bool = True,
+                verbosity: str = "normal"):
+    """The task's Auto model on the backbone, with the adapter attached unless the method is full fine-tuning.
+
+    ``verbosity`` (see :mod:`.display`): below ``verbose``, the load report that only says the head is new is dropped.
+    """
     kwargs = {}
     if task.kind != "multiple-choice":
         kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
-    # A checkpoint with another task's head (e.g. 2 labels) gets a fresh head for this task; transformers reports it.
+    # A checkpoint with another task's head (e.g. 2 labels) gets a fresh head for this task.
     kwargs.update(dropout_overrides(cfg, AutoConfig.from_pretrained(cfg.model_path())))
-    model = task.auto_model_class().from_pretrained(cfg.model_path(), ignore_mismatched_sizes=True, **kwargs)
+    model = load_pretrained(task.auto_model_class(), cfg.model_path(), verbosity, ignore_mismatched_sizes=True,
+                            **kwargs)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.adapter is not None and attach_adapter:

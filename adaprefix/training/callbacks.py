@@ -31,12 +31,13 @@ class EpochRecorder(TrainerCallback):
     """
 
     def __init__(self, run_dir: Path, eval_names: list[str], main_key: str, save_best: Callable[[], None],
-                 history: list[dict]):
+                 history: list[dict], on_record: Callable[[dict, bool], None] | None = None):
         self.metrics_file = run_dir / "metrics.jsonl"
         self.eval_names = eval_names
         self.main_key = main_key  # e.g. "dev_accuracy"
         self.save_best = save_best
         self.history = history
+        self.on_record = on_record  # told of each finished epoch (the run's display)
         self.best = max(history, key=lambda r: r[main_key]) if history else None
         self._pending: dict = {}
         self._losses: list[float] = []
@@ -70,6 +71,8 @@ class EpochRecorder(TrainerCallback):
             if improved:
                 self.save_best()
             append_jsonl(self.metrics_file, record)
+            if self.on_record is not None:
+                self.on_record(record, improved)
 
 
 class NonFiniteLossGuard(TrainerCallback):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoConfig, Trainer, TrainingArguments, set_seed
+from transformers import AutoConfig, PrinterCallback, Trainer, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
 from ..adapter import PARAM_PREFIX
@@ -24,7 +24,8 @@ from ..tasks import sample_examples
 from .build import (build_model, build_optimizer, build_task, exponential_scheduler, precision_flags,
                     resolve_max_length, resolved_schedule, resolved_settings)
 from .callbacks import CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, sealed_checkpoints
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
+from .display import VERBOSITIES, RunDisplay, library_output
 from .run_dir import RUN_FILES, RunExistsError, is_main_process, prepare_run_dir, restore_for_resume
 
 __all__ = ["RunExistsError", "RunResult", "resolve_max_length", "train"]
@@ -51,9 +52,22 @@ class RunResult:
 
 
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
-          extra_callbacks: list | None = None) -> RunResult:
-    """Train ``cfg.method`` on ``cfg.task`` and write the run directory; returns the final metrics."""
+          extra_callbacks: list | None = None, verbosity: str = "normal") -> RunResult:
+    """Train ``cfg.method`` on ``cfg.task`` and write the run directory; returns the final metrics.
+
+    ``verbosity``: ``normal`` shows a live progress bar and a line per epoch, ``quiet`` nothing but warnings and
+    errors, ``verbose`` transformers' own bars, log dicts and load reports (see :mod:`.display`).
+    """
+    if verbosity not in VERBOSITIES:
+        raise TrainConfigError(f"verbosity: expected one of {', '.join(VERBOSITIES)}, got {verbosity!r}")
+    with library_output(verbosity):
+        return _train(cfg, overwrite, resume, extra_callbacks, verbosity)
+
+
+def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: list | None,
+           verbosity: str) -> RunResult:
     started = time.time()
+    note = print if verbosity != "quiet" else (lambda *args, **kwargs: None)
     cfg, run = prepare_run_dir(cfg, overwrite, resume)
     task = build_task(cfg)
     cfg = resolved_settings(cfg, task)
@@ -70,7 +84,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     train_full = len(splits["train"])
     splits["train"] = sample_examples(splits["train"], cfg.max_train_samples, cfg.data_seed)
     if len(splits["train"]) < train_full:
-        print(f"note: training on {len(splits['train'])} of {train_full} train examples, drawn with data_seed "
+        note(f"note: training on {len(splits['train'])} of {train_full} train examples, drawn with data_seed "
               f"{cfg.data_seed}")
     for name in ("dev", "test"):  # the first N, so that runs with any seed are scored on the same examples
         if name in splits and cfg.max_eval_samples:
@@ -80,11 +94,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     truncated = {name: e.num_truncated for name, e in encoded.items()}
     for name, count in truncated.items():
         if count:
-            print(f"note: {count} of {encoded[name].num_examples} {name} examples were longer than "
+            note(f"note: {count} of {encoded[name].num_examples} {name} examples were longer than "
                   f"{max_length} tokens and were truncated")
 
     set_seed(cfg.seed)
-    model = build_model(cfg, task, labels, tokenizer)
+    model = build_model(cfg, task, labels, tokenizer, verbosity=verbosity)
     if is_main_process():
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -120,6 +134,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         ddp_find_unused_parameters=False,
         label_names=["labels"],
         dataloader_num_workers=0,
+        disable_tqdm=verbosity != "verbose",  # the run's own display (or none) instead
         **precision_flags(cfg.precision),
     )
     eval_sets = {name: encoded[name].dataset for name in ("dev", "test") if name in encoded}
@@ -131,8 +146,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         else:
             atomic_replace_dir(run / "adapter", lambda tmp: save_adapter(model, tmp))
 
-    recorder = EpochRecorder(run, list(eval_sets), main_key, save_best, history)
+    display = RunDisplay(main_key, cfg.epochs) if verbosity == "normal" else None
+    recorder = EpochRecorder(run, list(eval_sets), main_key, save_best, history,
+                             on_record=display.on_record if display is not None else None)
     callbacks = [recorder, NonFiniteLossGuard(), CheckpointSealer(run, RUN_FILES)]
+    if display is not None:
+        callbacks.append(display)
     if is_main_process():
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run / "tb"))))
     trainer = Trainer(
@@ -145,6 +164,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         optimizers=(optimizer, scheduler),
         callbacks=callbacks + list(extra_callbacks or []),
     )
+    if verbosity != "verbose":
+        trainer.remove_callback(PrinterCallback)  # the raw log dicts; metrics.jsonl and the display say it better
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except NonFiniteLossError as err:
@@ -153,6 +174,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         best = f"; the best adapter so far (epoch {recorder.best['epoch']}) is in {run}" if recorder.best else ""
         raise NonFiniteLossError(f"{err}: training stopped; {kept}{best}. Start again with a lower "
                                  "--learning-rate and --overwrite (or another --output-dir)") from None
+    finally:
+        if display is not None:
+            display.close()
 
     best = recorder.best
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -10,7 +10,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
-from transformers.utils import logging as transformers_logging
 
 from ..errors import AdaprefixError
 from ..inject import load_adapter
@@ -18,6 +17,7 @@ from ..tasks import DataError, Task
 from .config import TrainConfig, load_train_config
 from ..files import atomic_write_json
 from .build import build_model, build_task, resolve_max_length
+from .display import library_output, load_pretrained
 
 
 class RunNotFoundError(AdaprefixError, FileNotFoundError):
@@ -46,20 +46,14 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if not weights.is_dir():
         raise RunNotFoundError(f"{weights}: missing; the run has not finished an epoch yet")
     tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # the head is "newly initialised" before the adapter fills it
-    transformers_logging.disable_progress_bar()
-    try:
+    with library_output("normal"):  # no bars; a load report only when something beyond the head is off
         if cfg.method == "ft":
-            model = task.auto_model_class().from_pretrained(weights)
+            model = load_pretrained(task.auto_model_class(), weights)
             labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
         else:
             saved_labels = run / "labels.json"  # the label order the head was trained with
             labels = json.loads(saved_labels.read_text()) if saved_labels.is_file() else task.labels_for(cfg.data_dir)
             model = load_adapter(build_model(cfg, task, labels, tokenizer, attach_adapter=False), weights)
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        transformers_logging.enable_progress_bar()
     return LoadedRun(cfg, task, tokenizer, model.eval(), labels)
 
 
