@@ -72,3 +72,11 @@ def test_no_committed_result_names_an_absolute_machine_path(path):
     hits = [f"{n}: {line.strip()[:120]}" for n, line in enumerate(path.read_text().splitlines(), 1)
             if ABSOLUTE.search(line)]
     assert not hits, f"{path.relative_to(BENCHMARKS)} holds absolute paths:\n" + "\n".join(hits)
+
+
+def test_every_script_that_writes_a_json_result_records_run_metadata():
+    # run.py's records carry their own commit, versions and date (one line per run, read back by the grid)
+    own_format = {BENCHMARKS / "reproduce" / "run.py"}
+    writers = [p for p in sorted(BENCHMARKS.rglob("*.py")) if "json.dumps" in p.read_text() and p not in own_format]
+    assert len(writers) >= 6
+    assert [p.name for p in writers if "run_metadata(" not in p.read_text()] == []
