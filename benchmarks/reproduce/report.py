@@ -195,9 +195,10 @@ def plot_gates(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def gate_section(plots: Path = PLOTS) -> str:
-    """One heat map per recorded gate file (drawn into plots/gates) and a lower- vs upper-layer table (the paper:
-    NER lower, COPA upper)."""
+def gate_section(plots: Path | None = None) -> str:
+    """One heat map per recorded gate file (drawn into plots/gates, by default beside the files) and a lower- vs
+    upper-layer table (the paper: NER lower, COPA upper)."""
+    plots = HERE / "results" if plots is None else plots
     files = sorted((HERE / "results" / "gates").glob("*.json"))
     if not files:
         return "_No gate maps yet (python benchmarks/reproduce/gates.py)._\n"
@@ -219,8 +220,9 @@ def gate_section(plots: Path = PLOTS) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(images) + "\n"
 
 
-def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path = PLOTS) -> str:
+def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path | None = None) -> str:
     """The report's Markdown; its plots are drawn into ``plots`` (by default results/, where the report links)."""
+    plots = PLOTS if plots is None else plots
     plan = planned_seeds(grid)
     total = len(expand(grid))
     out = [f"# Reproduction report: fine-tuning vs P-tuning v2 vs APT on MiniLM\n",
