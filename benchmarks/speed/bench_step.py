@@ -35,8 +35,8 @@ raw data but flagged as contended, and repetitions continue until every variant 
 backward / optimiser split, ratios of medians, and paired ratios from repetitions where both variants were clean
 (adjacent in time, so they cancel slow drifts of the machine). Medians over all steps are in the JSON as well.
 
-Outputs ``benchmarks/speed/results/step_time_<attn>.json`` (raw times, summary, versions, threads, CPU, date, the
-command line) and ``step_time_<attn>.md`` (a table that opens with the command that made it).
+Outputs ``benchmarks/speed/results/step_time_<attn>.json`` (raw times, summary, and the run metadata: command line,
+date, commit, versions, threads, CPU) and ``step_time_<attn>.md`` (a table that opens with the command that made it).
 
 Run from the repository root::
 
