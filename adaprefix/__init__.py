@@ -1,19 +1,24 @@
 """adaprefix: Adaptive Prefix Tuning (APT) and P-tuning v2 for Hugging Face Transformers models."""
 
+from .adapter import AdapterStateError, adapter_runtime, is_attached
 from .arch import UnsupportedModelError
 from .config import AdaptivePrefixConfig, ConfigError
-from .inject import attach, detach, is_attached
+from .errors import AdaprefixError
+from .inject import attach, detach, load_adapter
 from .introspect import collect_token_gates, effective_gates, last_token_gates, layer_gates
-from .persistence import AdapterLoadError, BaseModelMismatchWarning, load_adapter, read_adapter_config, save_adapter
+from .persistence import AdapterLoadError, BaseModelMismatchWarning, read_adapter_config, save_adapter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaprefixError",
     "AdaptivePrefixConfig",
     "AdapterLoadError",
+    "AdapterStateError",
     "BaseModelMismatchWarning",
     "ConfigError",
     "UnsupportedModelError",
+    "adapter_runtime",
     "attach",
     "collect_token_gates",
     "detach",

@@ -2,7 +2,7 @@
 
 It is registered in transformers' AttentionInterface under ``adaprefix_<impl>`` with a matching mask function, so
 the host model keeps its own projections, rotary embeddings, cache and mask logic. Per layer, the state it needs
-(the prefix tensors for this forward) hangs on the attention module as ``_adaprefix_site``.
+(the prefix tensors for this forward) hangs on the attention module as its :func:`layer_site`.
 
 Decoders gate the prefix per query position (gate shape (B, T, l)), which a shared key tensor cannot carry. Two
 implementations compute that attention, with the same result:
@@ -31,6 +31,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 IMPL_PREFIX = "adaprefix_"
+SITE_ATTR = "_adaprefix_site"  # where attach hangs a layer's LayerSite on its attention module
 
 
 class ForwardState:
@@ -82,6 +83,11 @@ class LayerSite:
     def __init__(self, layer_index: int):
         self.layer_index = layer_index
         self.prefix: LayerPrefix | None = None
+
+
+def layer_site(module: nn.Module) -> LayerSite | None:
+    """The :class:`LayerSite` attach gave this attention module; None for a module without an adapter."""
+    return getattr(module, SITE_ATTR, None)
 
 
 def explicit_mask(mask: torch.Tensor | None, query: torch.Tensor, key_len: int, causal: bool):
@@ -363,7 +369,7 @@ def prefix_attention(impl: str, module, query, key, value, attention_mask, **kwa
 
     A module function, not a closure per implementation, so that every call runs (and is measured as) this code.
     """
-    site: LayerSite | None = getattr(module, "_adaprefix_site", None)
+    site = layer_site(module)
     inner = _inner_function(type(module), impl)
     if site is None or site.prefix is None:
         return inner(module, query, key, value, attention_mask, **kwargs)

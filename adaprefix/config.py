@@ -6,12 +6,26 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from .errors import AdaprefixError
+
 METHODS = ("apt", "pt2", "token-gate", "layer-gate")
 POOLINGS = ("auto", "mean", "cls", "token")
 
 
-class ConfigError(ValueError):
-    """A config field holds a value the method cannot use; the message names the field."""
+class ConfigError(AdaprefixError, ValueError):
+    """A config field holds a value the method cannot use; the message names the field, what it expects and got."""
+
+
+def _refuse(field: str, expected: str, got: Any) -> None:
+    raise ConfigError(f"{field}: expected {expected}, got {got!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not a length
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -91,31 +105,41 @@ class AdaptivePrefixConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+            _refuse("method", f"one of {', '.join(METHODS)}", self.method)
         if self.gate_pooling not in POOLINGS:
-            raise ConfigError(f"gate_pooling: expected one of {', '.join(POOLINGS)}, got {self.gate_pooling!r}")
+            _refuse("gate_pooling", f"one of {', '.join(POOLINGS)}", self.gate_pooling)
         if self.prefix_lengths is not None:
             lengths = self.prefix_lengths
             if (not isinstance(lengths, (list, tuple)) or not lengths
-                    or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths)
-                    or max(lengths) < 1):
-                raise ConfigError(f"prefix_lengths: expected one integer >= 0 per layer, at least one > 0, got "
-                                  f"{lengths!r}")
+                    or not all(_is_int(n) and n >= 0 for n in lengths) or max(lengths) < 1):
+                _refuse("prefix_lengths", "one integer >= 0 per layer, at least one > 0", lengths)
             if self.prefix_projection:
                 raise ConfigError("prefix_lengths: per-layer lengths and prefix_projection cannot be combined (the "
                                   "projection makes every layer's prefix from one shared embedding); turn one off")
             self.prefix_lengths = list(lengths)
             self.prefix_length = max(lengths)
-        if not isinstance(self.prefix_length, int) or self.prefix_length < 1:
-            raise ConfigError(f"prefix_length: expected a positive integer, got {self.prefix_length!r}")
-        if self.projection_hidden_size < 1:
-            raise ConfigError(f"projection_hidden_size: expected a positive integer, got {self.projection_hidden_size}")
-        if self.prefix_dropout is not None and not 0.0 <= self.prefix_dropout < 1.0:
-            raise ConfigError(f"prefix_dropout: expected None or a value in [0, 1), got {self.prefix_dropout}")
-        if self.prefix_init_std <= 0 or self.token_gate_weight_std < 0:
-            raise ConfigError("prefix_init_std must be > 0 and token_gate_weight_std >= 0")
-        if self.projection_init_std is not None and self.projection_init_std <= 0:
-            raise ConfigError(f"projection_init_std: expected None or a value > 0, got {self.projection_init_std}")
+        if not _is_int(self.prefix_length) or self.prefix_length < 1:
+            _refuse("prefix_length", "a positive integer", self.prefix_length)
+        if not isinstance(self.prefix_projection, bool):
+            _refuse("prefix_projection", "true or false", self.prefix_projection)
+        if not _is_int(self.projection_hidden_size) or self.projection_hidden_size < 1:
+            _refuse("projection_hidden_size", "a positive integer", self.projection_hidden_size)
+        if self.prefix_dropout is not None and not (_is_number(self.prefix_dropout) and 0 <= self.prefix_dropout < 1):
+            _refuse("prefix_dropout", "None or a value in [0, 1)", self.prefix_dropout)
+        if not _is_number(self.prefix_init_std) or self.prefix_init_std <= 0:
+            _refuse("prefix_init_std", "a value > 0", self.prefix_init_std)
+        if self.projection_init_std is not None and not (_is_number(self.projection_init_std)
+                                                         and self.projection_init_std > 0):
+            _refuse("projection_init_std", "None or a value > 0", self.projection_init_std)
+        if not isinstance(self.shift_positions, bool):
+            _refuse("shift_positions", "true or false", self.shift_positions)
+        if not _is_number(self.token_gate_weight_std) or self.token_gate_weight_std < 0:
+            _refuse("token_gate_weight_std", "a value >= 0", self.token_gate_weight_std)
+        for name in ("token_gate_bias_init", "layer_gate_init"):
+            if not _is_number(getattr(self, name)):
+                _refuse(name, "a number", getattr(self, name))
+        if self.train_head is not None and not isinstance(self.train_head, bool):
+            _refuse("train_head", "None, true or false", self.train_head)
 
     def layer_lengths(self, num_layers: int) -> list[int]:
         """Each layer's prefix length; refuses per-layer lengths given for another number of layers."""
@@ -128,13 +152,16 @@ class AdaptivePrefixConfig:
 
     @property
     def use_token_gate(self) -> bool:
+        """Whether the method has the token-level gate alpha."""
         return self.method in ("apt", "token-gate")
 
     @property
     def use_layer_gate(self) -> bool:
+        """Whether the method has the layer-level scalar lambda."""
         return self.method in ("apt", "layer-gate")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name, as saved in ``adapter_config.json``; :meth:`from_dict` reads it back."""
         return dataclasses.asdict(self)
 
     @classmethod

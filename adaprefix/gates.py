@@ -57,9 +57,17 @@ def pool_hidden(hidden: torch.Tensor, keep: torch.Tensor | None, pooling: str) -
         return hidden
     if pooling == "cls":
         return hidden[:, 0]
+    return masked_mean(hidden, keep)
+
+
+def masked_mean(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Mean of x (B, T, ...) over the T positions that ``keep`` (B, T, 1) weights with 1: (B, ...).
+
+    ``keep`` None: every position counts. A row without any kept position gives 0 rather than NaN.
+    """
     if keep is None:
-        return hidden.mean(dim=1)
-    return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+        return x.mean(dim=1)
+    return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
 
 
 def padding_weights(padding_mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

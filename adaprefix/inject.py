@@ -1,15 +1,18 @@
-"""attach / detach: put the adapter into a Transformers model through hooks and the attention seam.
+"""attach / detach / load_adapter: put the adapter into a Transformers model through hooks and the attention seam.
 
 Per forward: a pre-hook on the base model builds every layer's prefix once and records the padding mask; a pre-hook
 on each layer reads h_{i-1}, computes that layer's gates and leaves the gated prefix on the layer's attention site,
 and a post-hook clears it when the layer returns. transformers checkpoints a layer's forward, not its hooks, so a
 checkpointed recompute gets its own forward's prefix back from a wrapper around the checkpointing function.
+
+What an attached adapter is (its module and runtime state) lives in :mod:`adaprefix.adapter`; the adapter's files in
+:mod:`adaprefix.persistence`, which this module uses to save and load (and which does not import this one).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
+import os
 import sys
 from dataclasses import replace
 from typing import Iterator
@@ -18,58 +21,17 @@ import torch
 import torch.nn as nn
 
 from . import attention as seam
-from .arch import BackboneShape, UnsupportedModelError, hidden_dropout_name, resolve_arch
+from .adapter import (ADAPTER_ATTR, PARAM_PREFIX, RUNTIME_ATTR, AdapterRuntime, AdapterStateError, PrefixAdapter,
+                      adapter_parameters, adapter_runtime, is_attached)
+from .arch import UnsupportedModelError, hidden_dropout_name, resolve_arch
 from .arch.table import SUPPORTED_ATTENTION
 from .arch.deberta import patch_deberta_attention, unpatch_deberta_attention
 from .config import AdaptivePrefixConfig, ConfigError
-from .gates import LayerGate, TokenGate, padding_weights, pool_hidden
-from .prefix import PrefixEncoder
-
-ADAPTER_ATTR = "adaprefix"  # the submodule name: every adapter parameter is named "adaprefix.*"
+from .gates import padding_weights, pool_hidden
+from .persistence import AdapterLoadError, check_adapter_tensors, read_adapter, save_adapter
 
 
-class PrefixAdapter(nn.Module):
-    """Every trainable tensor of the method: the prefix and, depending on the method, the two gates."""
-
-    def __init__(self, config: AdaptivePrefixConfig, shape: BackboneShape):
-        super().__init__()
-        self.prefix = PrefixEncoder(config, shape)
-        self.token_gate = TokenGate(config, shape.num_layers, shape.hidden_size) if config.use_token_gate else None
-        self.layer_gate = LayerGate(config, shape.num_layers) if config.use_layer_gate else None
-
-
-class _Runtime:
-    """Non-parameter state of an attached adapter, shared by its hooks.
-
-    Hooks are small objects holding this runtime and their layer's site (not closures over the model), so that
-    ``copy.deepcopy(model)`` gives the copy hooks that point at the copy's own adapter, runtime and sites.
-    """
-
-    def __init__(self, model: nn.Module, adapter: PrefixAdapter, config: AdaptivePrefixConfig, shape: BackboneShape,
-                 original_impl: str, sites: list[seam.LayerSite], handles: list, patched: list[nn.Module],
-                 requires_grad: dict[str, bool], original_class: type):
-        self.adapter = adapter
-        self.model_config = model.config  # where transformers reads the attention implementation per call
-        self.config = config
-        self.shape = shape
-        self.original_impl = original_impl
-        self.sites = sites
-        self.handles = handles
-        self.patched = patched
-        self.requires_grad = requires_grad
-        self.original_class = original_class
-        self.enabled = True
-        self.saved_names: list[str] = []  # adapter + head parameters, the content of a saved adapter
-        # Every layer's prefix (N, 2, kv_heads, l, head_dim), alive only while the base model's forward runs: a
-        # later forward must neither read it nor keep its graph alive.
-        self.prefix: torch.Tensor | None = None
-        self.padding_mask: torch.Tensor | None = None  # (B, S) keep-mask of real keys of the last forward, if known
-        self.forward_state: seam.ForwardState | None = None  # shared by the layers while the base model runs
-        self.token_gates: list[torch.Tensor | None] = [None] * shape.num_layers  # last forward, detached
-        self.arg_names = list(inspect.signature(model.base_model.forward).parameters)
-
-
-def _bound_arguments(runtime: _Runtime, args, kwargs) -> dict:
+def _bound_arguments(runtime: AdapterRuntime, args, kwargs) -> dict:
     return {**dict(zip(runtime.arg_names, args)), **kwargs}
 
 
@@ -100,7 +62,7 @@ def padding_mask_from(mask) -> torch.Tensor | None:
 class _BasePreHook:
     """Runs before the base model: builds every layer's prefix once and records the padding of this forward."""
 
-    def __init__(self, runtime: _Runtime):
+    def __init__(self, runtime: AdapterRuntime):
         self.runtime = runtime
 
     def __call__(self, module, args, kwargs):
@@ -130,7 +92,7 @@ class _BasePreHook:
 class _BasePostHook:
     """Runs after the base model, also when it raised: the forward's prefix (and its graph) is released."""
 
-    def __init__(self, runtime: _Runtime):
+    def __init__(self, runtime: AdapterRuntime):
         self.runtime = runtime
 
     def __call__(self, module, args, output):
@@ -168,7 +130,7 @@ class _CheckpointReplay:
     The prefix of this call is bound here and put back on the site for the recompute.
     """
 
-    def __init__(self, inner, runtime: _Runtime, site: seam.LayerSite):
+    def __init__(self, inner, runtime: AdapterRuntime, site: seam.LayerSite):
         self.inner = inner
         self.runtime = runtime
         self.site = site
@@ -215,7 +177,7 @@ def _layer_device(layer: nn.Module, hidden: torch.Tensor) -> torch.device:
 class _LayerPreHook:
     """Reads h_{i-1}, computes layer i's gates and leaves the gated prefix on the layer's attention site."""
 
-    def __init__(self, runtime: _Runtime, site: seam.LayerSite):
+    def __init__(self, runtime: AdapterRuntime, site: seam.LayerSite):
         self.runtime = runtime
         self.site = site
 
@@ -313,18 +275,16 @@ class AdaptivePrefixMixin:
 
     @property
     def adapter_config(self) -> AdaptivePrefixConfig:
-        return self._adaprefix_runtime.config
+        return adapter_runtime(self).config
 
     def save_adapter(self, path) -> None:
         """Write adapter_config.json and adapter.safetensors (prefix, gates, task head) into ``path``."""
-        from .persistence import save_adapter
-
         save_adapter(self, path)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Run the base model exactly as before :func:`attach` inside this block."""
-        runtime = self._adaprefix_runtime
+        runtime = adapter_runtime(self)
         runtime.enabled = False
         self.config._attn_implementation = runtime.original_impl
         try:
@@ -346,10 +306,10 @@ class AdaptivePrefixMixin:
                     "adaprefix: per-sub-config attention implementations are not supported while an adapter is "
                     "attached; pass one implementation name ('eager' or 'sdpa')"
                 )
-            requested = requested.get("", self._adaprefix_runtime.original_impl)
+            requested = requested.get("", adapter_runtime(self).original_impl)
         if isinstance(requested, str) and requested.startswith(seam.IMPL_PREFIX):
             requested = requested[len(seam.IMPL_PREFIX):]
-        runtime = self._adaprefix_runtime
+        runtime = adapter_runtime(self)
         supported = ("eager",) if runtime.patched else SUPPORTED_ATTENTION  # DeBERTa runs its own patched attention
         if requested not in supported:
             raise UnsupportedModelError(
@@ -373,7 +333,7 @@ class AdaptivePrefixMixin:
         """
         if state_dict is not None or _called_by_trainer():
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith(ADAPTER_ATTR + ".")}
+        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith(PARAM_PREFIX)}
         result = super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         if kwargs.get("is_main_process", True):
             self.save_adapter(save_directory)
@@ -402,10 +362,6 @@ def _adapted_class(cls: type) -> type:
     return _CLASS_CACHE[cls]
 
 
-def is_attached(model: nn.Module) -> bool:
-    return hasattr(model, "_adaprefix_runtime")
-
-
 def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.Module:
     """Attach an adaptive prefix to ``model`` in place and return it.
 
@@ -414,7 +370,7 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
     """
     config = config or AdaptivePrefixConfig()
     if is_attached(model):
-        raise ValueError("this model already has an adaprefix adapter; call adaprefix.detach(model) first")
+        raise AdapterStateError("this model already has an adaprefix adapter; call adaprefix.detach(model) first")
     spec, shape, layers, causal = resolve_arch(model)
     config = _resolve_config(config, model, causal, spec.patched_attention)
     seam.register_attention()
@@ -429,15 +385,15 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
 
     sites, handles, patched = [], [], []
     original_impl = model.config._attn_implementation
-    runtime = _Runtime(model, adapter, config, shape, original_impl, sites, handles, patched, requires_grad,
-                       type(model))
+    runtime = AdapterRuntime(model, adapter, config, shape, original_impl, sites, handles, patched, requires_grad,
+                             type(model))
     base = model.base_model
     handles.append(base.register_forward_pre_hook(_BasePreHook(runtime), with_kwargs=True))
     handles.append(base.register_forward_hook(_BasePostHook(runtime), always_call=True))
     for i, layer in enumerate(layers):
         site = seam.LayerSite(i)
         attention_module = layer.get_submodule(spec.attention)
-        attention_module._adaprefix_site = site
+        setattr(attention_module, seam.SITE_ATTR, site)
         if spec.patched_attention:
             patch_deberta_attention(attention_module)
             patched.append(attention_module)
@@ -447,23 +403,21 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
     model.config._attn_implementation = seam.IMPL_PREFIX + original_impl
     # What an adapter file holds, fixed now: a later requires_grad_(False) for inference must not empty it.
     runtime.saved_names = [name for name, p in model.named_parameters() if p.requires_grad]
-    model._adaprefix_runtime = runtime
+    setattr(model, RUNTIME_ATTR, runtime)
     model.__class__ = _adapted_class(type(model))
     return model
 
 
 def detach(model: nn.Module) -> nn.Module:
     """Remove the adapter, its hooks and patches; restore the model's class, attention and requires_grad flags."""
-    if not is_attached(model):
-        raise ValueError("this model has no adaprefix adapter attached")
-    runtime: _Runtime = model._adaprefix_runtime
+    runtime = adapter_runtime(model)
     for handle in runtime.handles:
         handle.remove()
     for module in runtime.patched:
         unpatch_deberta_attention(module)
     for module in model.modules():
-        if hasattr(module, "_adaprefix_site"):
-            del module._adaprefix_site
+        if hasattr(module, seam.SITE_ATTR):
+            delattr(module, seam.SITE_ATTR)
         replay = module.__dict__.get("_gradient_checkpointing_func")
         if isinstance(replay, _CheckpointReplay):
             module._gradient_checkpointing_func = replay.inner
@@ -471,6 +425,28 @@ def detach(model: nn.Module) -> nn.Module:
     model.config._attn_implementation = runtime.original_impl
     for name, p in model.named_parameters():
         p.requires_grad_(runtime.requires_grad.get(name, True))
-    del model._adaprefix_runtime
+    delattr(model, RUNTIME_ATTR)
     model.__class__ = runtime.original_class
+    return model
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Attach the adapter saved in ``path`` to a fresh ``model`` and load its tensors; returns the model.
+
+    Shapes must match exactly. A different base checkpoint of the same shape loads with a
+    :class:`~adaprefix.persistence.BaseModelMismatchWarning`: the prefix was learned for other weights.
+    Everything the files alone can tell is checked before attaching; a model the tensors do not fit is detached
+    again before the :class:`~adaprefix.persistence.AdapterLoadError` is raised.
+    """
+    config, tensors = read_adapter(path, model)
+    attach(model, config)
+    expected = adapter_parameters(model)
+    try:
+        check_adapter_tensors(path, expected, tensors)
+    except AdapterLoadError:
+        detach(model)
+        raise
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(tensors[name])
     return model

@@ -7,10 +7,14 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn as nn
 
+from .adapter import adapter_runtime
+from .config import ConfigError
+from .gates import masked_mean, padding_weights
+
 
 def layer_gates(model: nn.Module) -> torch.Tensor | None:
     """lambda_i for every layer, shape (N,); None when the method has no layer gate."""
-    gate = model.adaprefix.layer_gate
+    gate = adapter_runtime(model).adapter.layer_gate
     return None if gate is None else gate.scale.detach().clone()
 
 
@@ -20,9 +24,9 @@ def last_token_gates(model: nn.Module) -> torch.Tensor | None:
     With per-layer prefix lengths (PT-2*), l is the longest layer's and a layer's missing pseudo tokens are NaN.
     None when the method has no token gate or no forward has run yet.
     """
-    runtime = model._adaprefix_runtime
+    runtime = adapter_runtime(model)
     lengths = runtime.config.layer_lengths(runtime.shape.num_layers)
-    if model.adaprefix.token_gate is None or any(g is None for g, n in zip(runtime.token_gates, lengths) if n):
+    if runtime.adapter.token_gate is None or any(g is None for g, n in zip(runtime.token_gates, lengths) if n):
         return None
     ref = next(g for g in runtime.token_gates if g is not None)
     longest = max(lengths)
@@ -33,11 +37,7 @@ def last_token_gates(model: nn.Module) -> torch.Tensor | None:
             continue
         if alpha.ndim == 3:  # (B, T, l): average over the query positions that are real tokens
             mask = runtime.padding_mask
-            if mask is None:
-                alpha = alpha.mean(dim=1)
-            else:
-                m = mask[:, -alpha.shape[1]:].to(alpha.dtype).unsqueeze(-1)
-                alpha = (alpha * m).sum(1) / m.sum(1).clamp(min=1.0)
+            alpha = masked_mean(alpha, None if mask is None else padding_weights(mask, alpha))
         if n < longest:
             alpha = nn.functional.pad(alpha, (0, longest - n), value=float("nan"))
         per_layer.append(alpha)
@@ -57,7 +57,8 @@ def collect_token_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.T
             model(**inputs)
             gates = last_token_gates(model)
             if gates is None:
-                raise ValueError(f"method {model.adapter_config.method!r} has no token gate to collect")
+                raise ConfigError(f"method: {model.adapter_config.method!r} has no token gate to collect; "
+                                  "collect from an apt or token-gate adapter")
             gathered.append(gates.cpu())
     finally:
         model.train(was_training)
@@ -70,7 +71,7 @@ def effective_gates(model: nn.Module, token_gates: torch.Tensor | None = None) -
     With per-layer prefix lengths, pseudo tokens a layer does not have are NaN.
     """
     config = model.adapter_config
-    shape = model._adaprefix_runtime.shape
+    shape = adapter_runtime(model).shape
     gate = torch.ones(shape.num_layers, config.prefix_length)
     for i, n in enumerate(config.layer_lengths(shape.num_layers)):
         gate[i, n:] = float("nan")

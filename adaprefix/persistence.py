@@ -1,10 +1,13 @@
-"""save_adapter / load_adapter: a small, pickle-free adapter (JSON config + safetensors)."""
+"""The adapter's files: a small, pickle-free adapter (JSON config + safetensors).
+
+save_adapter writes them; read_adapter and check_adapter_tensors make every check before and after attaching that
+:func:`adaprefix.load_adapter` (in :mod:`adaprefix.inject`, since loading is attaching) relies on.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -14,22 +17,18 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .adapter import adapter_parameters, adapter_runtime
 from .arch import resolve_arch
 from .config import AdaptivePrefixConfig, ConfigError
-from .inject import attach, is_attached
+from .errors import AdaprefixError
+from .files import atomic_write
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 FORMAT_VERSION = 1
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-class AdapterLoadError(ValueError):
+class AdapterLoadError(AdaprefixError, ValueError):
     """An adapter directory cannot be loaded onto this model; the message names the file and the mismatch."""
 
 
@@ -45,27 +44,16 @@ def base_model_name(model: nn.Module) -> str | None:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors an adapter consists of: prefix, gates and task head (what attach left trainable)."""
-    params = dict(model.named_parameters())
-    return {name: params[name].detach() for name in model._adaprefix_runtime.saved_names}
-
-
-def _atomic_write(path: Path, write) -> None:
-    # A killed process must never leave a half-written file under the final name.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; keep the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return {name: param.detach() for name, param in adapter_parameters(model).items()}
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
-    if not is_attached(model):
-        raise ValueError("save_adapter needs a model returned by adaprefix.attach")
-    runtime = model._adaprefix_runtime
+    """Write ``adapter_config.json`` and ``adapter.safetensors`` (prefix, gates, task head) into ``path``.
+
+    Each file is written atomically (a kill leaves the old file or the new one, never half of one); missing parent
+    folders are made. Raises :class:`~adaprefix.adapter.AdapterStateError` for a model without an adapter.
+    """
+    runtime = adapter_runtime(model)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.contiguous().cpu() for name, t in adapter_state_dict(model).items()}
@@ -76,8 +64,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
         "backbone": asdict(runtime.shape),
         "tensors": {name: list(t.shape) for name, t in tensors.items()},
     }
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
 
 
 def read_adapter_config(path: str | os.PathLike) -> tuple[AdaptivePrefixConfig, dict]:
@@ -118,11 +106,12 @@ def _package_version() -> str:
     return __version__
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Attach the adapter saved in ``path`` to a fresh ``model`` and load its tensors; returns the model.
+def read_adapter(path: str | os.PathLike, model: nn.Module) -> tuple[AdaptivePrefixConfig, dict[str, torch.Tensor]]:
+    """Read the adapter in ``path`` for ``model``: its config and tensors, after every check the files allow.
 
-    Shapes must match exactly. A different base checkpoint of the same shape loads with a
-    :class:`BaseModelMismatchWarning`: the prefix was learned for other weights.
+    The saved backbone facts must equal the model's (:class:`AdapterLoadError` naming each difference). A different
+    base checkpoint of the same shape warns with :class:`BaseModelMismatchWarning`. Whether the tensors fit the
+    attached model is :func:`check_adapter_tensors`' part; :func:`adaprefix.load_adapter` does both.
     """
     config, meta = _read_adapter_meta(path)
     saved_backbone, saved_base = meta["backbone"], meta.get("base_model")  # base_model: None when unknown
@@ -133,7 +122,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"from {current_base!r}; shapes match, so it loads, but outputs differ from the ones it was trained for "
             "unless the two are the same checkpoint",
             BaseModelMismatchWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of load_adapter
         )
     _, shape, _, _ = resolve_arch(model)
     mismatches = [
@@ -150,21 +139,20 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise AdapterLoadError(f"{weights}: unreadable or corrupt safetensors file ({err})") from err
+    return config, tensors
 
-    attach(model, config)
-    params = dict(model.named_parameters())
-    expected = {name: params[name] for name in model._adaprefix_runtime.saved_names}
+
+def check_adapter_tensors(path: str | os.PathLike, expected: dict[str, torch.Tensor],
+                          tensors: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`AdapterLoadError` naming every missing, unexpected or wrongly shaped tensor of ``path``.
+
+    ``expected``: the attached model's adapter parameters by name; ``tensors``: what the weights file holds.
+    """
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     wrong = [f"{n}: file {tuple(tensors[n].shape)}, model {tuple(expected[n].shape)}"
              for n in sorted(set(expected) & set(tensors)) if tensors[n].shape != expected[n].shape]
     if missing or unexpected or wrong:
-        from .inject import detach
-
-        detach(model)
         parts = [f"missing tensors {missing}" if missing else "", f"unexpected tensors {unexpected}" if unexpected
                  else "", f"shape mismatches: {'; '.join(wrong)}" if wrong else ""]
-        raise AdapterLoadError(f"{weights}: does not fit this model: {', '.join(p for p in parts if p)}")
-    with torch.no_grad():
-        for name, param in expected.items():
-            param.copy_(tensors[name])
-    return model
+        raise AdapterLoadError(f"{Path(path) / WEIGHTS_NAME}: does not fit this model: "
+                               f"{', '.join(p for p in parts if p)}")

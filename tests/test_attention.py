@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adaprefix import AdaptivePrefixConfig, attach
-from adaprefix.attention import LayerPrefix, _inner_function, per_query_gated_attention, prefix_attention
+from adaprefix.attention import LayerPrefix, _inner_function, layer_site, per_query_gated_attention, prefix_attention
 from tiny_models import tiny_batch, tiny_model
 
 P = 0.5
@@ -72,14 +72,14 @@ def test_seam_keeps_a_causal_module_causal_without_a_mask_and_leaves_modules_wit
     batch, length, hd = 2, 5, module.head_dim
     q = torch.randn(batch, 4, length, hd)
     k, v = torch.randn(batch, 2, length, hd), torch.randn(batch, 2, length, hd)
-    module._adaprefix_site.prefix = LayerPrefix(torch.randn(1, 2, 3, hd), torch.randn(1, 2, 3, hd))
+    layer_site(module).prefix = LayerPrefix(torch.randn(1, 2, 3, hd), torch.randn(1, 2, 3, hd))
     causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
     expected, _ = prefix_attention(impl, module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)
     # No mask at all: keys outnumber queries, so causality must not be left to sdpa's top-left is_causal.
     unmasked, _ = prefix_attention(impl, module, q, k, v, None, scaling=hd**-0.5, dropout=0.0)
     torch.testing.assert_close(unmasked, expected)
 
-    module._adaprefix_site.prefix = None  # no prefix for this call: exactly the host's own kernel
+    layer_site(module).prefix = None  # no prefix for this call: exactly the host's own kernel
     host = _inner_function(type(module), impl)
     plain, _ = prefix_attention(impl, module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)
     torch.testing.assert_close(plain, host(module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)[0], rtol=0, atol=0)

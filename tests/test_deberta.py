@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from adaprefix import AdaptivePrefixConfig, attach, layer_gates
+from adaprefix import AdaptivePrefixConfig, adapter_runtime, attach, layer_gates
 from tiny_models import tiny_batch, tiny_model
 
 L = 4
@@ -18,7 +18,7 @@ def test_prefix_columns_have_zero_relative_bias_and_real_columns_keep_theirs(met
                                        layer_gate_init=1.4))
     ids, mask = tiny_batch()  # the second example is right-padded: padded keys must stay invisible on every path
     out = model(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
-    runtime = model._adaprefix_runtime
+    runtime = adapter_runtime(model)
     encoder = model.deberta.encoder
     batch, length = ids.shape
     real_rows = mask.bool()[:, None, :, None]  # (B, 1, T, 1): padded queries are not compared

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from adaprefix import AdaptivePrefixConfig, attach, collect_token_gates, effective_gates, last_token_gates, layer_gates
+from adaprefix import (AdaptivePrefixConfig, ConfigError, adapter_runtime, attach, collect_token_gates, effective_gates,
+                       last_token_gates, layer_gates)
 from tiny_models import tiny_batch, tiny_model
 
 
@@ -34,7 +35,7 @@ def test_decoder_per_query_gates_are_summarised_over_real_tokens():
     model = attach(tiny_model("llama"), AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=1.0))
     ids, mask = tiny_batch()  # the second example has 3 padding positions
     model(input_ids=ids, attention_mask=mask)
-    per_query = model._adaprefix_runtime.token_gates[0]  # (B, T, l)
+    per_query = adapter_runtime(model).token_gates[0]  # (B, T, l)
     summary = last_token_gates(model)
     assert summary.shape == (2, 3, 4)
     torch.testing.assert_close(summary[0, 0], per_query[0].mean(0))
@@ -44,5 +45,5 @@ def test_decoder_per_query_gates_are_summarised_over_real_tokens():
 def test_collect_refuses_a_method_without_token_gate():
     model = attach(tiny_model("bert"), AdaptivePrefixConfig(method="pt2", prefix_length=4))
     assert layer_gates(model) is None
-    with pytest.raises(ValueError, match="no token gate"):
+    with pytest.raises(ConfigError, match="method: 'pt2' has no token gate to collect"):
         collect_token_gates(model, [dict(zip(("input_ids", "attention_mask"), tiny_batch()))])

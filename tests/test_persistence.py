@@ -9,7 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from adaprefix import AdapterLoadError, AdaptivePrefixConfig, BaseModelMismatchWarning, attach, load_adapter
+from adaprefix import (AdapterLoadError, AdaptivePrefixConfig, BaseModelMismatchWarning, attach, is_attached,
+                       load_adapter)
 from tiny_models import tiny_batch, tiny_model
 
 
@@ -163,8 +164,10 @@ def test_adapter_records_its_base_model_and_warns_on_another(tmp_path):
         load_adapter(same, tmp_path / "adapter")
     other = tiny_model("bert")
     other.config._name_or_path = "org/bert-tiny-other-seed"
-    with pytest.warns(BaseModelMismatchWarning, match="adaprefix: .*'org/bert-tiny'.*'org/bert-tiny-other-seed'"):
+    warned = "adaprefix: .*'org/bert-tiny'.*'org/bert-tiny-other-seed'"
+    with pytest.warns(BaseModelMismatchWarning, match=warned) as seen:
         load_adapter(other, tmp_path / "adapter")
+    assert seen[0].filename == __file__, "the warning points at the line that called load_adapter"
 
 
 @pytest.mark.parametrize("version", [2, None])
@@ -203,9 +206,11 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
     tensors = load_file(str(path / "adapter.safetensors"))
     tensors["adaprefix.extra"] = tensors.pop("adaprefix.token_gate.bias")
     save_file(tensors, str(path / "adapter.safetensors"))
+    model = tiny_model("bert")
     with pytest.raises(AdapterLoadError, match=r"does not fit this model: missing tensors \['adaprefix.token_gate.bias'\]"
                                                r", unexpected tensors \['adaprefix.extra'\]$"):
-        load_adapter(tiny_model("bert"), path)
+        load_adapter(model, path)
+    assert not is_attached(model) and not hasattr(model, "adaprefix"), "a failed load leaves the model as it was"
 
 
 def test_trainer_checkpoints_keep_the_adapter_for_resuming(tmp_path):

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_write_json
 from ..introspect import collect_token_gates, effective_gates, layer_gates
-from ..training.files import atomic_write_json
 from .plotting import pyplot
 
 

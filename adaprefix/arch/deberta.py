@@ -12,10 +12,12 @@ import types
 import torch
 import torch.nn as nn
 
+from ..attention import layer_site
+
 
 def _prefix_forward(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
                     relative_pos=None, rel_embeddings=None):
-    site = getattr(self, "_adaprefix_site", None)
+    site = layer_site(self)
     if site is None or site.prefix is None:
         return type(self).forward(self, hidden_states, attention_mask, output_attentions, query_states,
                                   relative_pos, rel_embeddings)

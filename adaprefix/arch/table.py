@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from ..errors import AdaprefixError
+
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 #: Where a config keeps its hidden dropout (BERT, DistilBERT, GPT-2, others), in the order they are looked for.
 HIDDEN_DROPOUT_NAMES = ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout")
@@ -16,7 +18,7 @@ def hidden_dropout_name(config) -> str | None:
     return next((name for name in HIDDEN_DROPOUT_NAMES if hasattr(config, name)), None)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(AdaprefixError, ValueError):
     """The model's architecture or attention implementation is not one adaprefix knows how to inject into."""
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..files import JsonLinesError, parse_jsonl
 from .errors import DataError, Verbatim
 
 Record = dict[str, Any]
@@ -64,19 +65,13 @@ def read_jsonl(path: str | Path) -> list[tuple[int, Record]]:
 
 
 def _jsonl_records(text: str, path: Path) -> list[tuple[int, Record]]:
+    try:  # a data file's bad last line is the user's data to fix, not a write cut short
+        values = parse_jsonl(text, path, torn_last_line="error")
+    except JsonLinesError as exc:
+        raise DataError(exc.problem, path=path, line=exc.line,
+                        hint="Each line of a .jsonl file must be one complete JSON object.") from None
     out: list[tuple[int, Record]] = []
-    for lineno, line in numbered_lines(text):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"malformed JSON line ({exc.msg} at column {exc.colno})",
-                path=path,
-                line=lineno,
-                hint="Each line of a .jsonl file must be one complete JSON object.",
-            ) from None
+    for lineno, rec in values:
         if not isinstance(rec, dict):
             raise DataError(
                 path=path, line=lineno, expected="a JSON object per line", got=type(rec).__name__,

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from transformers import TrainerCallback
 
-from .files import append_jsonl, atomic_replace_dir, atomic_write_text
+from ..files import append_jsonl, atomic_replace_dir, atomic_write_text
 
 COMPLETE_MARKER = "COMPLETE"
 RUN_SNAPSHOT = "adaprefix_run"

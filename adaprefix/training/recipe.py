@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
+from ..adapter import PARAM_PREFIX
 from ..arch import HIDDEN_DROPOUT_NAMES, hidden_dropout_name
 from ..inject import attach
 from ..persistence import save_adapter
@@ -32,7 +33,7 @@ from ..tasks.base import tokenizer_limit
 from .callbacks import (CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, remove_unsealed,
                         restore_run_snapshot, sealed_checkpoints)
 from .config import TrainConfig, TrainConfigError
-from .files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
+from ..files import atomic_replace_dir, atomic_write_json, atomic_write_text, read_jsonl
 
 BYTE_LEVEL_BPE = ("roberta", "gpt2", "qwen2", "deberta")  # need add_prefix_space=True for pre-split words
 RUN_FILES = ("metrics.jsonl", "adapter", "model")  # run state that every sealed checkpoint carries a snapshot of
@@ -138,7 +139,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        in_adapter = name.startswith("adaprefix.")
+        in_adapter = name.startswith(PARAM_PREFIX)
         group_lr = lr if (in_adapter or cfg.method == "ft") else head_lr
         decay = cfg.weight_decay if (p.ndim >= 2 and "norm" not in name.lower()) else 0.0
         groups.setdefault((group_lr, decay), []).append(p)
@@ -314,7 +315,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
 
     best = recorder.best
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_total = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("adaprefix."))
+    n_total = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(PARAM_PREFIX))
     final = {
         "task": cfg.task, "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epochs,
         "data_seed": cfg.data_seed, "train_examples": len(splits["train"]), "train_examples_full": train_full,

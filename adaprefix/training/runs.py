@@ -13,10 +13,10 @@ import yaml
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 from transformers.utils import logging as transformers_logging
 
-from ..persistence import load_adapter
+from ..inject import load_adapter
 from ..tasks import Task
 from .config import TrainConfig
-from .files import atomic_write_json
+from ..files import atomic_write_json
 from .recipe import resolve_max_length
 
 

@@ -37,21 +37,13 @@ RUNS_DIR = REPO / "runs" / "reproduce"
 
 def read_records(path: Path = RECORDS) -> list[dict[str, Any]]:
     """Every record; a torn last line (a kill mid-append) is dropped, a bad line elsewhere is an error."""
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                print(f"{path}:{number}: dropping a torn last line", file=sys.stderr)
-                continue
-            raise SystemExit(f"{path}:{number}: not a JSON object ({err}); fix or delete that line") from None
-    return records
+    from adaprefix.files import JsonLinesError, read_jsonl  # here: importing adaprefix loads torch
+
+    try:
+        return read_jsonl(path)
+    except JsonLinesError as err:
+        raise SystemExit(f"{err.path}:{err.line}: not a JSON object ({err.problem}); "
+                         "fix or delete that line") from None
 
 
 def _git(*args: str) -> str:

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import bench_step as bench  # noqa: E402
+from adaprefix import is_attached  # noqa: E402
 
 
 def op_profile(runner: bench.Runner, batch, steps: int, threads: int, min_util: float, tries: int = 5):
@@ -43,7 +44,7 @@ def hook_times(runner: bench.Runner, batch, steps: int) -> dict[str, tuple[float
     """Median ms per call and calls per forward of the adaprefix pre-hooks (None if the model has none)."""
     base = runner.model.base_model
     layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not hasattr(runner.model, "_adaprefix_runtime") or layers is None:
+    if not is_attached(runner.model) or layers is None:
         return None
     calls: dict[str, list[float]] = {"base": [], "layer": []}
     for kind, module in [("base", base)] + [("layer", layer) for layer in layers]:
