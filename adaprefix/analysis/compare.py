@@ -1,4 +1,5 @@
-"""Compare finished runs: a method x task table (mean and std over seeds) and a bar plot."""
+"""Compare finished runs: a method x task table (mean and std over seeds) and a bar plot, both redrawable from the
+results JSON alone (:func:`write_outputs`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from .plotting import pyplot
 
 from ..training.config import TRAIN_METHODS  # noqa: E402
 
@@ -61,6 +59,7 @@ def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> None
     tasks = sorted({r["task"] for r in rows})
     methods = [m for m in sorted(TRAIN_METHODS, key=lambda m: m == "apt") if any(r["method"] == m for r in rows)]
     width = 0.8 / max(len(methods), 1)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(tasks) + 1), 3.5))
     for j, method in enumerate(methods):
         xs, means, stds = [], [], []
@@ -80,3 +79,20 @@ def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_outputs(results_json: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """``<name>.md`` (the command, date, commit and versions, then the table) and ``<name>.png`` (the bars) in
+    ``out_dir``, from the comparison's ``<name>.json`` alone: no run folder needed."""
+    from .run_info import describe
+
+    results_json, out_dir = Path(results_json), Path(out_dir)
+    data = json.loads(results_json.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = f"Command: `{data['command']}`\n\n"
+    if "date" in data:  # results written before the run metadata was recorded have the command only
+        header += describe(data) + "\n\n"
+    markdown, plot = out_dir / f"{results_json.stem}.md", out_dir / f"{results_json.stem}.png"
+    markdown.write_text(header + markdown_table(data["rows"]))
+    plot_comparison(data["rows"], plot, title=results_json.stem)
+    return markdown, plot

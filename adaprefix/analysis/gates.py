@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..introspect import collect_token_gates, effective_gates, layer_gates  # noqa: E402
-from ..files import atomic_write_json  # noqa: E402
+from ..files import atomic_write_json
+from ..introspect import collect_token_gates, effective_gates, layer_gates
+from .plotting import pyplot
 
 
 def plot_gate_heatmap(gate: torch.Tensor, title: str, path: Path) -> None:
     """Heat map of an (N layers, l pseudo tokens) gate matrix, layer 1 at the bottom as in the paper's figure."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * gate.shape[1] + 2), max(3.0, 0.4 * gate.shape[0] + 1.5)))
     image = ax.imshow(gate.numpy(), origin="lower", aspect="auto", cmap="viridis")
     ax.set_xlabel("pseudo token")

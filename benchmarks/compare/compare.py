@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from adaprefix.analysis.compare import markdown_table, plot_comparison, summarize_runs
+from adaprefix.analysis.compare import markdown_table, summarize_runs, write_outputs
+from adaprefix.analysis.run_info import run_metadata
 from adaprefix.training import load_train_config, train
 from adaprefix.training.recipe import RunExistsError
 
@@ -55,12 +54,10 @@ def main() -> None:
                 print(f"{result.summary()} ({time.time() - started:.0f}s)", flush=True)
 
     rows = summarize_runs(run_dirs)
-    command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    (results / f"{args.name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-    (results / f"{args.name}.md").write_text(f"Command: `{command}`\n\n{markdown_table(rows)}")
-    plot_comparison(rows, results / f"{args.name}.png", title=args.name)
+    (results / f"{args.name}.json").write_text(json.dumps({**run_metadata(), "rows": rows}, indent=2) + "\n")
+    write_outputs(results / f"{args.name}.json", results)
     print(markdown_table(rows))
 
 

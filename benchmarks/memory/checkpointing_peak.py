@@ -14,19 +14,18 @@ Run: .venv/bin/python benchmarks/memory/checkpointing_peak.py  (writes results/c
 
 from __future__ import annotations
 
+import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
-import transformers
 from torch.profiler import ProfilerActivity, profile
 from transformers import BertConfig, BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import adaprefix  # noqa: E402
 from adaprefix import AdaptivePrefixConfig, attach  # noqa: E402
+from adaprefix.analysis.run_info import run_metadata  # noqa: E402
 
 BATCH, LENGTH, PREFIX = 8, 128, 16
 
@@ -90,15 +89,14 @@ def measure(checkpointing: bool) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     rows = [measure(False), measure(True)]
     result = {
         "what": "one APT step, two forwards (8 x 128 each) then one backward, MiniLM-shaped random BERT, prefix 16",
         "rows": rows,
         "peak_ratio_checkpointed_over_plain": round(rows[1]["peak_mib"] / rows[0]["peak_mib"], 3),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "adaprefix": adaprefix.__version__},
-        "command": "python benchmarks/memory/checkpointing_peak.py",
+        **run_metadata(),
     }
     out = Path(__file__).parent / "results" / "checkpointing_peak.json"
     out.parent.mkdir(exist_ok=True)

@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from adaprefix.analysis.run_info import run_metadata  # noqa: E402
+
 MUTMUT = [str(ROOT / ".venv" / "bin" / "mutmut")]
 # mutmut's exit-code verdicts (mutmut/stats.py, status_by_exit_code); anything else is "suspicious"
 VERDICTS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 2: "interrupted",
@@ -38,12 +41,6 @@ def all_mutants() -> dict[str, int | None]:
     for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
         found.update(json.loads(meta.read_text())["exit_code_by_key"])
     return found
-
-
-def _dirty() -> bool:
-    status = subprocess.run(["git", "status", "--porcelain", "adaprefix", "tests"], cwd=ROOT, capture_output=True,
-                            text=True)
-    return bool(status.stdout.strip())
 
 
 def main() -> None:
@@ -86,14 +83,11 @@ def main() -> None:
         module = name.split(".x")[0]
         by_file.setdefault(module, {}).setdefault(verdict, 0)
         by_file[module][verdict] += 1
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    command = (f"python benchmarks/mutation/run_sample.py --recheck {args.recheck}" if args.recheck else
-               f"python benchmarks/mutation/run_sample.py --sample {args.sample} --seed {args.seed} "
-               f"--max-minutes {args.max_minutes:g}")
+    argv = [sys.argv[0], "--recheck", args.recheck] if args.recheck else \
+        [sys.argv[0], "--sample", str(args.sample), "--seed", str(args.seed), "--max-minutes", f"{args.max_minutes:g}"]
     summary = {
         "tool": "mutmut 3.8.1",
-        "command": command,
-        "commit": commit.stdout.strip() + (" (with uncommitted changes)" if _dirty() else ""),
+        **run_metadata(packages=("mutmut",), argv=argv),
         "mutants_total": len(names),
         "sampled": len(sample),
         "checked": n,

@@ -27,6 +27,7 @@ def gate_file(run_id: str) -> Path:
 
 def record_gates(run_id: str, split: str = "dev") -> Path:
     from adaprefix.analysis.gates import gate_report
+    from adaprefix.analysis.run_info import run_metadata
 
     run_dir = RUNS_DIR / run_id
     if not (run_dir / "final_metrics.json").is_file():
@@ -37,7 +38,8 @@ def record_gates(run_id: str, split: str = "dev") -> Path:
                "examples": report["examples"], "effective_gate": report["effective_gate"],
                "lambda": [row["lambda"] for row in report["layers"]],
                "alpha_mean": [row["alpha_mean"] for row in report["layers"]],
-               "alpha_example_std": [row["alpha_example_std"] for row in report["layers"]]}
+               "alpha_example_std": [row["alpha_example_std"] for row in report["layers"]],
+               **run_metadata(argv=[str(Path(__file__)), run_id])}
     OUT.mkdir(parents=True, exist_ok=True)
     path = gate_file(run_id)
     path.write_text(json.dumps(summary, indent=1) + "\n")

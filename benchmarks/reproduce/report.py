@@ -195,8 +195,10 @@ def plot_gates(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def gate_section() -> str:
-    """One heat map per recorded gate file and a lower- vs upper-layer table (the paper: NER lower, COPA upper)."""
+def gate_section(plots: Path | None = None) -> str:
+    """One heat map per recorded gate file (drawn into plots/gates, by default beside the files) and a lower- vs
+    upper-layer table (the paper: NER lower, COPA upper)."""
+    plots = HERE / "results" if plots is None else plots
     files = sorted((HERE / "results" / "gates").glob("*.json"))
     if not files:
         return "_No gate maps yet (python benchmarks/reproduce/gates.py)._\n"
@@ -211,13 +213,16 @@ def gate_section() -> str:
         lam = ", ".join(f"{x:.2f}" for x in summary["lambda"]) if summary["lambda"][0] is not None else "–"
         lines.append(f"| {summary['run_id']} | {summary['examples']} | {lam} | {lower:.3f} | {upper:.3f} | "
                      f"{'lower' if lower > upper else 'upper'} |")
-        png = file.with_suffix(".png")
+        png = plots / "gates" / file.with_suffix(".png").name
+        png.parent.mkdir(parents=True, exist_ok=True)
         plot_gates(summary, png)
         images.append(f"![{summary['run_id']}](results/gates/{png.name})")
     return "\n".join(lines) + "\n\n" + "\n".join(images) + "\n"
 
 
-def build_report(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
+def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path | None = None) -> str:
+    """The report's Markdown; its plots are drawn into ``plots`` (by default results/, where the report links)."""
+    plots = PLOTS if plots is None else plots
     plan = planned_seeds(grid)
     total = len(expand(grid))
     out = [f"# Reproduction report: fine-tuning vs P-tuning v2 vs APT on MiniLM\n",
@@ -232,7 +237,7 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
             "P-tuning v2 as it ran: prefix N(0, 0.02) and real tokens' positions shifted by the prefix length "
             "(`std0.02-shift`). adaprefix 0.1's defaults were `std1-noshift`.\n",
             variant_table(records, "parity", plan)]
-    if plot_variants(records, "parity", PLOTS / "parity.png"):
+    if plot_variants(records, "parity", plots / "parity.png"):
         out.append("![parity](results/parity.png)\n")
     out += ["APT − P-tuning v2 per setting:\n", margins(records, "parity", "apt", "pt2")]
     for experiment, title in (("main", "2. Main comparison (paper layout)"), ("ablation", "3. Ablations"),
@@ -243,7 +248,7 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
     lr = [r for r in records if r["experiment"] == "lr-sweep"]
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
             variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n"]
-    out += ["## 6. What the gates learn\n", gate_section()]
+    out += ["## 6. What the gates learn\n", gate_section(plots)]
     out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
             "ran: seconds are indicative only (a resumed run counts its last sitting only). A run's training loss "
             "counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]

@@ -39,12 +39,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,14 +49,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/speed/machine.py, beside this script)
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from adaprefix import AdaptivePrefixConfig, attach  # noqa: E402
+from adaprefix.analysis.run_info import machine_metadata, run_metadata  # noqa: E402
 from adaprefix.attention import fast_path  # noqa: E402
 
 VARIANTS = ("pt2", "apt", "apt-eager")
@@ -113,25 +108,6 @@ def stats(values) -> dict:
         return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "min": float("nan"), "n": 0}
     q1, med, q3 = np.percentile(a, [25, 50, 75])
     return {"median": float(med), "q1": float(q1), "q3": float(q3), "min": float(a.min()), "n": int(a.size)}
-
-
-def git_commit() -> str:
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return commit + ("+uncommitted-changes" if dirty else "")
-
-
-def command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script = script.relative_to(REPO)
-    except ValueError:
-        script = Path(script.name)
-    return shlex.join(["python", str(script), *sys.argv[1:]])
-
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -265,15 +241,8 @@ def main(argv=None) -> int:
         print(f"warning: fewer than {args.reps} clean calls after {max_reps} repetitions: the machine is busy")
     summary, ratios = summarise(times, reps, clean, names)
     meta = {
-        "command": command_line(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "threads": threads,
-        "cpu": cpu_model(),
-        "cores_available": len(os.sched_getaffinity(0)),
+        **run_metadata(),
+        **machine_metadata(),
         "model": "LlamaForCausalLM, random weights: 4 layers, hidden 256, 8 heads / 2 kv heads, sdpa",
         "model_config": MODEL,
         "prefix_length": args.prefix_length,

@@ -35,8 +35,8 @@ raw data but flagged as contended, and repetitions continue until every variant 
 backward / optimiser split, ratios of medians, and paired ratios from repetitions where both variants were clean
 (adjacent in time, so they cancel slow drifts of the machine). Medians over all steps are in the JSON as well.
 
-Outputs ``benchmarks/speed/results/step_time_<attn>.json`` (raw times, summary, versions, threads, CPU, date, the
-command line) and ``step_time_<attn>.md`` (a table that opens with the command that made it).
+Outputs ``benchmarks/speed/results/step_time_<attn>.json`` (raw times, summary, and the run metadata: command line,
+date, commit, versions, threads, CPU) and ``step_time_<attn>.md`` (a table that opens with the command that made it).
 
 Run from the repository root::
 
@@ -47,12 +47,9 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.resources
 import json
 import os
-import platform
-import shlex
 import sys
 import time
 import warnings
@@ -64,14 +61,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/speed/machine.py, beside this script)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import transformers  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
+
+from adaprefix.analysis.run_info import machine_metadata, run_metadata  # noqa: E402
 
 hf_logging.disable_progress_bar()
 warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation chatter from PEFT on transformers 5.24
@@ -349,19 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]warning[/]: fewer than {args.steps} clean steps after {max_reps} repetitions")
     summary, summary_all, ratios = summarise(runners, clean)
     meta = {
-        "command": shlex.join([sys.executable.split("/")[-1], *sys.argv]),
-        "argv": sys.argv,
-        "cwd": os.getcwd(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": _version("peft"),
-        "adaprefix": _version("adaprefix"),
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "cpu": cpu_model(),
-        "cores_available": len(os.sched_getaffinity(0)),
+        **run_metadata(packages=("peft",)),
+        **machine_metadata(),
         "attn": args.attn,
         "batch": args.batch,
         "seq_len": args.seq_len,
@@ -393,15 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     console.print(f"wrote {json_path} and {md_path}")
     return 0
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":
