@@ -7,9 +7,14 @@ from typing import Any
 
 import torch
 
+from ..errors import AdaprefixError
 from ..files import atomic_write_json
 from ..introspect import collect_token_gates, effective_gates, layer_gates
 from .plotting import pyplot
+
+
+class NoGatesError(AdaprefixError, ValueError):
+    """The run's method has no gates to report (full fine-tuning, or P-tuning v2)."""
 
 
 def plot_gate_heatmap(gate: torch.Tensor, title: str, path: Path) -> None:
@@ -37,7 +42,7 @@ def gate_report(run_dir: str | Path, split: str = "dev", output: str | Path | No
     loaded = load_run(run_dir)
     model, task = loaded.model, loaded.task
     if loaded.config.method in ("ft", "pt2"):
-        raise ValueError(f"run {run_dir} uses method {loaded.config.method!r}, which has no gates")
+        raise NoGatesError(f"run {run_dir} uses method {loaded.config.method!r}, which has no gates")
     token = None
     if model.adaprefix.token_gate is not None:
         examples = task.load(split, loaded.config.data_dir)[:max_examples]

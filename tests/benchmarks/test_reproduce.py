@@ -75,7 +75,8 @@ def test_main_runs_wait_for_their_sweep_then_take_its_best_dev_rate():
 def test_a_torn_last_record_is_dropped_and_a_bad_middle_line_is_an_error(tmp_path):
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps({"a": 1}) + "\n" + '{"a": 2')
-    assert RUN.read_records(path) == [{"a": 1}]
+    with pytest.warns(UserWarning, match="runs.jsonl:2: dropped a torn last line"):
+        assert RUN.read_records(path) == [{"a": 1}]
     path.write_text('{"a": 1\n' + json.dumps({"a": 2}) + "\n")
     with pytest.raises(SystemExit, match="runs.jsonl:1: not a JSON object"):
         RUN.read_records(path)
