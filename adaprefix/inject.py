@@ -24,8 +24,7 @@ from . import attention as seam
 from .adapter import (ADAPTER_ATTR, PARAM_PREFIX, RUNTIME_ATTR, AdapterRuntime, AdapterStateError, PrefixAdapter,
                       adapter_parameters, adapter_runtime, is_attached)
 from .arch import UnsupportedModelError, hidden_dropout_name, resolve_arch
-from .arch.table import SUPPORTED_ATTENTION
-from .arch.deberta import patch_deberta_attention, unpatch_deberta_attention
+from .arch.table import SUPPORTED_ATTENTION, unpatch_attention
 from .config import AdaptivePrefixConfig, ConfigError
 from .gates import padding_weights, pool_hidden
 from .persistence import AdapterLoadError, check_adapter_tensors, read_adapter, save_adapter
@@ -310,7 +309,7 @@ class AdaptivePrefixMixin:
         if isinstance(requested, str) and requested.startswith(seam.IMPL_PREFIX):
             requested = requested[len(seam.IMPL_PREFIX):]
         runtime = adapter_runtime(self)
-        supported = ("eager",) if runtime.patched else SUPPORTED_ATTENTION  # DeBERTa runs its own patched attention
+        supported = ("eager",) if runtime.patched else SUPPORTED_ATTENTION  # DeBERTa, MPNet: their own patch
         if requested not in supported:
             raise UnsupportedModelError(
                 f"adaprefix: attention implementation {requested!r} would bypass the prefix of the attached adapter; "
@@ -395,7 +394,7 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
         attention_module = layer.get_submodule(spec.attention)
         setattr(attention_module, seam.SITE_ATTR, site)
         if spec.patched_attention:
-            patch_deberta_attention(attention_module)
+            spec.attention_patch(attention_module)
             patched.append(attention_module)
         sites.append(site)
         handles.append(layer.register_forward_pre_hook(_LayerPreHook(runtime, site), with_kwargs=True))
@@ -414,7 +413,7 @@ def detach(model: nn.Module) -> nn.Module:
     for handle in runtime.handles:
         handle.remove()
     for module in runtime.patched:
-        unpatch_deberta_attention(module)
+        unpatch_attention(module)
     for module in model.modules():
         if hasattr(module, seam.SITE_ATTR):
             delattr(module, seam.SITE_ATTR)

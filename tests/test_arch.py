@@ -8,8 +8,9 @@ from adaprefix import AdaprefixError, UnsupportedModelError, attach
 from adaprefix.arch import ARCHITECTURES, hidden_dropout_name, resolve_arch
 from tiny_models import CONFIGS, DECODERS, tiny_model
 
-SUPPORTED = "bert, deberta-v2, distilbert, electra, gpt2, llama, mistral, qwen2, roberta, xlm-roberta"
-KV_HEADS = {"llama": 2, "qwen2": 2, "mistral": 2}  # grouped-query decoders of tiny_models; the others have 4
+SUPPORTED = ("bert, deberta-v2, distilbert, electra, gemma3_text, gpt2, llama, mistral, mpnet, qwen2, roberta, "
+             "xlm-roberta")
+KV_HEADS = {"llama": 2, "qwen2": 2, "mistral": 2, "gemma3_text": 2}  # grouped-query decoders of tiny_models; the others have 4
 
 
 def test_the_tiny_model_matrix_covers_exactly_the_table():

@@ -10,9 +10,11 @@ from transformers import (
     DebertaV2Config,
     DistilBertConfig,
     ElectraConfig,
+    Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
+    MPNetConfig,
     Qwen2Config,
     RobertaConfig,
     XLMRobertaConfig,
@@ -38,11 +40,18 @@ CONFIGS = {
     "llama": lambda: LlamaConfig(**_DECODER),
     "qwen2": lambda: Qwen2Config(**_DECODER),
     "mistral": lambda: MistralConfig(**_DECODER, sliding_window=None),
+    # MPNet: a T5-style relative position bias added inside its own attention (positions count from pad + 1).
+    "mpnet": lambda: MPNetConfig(**_ENCODER, relative_attention_num_buckets=32, pad_token_id=1),
+    # Gemma 3: a window of 4 on the sliding layers (shorter than the test sequences, so the window acts), a global
+    # layer between them, q/k norms, and query_pre_attn_scalar 16 != head_dim 8, so a wrong query scaling shows.
+    "gemma3_text": lambda: Gemma3TextConfig(**_DECODER, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
+                                            layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
 }
-ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2"]
-DECODERS = ["gpt2", "llama", "qwen2", "mistral"]
-# DeBERTa-v2 has no sdpa path in transformers; its own patched attention is tested under eager only.
-ATTENTION = {name: (["eager"] if name == "deberta-v2" else ["eager", "sdpa"]) for name in CONFIGS}
+ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "mpnet"]
+DECODERS = ["gpt2", "llama", "qwen2", "mistral", "gemma3_text"]
+# DeBERTa-v2 and MPNet have no sdpa path in transformers; their own patched attention is tested under eager only.
+PATCHED = ["deberta-v2", "mpnet"]
+ATTENTION = {name: (["eager"] if name in PATCHED else ["eager", "sdpa"]) for name in CONFIGS}
 MATRIX = [(name, impl) for name in CONFIGS for impl in ATTENTION[name]]
 
 

@@ -51,9 +51,5 @@ def _prefix_forward(self, hidden_states, attention_mask, output_attentions=False
 
 
 def patch_deberta_attention(module: nn.Module) -> None:
+    """Route one DeBERTa-v2 self-attention through the prefix-aware forward (the instance only, not the class)."""
     module.forward = types.MethodType(_prefix_forward, module)
-
-
-def unpatch_deberta_attention(module: nn.Module) -> None:
-    if "forward" in module.__dict__:
-        del module.forward

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn as nn
 
 from ..errors import AdaprefixError
+from .deberta import patch_deberta_attention
+from .mpnet import patch_mpnet_attention
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 #: Where a config keeps its hidden dropout (BERT, DistilBERT, GPT-2, others), in the order they are looked for.
@@ -27,8 +30,20 @@ class ArchSpec:
     layers: str  # dotted path, from the base model, to the ModuleList of transformer layers
     attention: str  # dotted path, from one layer, to the module whose forward runs self-attention
     causal: bool  # decoder-only language model: the gate must not see future tokens
-    patched_attention: bool = False  # the module bypasses AttentionInterface and needs its own patch (DeBERTa)
+    # The module bypasses AttentionInterface (DeBERTa, MPNet): this puts a prefix-aware forward on one instance of it.
+    attention_patch: Callable[[nn.Module], None] | None = None
     unsupported_flags: tuple[str, ...] = ()  # config flags that route attention around the seam
+
+    @property
+    def patched_attention(self) -> bool:
+        """Whether the attention runs its own patched forward (eager only) instead of the AttentionInterface seam."""
+        return self.attention_patch is not None
+
+
+def unpatch_attention(module: nn.Module) -> None:
+    """Undo an ``attention_patch``: patches live on the instance, so removing it uncovers the class's forward."""
+    if "forward" in module.__dict__:
+        del module.forward
 
 
 _BERT_LIKE = ArchSpec(layers="encoder.layer", attention="attention.self", causal=False)
@@ -40,12 +55,18 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "xlm-roberta": _BERT_LIKE,
     "electra": _BERT_LIKE,
     "distilbert": ArchSpec(layers="transformer.layer", attention="attention", causal=False),
-    "deberta-v2": ArchSpec(layers="encoder.layer", attention="attention.self", causal=False, patched_attention=True),
+    "deberta-v2": ArchSpec(layers="encoder.layer", attention="attention.self", causal=False,
+                           attention_patch=patch_deberta_attention),
+    "mpnet": ArchSpec(layers="encoder.layer", attention="attention.attn", causal=False,
+                      attention_patch=patch_mpnet_attention),
     # reorder_and_upcast_attn runs GPT-2's own upcast kernel only under the name "eager", never through the seam.
     "gpt2": ArchSpec(layers="h", attention="attn", causal=True, unsupported_flags=("reorder_and_upcast_attn",)),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
+    # Sliding-window and global layers both go through the seam: the host builds each layer's mask (window or
+    # full), and the seam prepends prefix columns visible to every query (see README, Architectures).
+    "gemma3_text": _LLAMA_LIKE,
 }
 
 
