@@ -50,7 +50,8 @@ def _attention_in_a_model(name, **overrides):
     return model, ids, mask
 
 
-@pytest.mark.parametrize("name,field", [("llama", "attention_dropout"), ("deberta-v2", "attention_probs_dropout_prob")])
+@pytest.mark.parametrize("name,field", [("llama", "attention_dropout"), ("deberta-v2", "attention_probs_dropout_prob"),
+                                        ("mpnet", "attention_probs_dropout_prob")])
 def test_hand_written_paths_apply_the_models_attention_dropout(name, field):
     model, ids, mask = _attention_in_a_model(name, **{field: P})
     model.train()

@@ -10,7 +10,11 @@ from adaprefix import AdaptivePrefixConfig, attach
 from adaprefix.attention import LayerPrefix, per_query_gated_attention
 from tiny_models import DECODERS, tiny_batch, tiny_model
 
-CACHE_CAPABLE = ["bert", "roberta", "xlm-roberta", "electra", "gpt2", "llama", "qwen2", "mistral"]
+CACHE_CAPABLE = ["bert", "roberta", "xlm-roberta", "electra", "gpt2", "llama", "qwen2", "mistral", "gemma3_text"]
+# Fed as past keys, a prefix falls out of a sliding window once queries are more than the window past it, while
+# adaprefix keeps it visible to every query (tests/test_gemma3.py). Against the cache reference the window is
+# therefore widened beyond prefix + sequence, where both agree by construction.
+WIDE_WINDOW = {"gemma3_text": {"sliding_window": 64}}
 
 
 def _force_gates_to_one(model):
@@ -61,7 +65,7 @@ def _cache_reference(model, ids, mask, flat, shift_positions=False):
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("name", CACHE_CAPABLE)
 def test_gates_at_one_equal_plain_prefix_tuning_bit_for_bit(name, impl):
-    model = tiny_model(name, impl)
+    model = tiny_model(name, impl, **WIDE_WINDOW.get(name, {}))
     # Decoders gate per query position (a different kernel); their folded path is the layer gate.
     method = "layer-gate" if name in DECODERS else "apt"
     attach(model, AdaptivePrefixConfig(method=method, prefix_length=4, prefix_dropout=0.0))
@@ -74,7 +78,7 @@ def test_gates_at_one_equal_plain_prefix_tuning_bit_for_bit(name, impl):
 
 @pytest.mark.parametrize("name", DECODERS)
 def test_decoder_per_query_gates_at_one_equal_plain_prefix_tuning(name):
-    model = tiny_model(name, "eager")
+    model = tiny_model(name, "eager", **WIDE_WINDOW.get(name, {}))
     attach(model, AdaptivePrefixConfig(method="apt", prefix_length=4))
     _force_gates_to_one(model)
     ids, mask = tiny_batch(pad_last=0)
@@ -191,3 +195,69 @@ def test_per_query_gated_attention_matches_a_loop_over_queries():
                 weights = (keys @ q[b, h, t] * hd**-0.5).softmax(-1)
                 expected[b, t, h] = weights @ values
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def _reference_mpnet(model, ids, mask, past, gates):
+    """MPNet with a prefix, layer by layer, its attention written out by hand: no cache path exists to compare with.
+
+    Each layer attends over [gated prefix keys; keys] with scores (q . k) / sqrt(hd) + relative bias + mask, in the
+    host's order. The relative bias (from the host's own bucketed table) is added on the real columns only: the
+    prefix has no position, so its columns get the content score alone. Padded keys get the dtype's minimum, as
+    the host's eager mask gives them. ``gates(i, h)``: layer i's factor (B, l) from h_{i-1}, or None for none.
+    """
+    mpnet = model.mpnet
+    h = mpnet.embeddings(input_ids=ids)
+    batch, length, _ = h.shape
+    low = torch.finfo(h.dtype).min
+    padding = torch.zeros(batch, length).masked_fill(mask == 0, low)[:, None, None, :]  # (B, 1, 1, T)
+    bias = mpnet.encoder.compute_position_bias(h)  # (B, H, T, T): real keys only
+    for i, layer in enumerate(mpnet.encoder.layer):
+        att = layer.attention.attn
+        heads, hd = att.num_attention_heads, att.attention_head_size
+        split = lambda x: x.view(batch, length, heads, hd).transpose(1, 2)  # noqa: E731
+        factor = gates(i, h)
+        pk, pv = past[i]  # (1, H, l, hd)
+        if factor is not None:
+            pk, pv = pk * factor[:, None, :, None], pv * factor[:, None, :, None]
+        l = pk.shape[2]
+        keys = torch.cat([pk.expand(batch, -1, -1, -1), split(att.k(h))], dim=2)  # (B, H, l + T, hd)
+        values = torch.cat([pv.expand(batch, -1, -1, -1), split(att.v(h))], dim=2)
+        scores = split(att.q(h)) @ keys.transpose(-1, -2)
+        scores = scores / math.sqrt(hd)
+        scores = scores + torch.cat([torch.zeros(batch, heads, length, l), bias], dim=-1)
+        scores = scores + torch.cat([torch.zeros(batch, 1, 1, l), padding], dim=-1)
+        context = (scores.softmax(-1) @ values).permute(0, 2, 1, 3).contiguous().view(batch, length, -1)
+        attended = layer.attention.LayerNorm(att.o(context) + h)
+        h = layer.output(layer.intermediate(attended), attended)
+    return model.classifier(h)
+
+
+@pytest.mark.parametrize("method", ["pt2", "apt"])
+def test_mpnet_with_gates_at_one_equals_a_hand_written_prefix_attention_bit_for_bit(method):
+    model = tiny_model("mpnet")
+    attach(model, AdaptivePrefixConfig(method=method, prefix_length=4, prefix_dropout=0.0))
+    _force_gates_to_one(model)
+    ids, mask = tiny_batch()  # the second example is right-padded
+    past = _p_tuning_v2_past_key_values(model.adaprefix.prefix.embedding.detach(), model)
+    reference = _reference_mpnet(model, ids, mask, past, lambda i, h: None)
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, reference)
+
+
+def test_mpnet_apt_with_random_gates_matches_the_hand_written_reference():
+    model = tiny_model("mpnet")
+    attach(model, AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=0.5, prefix_dropout=0.0))
+    with torch.no_grad():
+        model.adaprefix.token_gate.bias.normal_()
+        model.adaprefix.layer_gate.scale.uniform_(0.3, 2.0)
+    ids, mask = tiny_batch()
+    a = model.adaprefix
+    weight, bias, lam = a.token_gate.weight.detach(), a.token_gate.bias.detach(), a.layer_gate.scale.detach()
+    m = mask.float()[..., None]
+
+    def gates(i, h):  # masked mean over real tokens, as for every encoder
+        pooled = (h * m).sum(1) / m.sum(1)
+        return lam[i] * torch.sigmoid(pooled @ weight[i] + bias[i])
+
+    past = _p_tuning_v2_past_key_values(a.prefix.embedding.detach(), model)
+    reference = _reference_mpnet(model, ids, mask, past, gates)
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, reference, rtol=1e-5, atol=1e-6)

@@ -33,7 +33,7 @@ def test_generate_with_cache_equals_recomputation_and_prefix_changes_tokens(name
     assert not torch.equal(generated, plain), "the prefix must visibly change what is generated"
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma3_text"])
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(name):
     model = tiny_model(name, "sdpa")
     attach(model, AdaptivePrefixConfig(prefix_length=4, prefix_init_std=3.0, token_gate_weight_std=0.5))

@@ -40,9 +40,20 @@ def _assert_same(expected, actual):
         assert grads[n].abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["bert", "distilbert", "deberta-v2", "gpt2", "llama"])
+@pytest.mark.parametrize("name", ["bert", "distilbert", "deberta-v2", "gpt2", "llama", "gemma3_text"])
 def test_gradient_checkpointing_matches_plain_backward(name):
     _assert_same(_loss_and_grads(name, checkpointing=False), _loss_and_grads(name, checkpointing=True))
+
+
+# transformers has no gradient checkpointing for these; if it gains it, this fails and they join the test above.
+WITHOUT_CHECKPOINTING = ["mpnet"]
+
+
+@pytest.mark.parametrize("name", WITHOUT_CHECKPOINTING)
+def test_architectures_without_checkpointing_are_refused_by_transformers_itself(name):
+    model = attach(tiny_model(name), AdaptivePrefixConfig(prefix_length=4))
+    with pytest.raises(ValueError, match="does not support"):
+        model.gradient_checkpointing_enable()
 
 
 @pytest.mark.parametrize("batch_sizes", [(2, 2), (2, 3)], ids=["same-batch", "other-batch"])

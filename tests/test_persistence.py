@@ -26,7 +26,8 @@ def _trained_adapter(tmp_path, name="bert", **config):
 
 
 @pytest.mark.parametrize("name,config", [("bert", {}), ("bert", {"prefix_projection": True}), ("llama", {}),
-                                         ("deberta-v2", {"method": "token-gate"}), ("gpt2", {"method": "pt2"})])
+                                         ("deberta-v2", {"method": "token-gate"}), ("gpt2", {"method": "pt2"}),
+                                         ("mpnet", {}), ("gemma3_text", {})])
 def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path, name, config):
     model, path = _trained_adapter(tmp_path, name, **config)
     assert sorted(p.name for p in path.iterdir()) == ["adapter.safetensors", "adapter_config.json"]

@@ -110,8 +110,9 @@ def test_lengths_for_another_number_of_layers_are_refused_at_attach():
         attach(tiny_model("bert", "eager"), AdaptivePrefixConfig(prefix_lengths=[1, 2]))
 
 
-def test_deberta_layer_without_prefix_runs_as_the_host_s():
-    model = tiny_model("deberta-v2", "eager")
+@pytest.mark.parametrize("name", ["deberta-v2", "mpnet"])  # the patched attentions
+def test_patched_layer_without_prefix_runs_as_the_host_s(name):
+    model = tiny_model(name, "eager")
     ids, mask = tiny_batch()
     with torch.no_grad():
         base = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
