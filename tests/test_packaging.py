@@ -13,8 +13,8 @@ from adaprefix.__main__ import INSTALL, TRAIN_MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-# Import names of the extras (train, plot) and of the benchmarks' extra: the core loads none of them.
-EXTRA_MODULES = ("typer", "rich", "datasets", "seqeval", "matplotlib", "tensorboard", "accelerate", "peft")
+# Import names of the extras (train, plot, gguf) and of the benchmarks' extra: the core loads none of them.
+EXTRA_MODULES = ("typer", "rich", "datasets", "seqeval", "matplotlib", "tensorboard", "accelerate", "peft", "gguf")
 
 CORE_USE = """
 import json, sys
@@ -65,7 +65,8 @@ def test_core_dependencies_are_torch_transformers_safetensors_and_the_rest_are_e
     assert sorted(map(_name, project["dependencies"])) == ["safetensors", "torch", "transformers"]
     extras = project["optional-dependencies"]
     assert {"train", "plot", "all", "test", "bench"} <= extras.keys()
-    assert extras["all"] == ["adaprefix[train,plot]"]
+    assert extras["all"] == ["adaprefix[train,plot,gguf]"]
+    assert list(map(_name, extras["gguf"])) == ["gguf"]
     assert "adaprefix[all]" in extras["test"]  # the suite runs the command line, training and plots
     assert sorted(map(_name, extras["train"])) == sorted(TRAIN_MODULES.values())
     assert list(map(_name, extras["plot"])) == ["matplotlib"]

@@ -77,9 +77,13 @@ def _convert_into(path: Path, digest: str, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.time()
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                 dtype=getattr(torch, STORED_DTYPE))
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     dtype=getattr(torch, STORED_DTYPE))
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (ValueError, KeyError, OSError, RuntimeError) as err:  # what transformers and the reader raise
+        raise BackboneError(f"{path}: transformers could not load it as a GGUF causal language model "
+                            f"({type(err).__name__}: {err})") from err
     seconds = time.time() - started
     # The loaded model still carries the GGUF quantizer, which refuses to serialise ("quantized ... not
     # serializable"); its tensors are already plain dequantised floats, so dropping it changes no weight.

