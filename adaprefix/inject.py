@@ -103,9 +103,11 @@ def _shifted_positions(base: nn.Module, inputs: dict, length: int) -> torch.Tens
     """Positions as P-tuning v2 gave them by feeding the prefix as `length` cached tokens."""
     ids = inputs.get("input_ids")
     embeddings = getattr(base, "embeddings", None)
-    if ids is not None and hasattr(embeddings, "create_position_ids_from_input_ids"):
-        # RoBERTa-style: count from padding_idx + 1, padding keeps padding_idx
-        positions = embeddings.create_position_ids_from_input_ids(ids, embeddings.padding_idx, length)
+    if ids is not None and getattr(embeddings, "padding_idx", None) is not None:
+        # RoBERTa-style (RoBERTa, XLM-R, MPNet): count from padding_idx + 1, padding keeps padding_idx; the formula
+        # of RoBERTa's create_position_ids_from_input_ids, which MPNet's embeddings do not carry as a method.
+        keep = ids.ne(embeddings.padding_idx).int()
+        positions = ((torch.cumsum(keep, dim=1).type_as(keep) + length) * keep).long() + embeddings.padding_idx
     else:
         reference = ids if ids is not None else inputs["inputs_embeds"]
         positions = torch.arange(length, length + reference.shape[1], device=reference.device)

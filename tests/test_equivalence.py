@@ -261,3 +261,18 @@ def test_mpnet_apt_with_random_gates_matches_the_hand_written_reference():
     past = _p_tuning_v2_past_key_values(a.prefix.embedding.detach(), model)
     reference = _reference_mpnet(model, ids, mask, past, gates)
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_mpnet_shift_positions_counts_from_its_padding_index_as_roberta_does():
+    # MPNet numbers positions like RoBERTa (from padding_idx + 1, padding at padding_idx) but has no cache path, so
+    # the shifted positions are checked directly: the model with the shift equals the plain model given them.
+    model = tiny_model("mpnet")
+    attach(model, AdaptivePrefixConfig(method="pt2", prefix_length=4, shift_positions=True, prefix_dropout=0.0))
+    ids, mask = tiny_batch()
+    ids = ids.masked_fill(mask == 0, 1)  # MPNet's padding token id 1 where the mask is 0
+    pad = 1
+    expected = torch.tensor([[pad + 1 + 4 + t for t in range(9)], [pad + 1 + 4 + t for t in range(6)] + [pad] * 3])
+    shifted = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(shifted, model(input_ids=ids, attention_mask=mask, position_ids=expected).logits)
+    unshifted = torch.where(mask == 1, expected - 4, pad)  # what MPNet numbers them without the shift
+    assert not torch.allclose(shifted, model(input_ids=ids, attention_mask=mask, position_ids=unshifted).logits)

