@@ -57,3 +57,22 @@ def test_readme_method_lists_are_the_code_lists():
     lists = [set(re.findall(r"`([a-z0-9-]+)`", m)) for m in re.findall(r"Methods: (.*?)\.(?:\s|$)", README.read_text(),
                                                                         re.S)]
     assert lists == [set(METHODS), set(TRAIN_METHODS)]
+
+
+def _first_column(section: str, header: str) -> list[str]:
+    start = section.index(header)
+    rows = section[start:section.index("\n\n", start)].splitlines()[2:]
+    return [re.match(r"\| `([^`]+)`", row).group(1) for row in rows]
+
+
+def test_readme_architecture_table_is_the_architecture_table():
+    from adaprefix.arch import ARCHITECTURES
+
+    assert _first_column(_section("Architectures"), "| model_type |") == list(ARCHITECTURES)
+
+
+def test_readme_backbone_table_lists_every_packaged_backbone():
+    from adaprefix.backbones import PACKAGED
+
+    names = _first_column(_section("Backbones: packaged weights and GGUF files"), "| `--model` |")
+    assert names == [*PACKAGED, "path/to/model.gguf"]

@@ -69,7 +69,7 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
     full, used = final["train_examples_full"], final["train_examples"]
     return {
         "run_id": run.run_id, "experiment": run.experiment, "task": run.task, "method": run.method,
-        "variant": run.variant, "seed": run.seed, "metric": metric,
+        "variant": run.variant, "seed": run.seed, "model": config.get("model"), "metric": metric,
         "reported": "test at best dev" if test is not None else "best dev",
         "value": test if test is not None else dev, "dev_value": dev, "test_value": test,
         "best_epoch": final["best_epoch"], "epochs": config["epochs"], "batch_size": config["batch_size"],

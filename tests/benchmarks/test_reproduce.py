@@ -186,3 +186,17 @@ def test_a_failed_run_is_noted_and_skipped_and_the_grid_goes_on(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["run.py", "--retry-failed"])
     RUN.main()  # unless asked to retry them
     assert len(tried) == 4
+
+
+def test_a_record_names_the_backbone_its_run_trained(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("task: cb\nmethod: apt\nmodel: mpnet\nepochs: 2\nbatch_size: 16\n"
+                                         "adapter: {prefix_length: 20}\n")
+    (run_dir / "final_metrics.json").write_text(json.dumps({
+        "main_metric": "accuracy", "dev": {"accuracy": 0.75}, "test": {}, "best_epoch": 2, "train_examples": 250,
+        "train_examples_full": 250, "trainable_parameters": 10, "max_length": 128}))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "dev_accuracy": 0.5}) + "\n")
+    run = G.Run("mpnet", "cb", "apt", "apt", "", 1, {"model": "mpnet", "learning_rate": 0.01})
+    made = RUN.make_record(run, run.settings, run_dir, 1.0, "abc")
+    assert made["model"] == "mpnet" and made["value"] == 75.0 and made["run_id"] == "mpnet/cb-apt-s1"
