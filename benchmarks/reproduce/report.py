@@ -249,6 +249,9 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
             variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n"]
     out += ["## 6. What the gates learn\n", gate_section(plots)]
+    out += ["## 7. A larger backbone: all-mpnet-base-v2 (MPNet, 12 x 768), CB\n",
+            "P-tuning v2's footing at the script's rates (no sweep); see `grid.yaml`.\n",
+            paper_table(records, "mpnet", plan)]
     out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
             "ran: seconds are indicative only (a resumed run counts its last sitting only). A run's training loss "
             "counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
