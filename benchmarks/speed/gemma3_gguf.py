@@ -33,7 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's). On a machine shared with other jobs, 1 thread avoids "
+                             "OpenMP regions waiting on a descheduled second thread, which inflates the many small "
+                             "kernels of a decoding step several-fold")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path, resolve_s, _ = timed(lambda: resolve_backbone("gemma3-270m"))
     (tokenizer, model), load_s, load_cpu = timed(lambda: (AutoTokenizer.from_pretrained(path),
                                                           AutoModelForCausalLM.from_pretrained(path).eval()))
