@@ -114,11 +114,12 @@ def widen_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     return torch.cat([pad, mask], dim=-1)  # (B, 1|H, T, l + S)
 
 
-def widen_mask_rows(mask: torch.Tensor | None, keep: torch.Tensor, key_len: int) -> torch.Tensor:
+def widen_mask_rows(mask: torch.Tensor | None, keep: torch.Tensor, key_len: int, dtype: torch.dtype) -> torch.Tensor:
     """Add prefix columns in front of a mask, visible per row as ``keep`` (B, l) says; hidden ones get the mask's
-    "drop" value (False, or the dtype's minimum, whose exp underflows to exactly 0 after the softmax's max shift)."""
+    "drop" value (False, or the dtype's minimum, whose exp underflows to exactly 0 after the softmax's max shift).
+    No mask: an additive one in ``dtype`` (the query's), the form every host eager kernel adds to its scores."""
     if mask is None:
-        mask = torch.ones((1, 1, 1, key_len), dtype=torch.bool, device=keep.device)
+        mask = torch.zeros((1, 1, 1, key_len), dtype=dtype, device=keep.device)
     lead = (max(mask.shape[0], keep.shape[0]), mask.shape[1], mask.shape[2])
     if mask.dtype == torch.bool:
         pad = keep[:, None, None, :]
@@ -404,7 +405,7 @@ def prefix_attention(impl: str, module, query, key, value, attention_mask, **kwa
     if prefix.keep is None:
         mask = widen_mask(mask, prefix.keys.shape[2])
     else:  # a batch mixing adapters of different prefix lengths: each row sees its own adapter's columns only
-        mask = widen_mask_rows(mask, prefix.keep, key.shape[2])
+        mask = widen_mask_rows(mask, prefix.keep, key.shape[2], query.dtype)
     batch = key.shape[0]
     key = torch.cat([prefix.keys.expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, l + S, hd)
     value = torch.cat([prefix.values.expand(batch, -1, -1, -1), value], dim=2)
