@@ -288,6 +288,7 @@ class Engine:
         finally:
             tokenizer.padding_side = side
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        batch = {k: batch[k] for k in ("input_ids", "attention_mask")}  # not a BERT-style tokenizer's token types
         out = group.model.generate(**batch, adapter_names=[name for name, _ in items], max_new_tokens=max_new_tokens,
                                    do_sample=False, pad_token_id=pad)
         new = out[:, batch["input_ids"].shape[1]:]
