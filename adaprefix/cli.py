@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import AdaprefixError
@@ -184,8 +185,9 @@ def serve(
 
     missing = missing_serve_modules()
     if missing:
-        console.print(f"[bold red]error:[/] adaprefix serve needs the serve extra; not installed here: "
-                      f"{', '.join(missing)}.\nInstall it with: {INSTALL}", highlight=False, soft_wrap=True)
+        message = f"adaprefix serve needs the serve extra; not installed here: {', '.join(missing)}.\n"
+        console.print(f"[bold red]error:[/] {escape(message)}Install it with: {escape(INSTALL)}", highlight=False,
+                      soft_wrap=True)  # escaped: rich would read "[serve]" as markup
         raise typer.Exit(code=2)
     from .serve.engine import Engine, Settings
 

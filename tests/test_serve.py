@@ -24,8 +24,7 @@ from adaprefix.serve.app import create_app
 from adaprefix.serve.engine import Engine, ServeError, Settings
 from adaprefix.tasks.inputs import input_view, parse_inputs
 from adaprefix.training import load_run, predict
-from conftest import CONLL04
-from run_helpers import SENTIMENT
+from run_helpers import CONLL04, SENTIMENT
 
 runner = CliRunner()
 TOPICS = [("the striker scored twice", "sport"), ("shares fell on Monday", "money"), ("a new vaccine trial", "health"),

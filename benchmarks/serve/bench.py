@@ -64,6 +64,14 @@ def make_runs(root: Path, count: int) -> list[Path]:
     return runs
 
 
+def _relative(path: Path) -> str:
+    """A path as the repository sees it: committed results name no machine's folders."""
+    try:
+        return str(path.resolve().relative_to(HERE.parents[1]))
+    except ValueError:
+        return path.name
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -204,7 +212,7 @@ def main() -> None:
     tensors = mem["one_backbone_one_adapter"]["tensor_bytes"]
     ratios["tensors_8_adapters_vs_one_backbone"] = round(mem["engine_8_adapters"]["tensor_bytes"] / tensors, 3)
     ratios["tensors_8_models_vs_one_backbone"] = round(mem["8_models"]["tensor_bytes"] / tensors, 3)
-    record = {"meta": meta, "settings": vars(args) | {"out": str(args.out)}, "throughput": throughput,
+    record = {"meta": meta, "settings": vars(args) | {"out": _relative(args.out)}, "throughput": throughput,
               "memory": mem, "ratios": ratios, "elapsed_s": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(record, indent=2) + "\n")
