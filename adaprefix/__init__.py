@@ -5,6 +5,7 @@ from .arch import UnsupportedModelError
 from .config import AdaptivePrefixConfig, ConfigError
 from .errors import AdaprefixError
 from .inject import attach, detach, load_adapter
+from .multi import AdapterRoutingError, adapter_width, list_adapters
 from .introspect import collect_token_gates, effective_gates, last_token_gates, layer_gates
 from .persistence import AdapterLoadError, BaseModelMismatchWarning, read_adapter_config, save_adapter
 
@@ -14,11 +15,13 @@ __all__ = [
     "AdaprefixError",
     "AdaptivePrefixConfig",
     "AdapterLoadError",
+    "AdapterRoutingError",
     "AdapterStateError",
     "BaseModelMismatchWarning",
     "ConfigError",
     "UnsupportedModelError",
     "adapter_runtime",
+    "adapter_width",
     "attach",
     "collect_token_gates",
     "detach",
@@ -26,6 +29,7 @@ __all__ = [
     "is_attached",
     "last_token_gates",
     "layer_gates",
+    "list_adapters",
     "load_adapter",
     "read_adapter_config",
     "save_adapter",

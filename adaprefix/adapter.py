@@ -17,7 +17,7 @@ from . import attention as seam
 from .arch import BackboneShape
 from .config import AdaptivePrefixConfig
 from .errors import AdaprefixError
-from .gates import LayerGate, TokenGate
+from .gates import LayerGate, TokenGate, padding_weights, pool_hidden
 from .prefix import PrefixEncoder
 
 ADAPTER_ATTR = "adaprefix"  # the submodule the adapter is added under
@@ -39,6 +39,59 @@ class PrefixAdapter(nn.Module):
         self.prefix = PrefixEncoder(config, shape)
         self.token_gate = TokenGate(config, shape.num_layers, shape.hidden_size) if config.use_token_gate else None
         self.layer_gate = LayerGate(config, shape.num_layers) if config.use_layer_gate else None
+
+    def layer_prefix(self, config: AdaptivePrefixConfig, prefix, i: int, layer: nn.Module, hidden: torch.Tensor,
+                     padding_mask: torch.Tensor | None, shared: seam.ForwardState,
+                     record: list | None = None, memo: str = "") -> seam.LayerPrefix | None:
+        """Layer i's gated prefix for the hidden states h_{i-1} (B, T, d) entering it; None where the layer has none.
+
+        ``prefix``: this forward's output of ``self.prefix()``; ``padding_mask``: the (B, S) keep-mask of real keys
+        (or None); ``record``: a per-layer list the token gate alpha is written to (detached), or None. ``memo`` keeps
+        apart what several adapters of one mixed batch cache in the forward's ``shared`` state.
+        """
+        if config.prefix_lengths is not None and config.prefix_lengths[i] == 0:
+            return None  # PT-2*: this layer has no prefix; its attention runs as the host's
+        # A model split across devices (device_map): the layer's slice of the adapter goes to the layer's device.
+        device = layer_device(layer, hidden)
+        keys, values = prefix[i][0].unsqueeze(0).to(device), prefix[i][1].unsqueeze(0).to(device)  # (1, kvh, l, hd)
+        p = config.prefix_dropout or 0.0
+        if layer.training and p > 0:
+            batch = hidden.shape[0]  # one dropout mask per example, as P-tuning v2
+            keys = nn.functional.dropout(keys.expand(batch, -1, -1, -1), p, training=True)
+            values = nn.functional.dropout(values.expand(batch, -1, -1, -1), p, training=True)
+        scale = None
+        if self.token_gate is not None:
+            keep = None
+            if padding_mask is not None and config.gate_pooling == "mean":  # sliced and cast once per forward
+                key = ("pool", memo, hidden.device, hidden.dtype, hidden.shape[1])
+                keep = shared.once(key, lambda: padding_weights(padding_mask, hidden), source=padding_mask)
+            pooled = pool_hidden(hidden, keep, config.gate_pooling).to(device)  # pooled where h is, then moved
+            alpha = self.token_gate(i, pooled)  # (B, l) | (B, T, l)
+            if record is not None:
+                record[i] = alpha.detach()
+            scale = alpha
+        if self.layer_gate is not None:
+            lam = self.layer_gate(i).to(device)
+            scale = lam if scale is None else lam * scale
+        query_gate = None
+        if scale is not None and scale.ndim == 3:
+            query_gate = scale  # (B, T, l): applied inside attention
+        elif scale is not None:
+            factor = scale if scale.ndim == 0 else scale[:, None, :, None]  # (B, 1, l, 1)
+            keys, values = keys * factor, values * factor
+        return seam.LayerPrefix(keys=keys, values=values, query_gate=query_gate, shared=shared)
+
+
+def layer_device(layer: nn.Module, hidden: torch.Tensor) -> torch.device:
+    """The device layer i computes on. h_{i-1} can still be on the previous layer's device: under device_map,
+    accelerate's hook moves the inputs only after the pre-hooks have run."""
+    hook = getattr(layer, "_hf_hook", None)
+    for candidate in (hook, *getattr(hook, "hooks", ())):
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    weight = next(layer.parameters(), None)
+    return hidden.device if weight is None else weight.device
 
 
 class AdapterRuntime:
@@ -70,6 +123,11 @@ class AdapterRuntime:
         self.forward_state: seam.ForwardState | None = None  # shared by the layers while the base model runs
         self.token_gates: list[torch.Tensor | None] = [None] * shape.num_layers  # last forward, detached
         self.arg_names = list(inspect.signature(model.base_model.forward).parameters)
+        # Several adapters on one model (adaprefix.multi): this adapter's name, the others, and the adapter of
+        # each row of the current forward (None: every row runs the active adapter, the code path of one adapter).
+        self.adapter_name = "default"
+        self.bank = None  # adaprefix.multi.AdapterBank once a second adapter is loaded
+        self.routing = None  # adaprefix.multi.Routing while a forward with adapter_names runs
 
 
 def is_attached(model: nn.Module) -> bool:

@@ -71,6 +71,9 @@ class LayerPrefix:
     values: torch.Tensor  # (B or 1, kv_heads, l, head_dim)
     query_gate: torch.Tensor | None = None  # (B, T, l) when each query position has its own gate
     shared: ForwardState = field(default_factory=ForwardState)  # per forward, shared by the layers
+    # (B, l) bool, True for real prefix columns: a batch mixing adapters of different prefix lengths pads the shorter
+    # ones, and padded columns must get exactly zero weight. None: every column is real.
+    keep: torch.Tensor | None = None
 
 
 class LayerSite:
@@ -111,6 +114,21 @@ def widen_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     return torch.cat([pad, mask], dim=-1)  # (B, 1|H, T, l + S)
 
 
+def widen_mask_rows(mask: torch.Tensor | None, keep: torch.Tensor, key_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Add prefix columns in front of a mask, visible per row as ``keep`` (B, l) says; hidden ones get the mask's
+    "drop" value (False, or the dtype's minimum, whose exp underflows to exactly 0 after the softmax's max shift).
+    No mask: an additive one in ``dtype`` (the query's), the form every host eager kernel adds to its scores."""
+    if mask is None:
+        mask = torch.zeros((1, 1, 1, key_len), dtype=dtype, device=keep.device)
+    lead = (max(mask.shape[0], keep.shape[0]), mask.shape[1], mask.shape[2])
+    if mask.dtype == torch.bool:
+        pad = keep[:, None, None, :]
+    else:
+        pad = torch.zeros(keep.shape, dtype=mask.dtype, device=mask.device).masked_fill(
+            ~keep, torch.finfo(mask.dtype).min)[:, None, None, :]
+    return torch.cat([pad.expand(*lead, -1), mask.expand(*lead, -1)], dim=-1)  # (B, 1|H, T|1, l + S)
+
+
 def _repeat_heads(x: torch.Tensor, times: int) -> torch.Tensor:
     return x if times == 1 else x.repeat_interleave(times, dim=1)
 
@@ -137,6 +155,8 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
     pv = _repeat_heads(prefix.values.expand(batch, -1, -1, -1), rep)
     k, v = _repeat_heads(key, rep), _repeat_heads(value, rep)  # (B, H, S, hd)
     prefix_scores = (query @ pk.transpose(-1, -2)) * scaling * gate  # (B, H, T, l)
+    if prefix.keep is not None:  # padded prefix columns (mixed adapters): no weight at all
+        prefix_scores = prefix_scores.masked_fill(~prefix.keep[:, None, None, :], torch.finfo(prefix_scores.dtype).min)
     scores = (query @ k.transpose(-1, -2)) * scaling  # (B, H, T, S)
     if mask is not None:
         if mask.dtype == torch.bool:
@@ -190,6 +210,9 @@ def fast_path_blocker(module, query, key, value, mask, prefix: LayerPrefix, drop
         return "attention dropout while training (the fused CPU kernel has none)"
     if any(kwargs.get(k) is not None for k in ("softcap", "sinks", "s_aux")):
         return "softcap / attention sinks"
+    tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate)
+    if prefix.keep is not None and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "padded prefix columns (mixed adapters) while computing gradients"
     if query.device.type != "cpu":
         return f"no fused kernel with log-sum-exp wired up for {query.device.type}"
     if query.dtype not in _FAST_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
@@ -226,7 +249,7 @@ def _kernel_inputs(query, key, mask):
     return q, mask, True
 
 
-def _fused_forward(query, key, value, pk, pv, gate, mask, scale: float, causal: bool, need_lse: bool):
+def _fused_forward(query, key, value, pk, pv, gate, mask, scale: float, causal: bool, need_lse: bool, keep=None):
     """The merged attention and, if asked, its log-normaliser; see :func:`fused_per_query_gated_attention`.
 
     Returns out (B, H, T, hd) in the query's dtype and lse (B, H, T) (or None) in the kernel's log-sum-exp dtype
@@ -242,6 +265,8 @@ def _fused_forward(query, key, value, pk, pv, gate, mask, scale: float, causal: 
     ct = lse_real.dtype
     gate = _cast(gate, ct)[:, None, None]  # (B, 1, 1, T, l), broadcast over the heads
     logits = _prefix_logits(query, pk, gate, scale)  # (B, G, R, T, l): a_tj * s_tj
+    if keep is not None:  # padded prefix columns (mixed adapters): exp(-inf) = 0, and lse_real keeps the row finite
+        logits = logits.masked_fill(~keep[:, None, None, None, :], float("-inf"))
     # One softmax over the l prefix logits and the real keys' log-mass: the last column is the real keys' share.
     both = torch.cat([logits, lse_real.unsqueeze(-1)], dim=-1)  # (B, G, R, T, l + 1)
     probs = torch.softmax(both, dim=-1)
@@ -345,7 +370,7 @@ def fused_per_query_gated_attention(module, query, key, value, attention_mask, p
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         out = _FusedGatedAttention.apply(*tensors, mask, scale, causal)
     else:
-        out, _ = _fused_forward(*tensors, mask, scale, causal, need_lse=False)
+        out, _ = _fused_forward(*tensors, mask, scale, causal, need_lse=False, keep=prefix.keep)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -377,7 +402,10 @@ def prefix_attention(impl: str, module, query, key, value, attention_mask, **kwa
     if prefix.query_gate is not None:
         return gated_attention(module, query, key, value, attention_mask, prefix, **kwargs)
     mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
-    mask = widen_mask(mask, prefix.keys.shape[2])
+    if prefix.keep is None:
+        mask = widen_mask(mask, prefix.keys.shape[2])
+    else:  # a batch mixing adapters of different prefix lengths: each row sees its own adapter's columns only
+        mask = widen_mask_rows(mask, prefix.keep, key.shape[2], query.dtype)
     batch = key.shape[0]
     key = torch.cat([prefix.keys.expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, l + S, hd)
     value = torch.cat([prefix.values.expand(batch, -1, -1, -1), value], dim=2)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import AdaprefixError
@@ -162,6 +163,47 @@ def gates(
         table.add_row(*[str(row["layer"])] + [("-" if row[k] is None else f"{row[k]:.3f}")
                                               for k in ("lambda", "alpha_mean", "alpha_min", "alpha_max", "gate")])
     out.print(table)
+
+
+@app.command()
+def serve(
+    run_dirs: list[str] = typer.Argument(..., metavar="RUN_DIR...",
+                                         help="Run folders of `adaprefix train` (prefix methods), one adapter each, "
+                                              "named after the folder, or NAME=PATH."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_batch_size: int = typer.Option(32, help="Most inputs per forward."),
+    max_wait_ms: float = typer.Option(5.0, help="How long the first input of a batch waits for others (ms)."),
+    on_overflow: str = typer.Option("truncate", help="An input over the run's max_length: truncate (flagged in "
+                                                     "the answer) or refuse (422)."),
+):
+    """Serve the adapters of several runs on one backbone over HTTP; requests for any of them share forwards.
+
+    Endpoints: GET /health, GET /v1/adapters, POST /v1/predict, POST /v1/generate; the OpenAPI page is /docs.
+    """
+    from .serve import INSTALL, missing_serve_modules
+
+    missing = missing_serve_modules()
+    if missing:
+        message = f"adaprefix serve needs the serve extra; not installed here: {', '.join(missing)}.\n"
+        console.print(f"[bold red]error:[/] {escape(message)}Install it with: {escape(INSTALL)}", highlight=False,
+                      soft_wrap=True)  # escaped: rich would read "[serve]" as markup
+        raise typer.Exit(code=2)
+    from .serve.engine import Engine, Settings
+
+    try:
+        engine = Engine.from_runs(run_dirs, Settings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                                                     on_overflow=on_overflow))
+    except AdaprefixError as err:
+        _fail(err)
+    import uvicorn
+
+    from .serve.app import create_app
+
+    for served in engine.adapters.values():
+        console.print(f"serving [bold]{served.name}[/]: {served.task.name} ({served.method}) from {served.source}",
+                      highlight=False)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

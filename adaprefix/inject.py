@@ -26,7 +26,9 @@ from .adapter import (ADAPTER_ATTR, PARAM_PREFIX, RUNTIME_ATTR, AdapterRuntime, 
 from .arch import UnsupportedModelError, hidden_dropout_name, resolve_arch
 from .arch.table import SUPPORTED_ATTENTION, unpatch_attention
 from .config import AdaptivePrefixConfig, ConfigError
-from .gates import padding_weights, pool_hidden
+from .multi import (BANK_ATTR, RoutingPostHook, RoutingPreHook, add_adapter, adapter_configs, check_adapter_name,
+                    begin_routed_forward, delete_adapter, list_adapters, position_shifts, routed, routed_layer_prefix,
+                    set_adapter)
 from .persistence import AdapterLoadError, check_adapter_tensors, read_adapter, save_adapter
 
 
@@ -82,6 +84,12 @@ class _BasePreHook:
         if want_weights is None:
             want_weights = getattr(module.config, "output_attentions", False)
         runtime.forward_state = seam.ForwardState(want_weights=bool(want_weights))
+        if runtime.routing is not None:  # rows name their adapters: each one's prefix once, and its rows' shift
+            begin_routed_forward(runtime, runtime.padding_mask)
+            shifts = position_shifts(runtime)
+            if any(shifts.values()) and inputs.get("position_ids") is None:
+                return args, {**kwargs, "position_ids": _routed_positions(module, inputs, runtime, shifts)}
+            return None
         if runtime.config.shift_positions and inputs.get("position_ids") is None:
             positions = _shifted_positions(module, inputs, runtime.config.prefix_length)
             return args, {**kwargs, "position_ids": positions}
@@ -120,6 +128,15 @@ def _shifted_positions(base: nn.Module, inputs: dict, length: int) -> torch.Tens
             f"to position id {int(positions.max())}, but the model has max_position_embeddings={table}; shorten "
             f"inputs to at most {tokens - (int(positions.max()) + 1 - table)} tokens or set shift_positions=False"
         )
+    return positions
+
+
+def _routed_positions(base: nn.Module, inputs: dict, runtime: AdapterRuntime, shifts: dict[str, int]) -> torch.Tensor:
+    """Each row's positions shifted by its own adapter's prefix length, or not shifted (a shift of 0)."""
+    by_shift = {shift: _shifted_positions(base, inputs, shift) for shift in set(shifts.values())}
+    positions = by_shift[0].clone() if 0 in by_shift else next(iter(by_shift.values())).clone()
+    for name, rows in runtime.routing.rows(positions.shape[0], positions.device).items():
+        positions[rows] = by_shift[shifts[name]][rows]
     return positions
 
 
@@ -163,18 +180,6 @@ class _CheckpointReplay:
         return self.inner(run, *args, **kwargs)
 
 
-def _layer_device(layer: nn.Module, hidden: torch.Tensor) -> torch.device:
-    """The device layer i computes on. h_{i-1} can still be on the previous layer's device: under device_map,
-    accelerate's hook moves the inputs only after the pre-hooks have run."""
-    hook = getattr(layer, "_hf_hook", None)
-    for candidate in (hook, *getattr(hook, "hooks", ())):
-        device = getattr(candidate, "execution_device", None)
-        if device is not None:
-            return torch.device(device)
-    weight = next(layer.parameters(), None)
-    return hidden.device if weight is None else weight.device
-
-
 class _LayerPreHook:
     """Reads h_{i-1}, computes layer i's gates and leaves the gated prefix on the layer's attention site."""
 
@@ -186,45 +191,19 @@ class _LayerPreHook:
         runtime, site = self.runtime, self.site
         if not runtime.enabled:
             return None
-        config, adapter, i = runtime.config, runtime.adapter, site.layer_index
         hidden = args[0] if args else kwargs["hidden_states"]  # h_{i-1}: (B, T, d)
-        if config.prefix_lengths is not None and config.prefix_lengths[i] == 0:
-            site.prefix = None  # PT-2*: this layer has no prefix; its attention runs as the host's
-            return None
-        # A layer called outside the base model's forward builds the prefix for itself.
-        prefix = runtime.prefix if runtime.prefix is not None else adapter.prefix()
-        # A model split across devices (device_map): the layer's slice of the adapter goes to the layer's device.
-        device = _layer_device(module, hidden)
-        keys, values = prefix[i][0].unsqueeze(0).to(device), prefix[i][1].unsqueeze(0).to(device)  # (1, kvh, l, hd)
-        p = config.prefix_dropout or 0.0
-        if module.training and p > 0:
-            batch = hidden.shape[0]  # one dropout mask per example, as P-tuning v2
-            keys = nn.functional.dropout(keys.expand(batch, -1, -1, -1), p, training=True)
-            values = nn.functional.dropout(values.expand(batch, -1, -1, -1), p, training=True)
         # A layer called outside the base model's forward shares nothing with other layers.
         shared = runtime.forward_state if runtime.forward_state is not None else seam.ForwardState()
-        scale = None
-        if adapter.token_gate is not None:
-            keep, mask = None, runtime.padding_mask
-            if mask is not None and config.gate_pooling == "mean":  # sliced and cast once per forward
-                key = ("pool", hidden.device, hidden.dtype, hidden.shape[1])
-                keep = shared.once(key, lambda: padding_weights(mask, hidden), source=mask)
-            pooled = pool_hidden(hidden, keep, config.gate_pooling).to(device)  # pooled where h is, then moved
-            alpha = adapter.token_gate(i, pooled)  # (B, l) | (B, T, l)
-            runtime.token_gates[i] = alpha.detach()
-            scale = alpha
-        if adapter.layer_gate is not None:
-            lam = adapter.layer_gate(i).to(device)
-            scale = lam if scale is None else lam * scale
-        query_gate = None
-        if scale is not None and scale.ndim == 3:
-            query_gate = scale  # (B, T, l): applied inside attention
-        elif scale is not None:
-            factor = scale if scale.ndim == 0 else scale[:, None, :, None]  # (B, 1, l, 1)
-            keys, values = keys * factor, values * factor
-        site.prefix = seam.LayerPrefix(keys=keys, values=values, query_gate=query_gate, shared=shared)
+        if runtime.routing is not None:  # a batch whose rows name their adapters (adapter_names=...)
+            site.prefix = routed_layer_prefix(runtime, site.layer_index, module, hidden, shared)
+        else:
+            # A layer called outside the base model's forward builds the prefix for itself.
+            prefix = runtime.prefix if runtime.prefix is not None else runtime.adapter.prefix()
+            site.prefix = runtime.adapter.layer_prefix(runtime.config, prefix, site.layer_index, module, hidden,
+                                                       runtime.padding_mask, shared, runtime.token_gates)
         checkpointing = module.__dict__.get("_gradient_checkpointing_func")
-        if checkpointing is not None and not isinstance(checkpointing, _CheckpointReplay):
+        if site.prefix is not None and checkpointing is not None and not isinstance(checkpointing,
+                                                                                    _CheckpointReplay):
             # Wrapped here, on every call, because gradient checkpointing may be enabled after attach.
             module._gradient_checkpointing_func = _CheckpointReplay(checkpointing, runtime, site)
         return None
@@ -334,7 +313,8 @@ class AdaptivePrefixMixin:
         """
         if state_dict is not None or _called_by_trainer():
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith(PARAM_PREFIX)}
+        state_dict = {k: v for k, v in self.state_dict().items()
+                      if not k.startswith((PARAM_PREFIX, BANK_ATTR + "."))}
         result = super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         if kwargs.get("is_main_process", True):
             self.save_adapter(save_directory)
@@ -342,6 +322,40 @@ class AdaptivePrefixMixin:
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # Several adapters on one model (adaprefix.multi), under PEFT's names.
+
+    def load_adapter(self, path, adapter_name: str | None = None):
+        """Add the adapter saved in ``path`` under ``adapter_name`` (see :func:`adaprefix.load_adapter`)."""
+        return load_adapter(self, path, adapter_name=adapter_name)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the adapter a forward without ``adapter_names`` runs (and that is saved)."""
+        set_adapter(self, adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove adapter ``adapter_name`` (not the last one: :func:`adaprefix.detach` removes that)."""
+        delete_adapter(self, adapter_name)
+
+    @property
+    def active_adapter(self) -> str:
+        """The name of the active adapter."""
+        return adapter_runtime(self).adapter_name
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """``[active_adapter]``: one adapter is active at a time (rows of a batch may still name others)."""
+        return [adapter_runtime(self).adapter_name]
+
+    @property
+    def peft_config(self) -> dict[str, AdaptivePrefixConfig]:
+        """Every loaded adapter's config by name, in load order (PEFT's name; :func:`adaprefix.list_adapters`)."""
+        return adapter_configs(self)
+
+    def generate(self, *args, adapter_names=None, **kwargs):
+        """``generate`` of the host model; ``adapter_names`` (one per prompt) sends each prompt through its adapter."""
+        with routed(self, adapter_names):
+            return super().generate(*args, **kwargs)
 
 
 def _called_by_trainer() -> bool:
@@ -389,6 +403,9 @@ def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.M
     runtime = AdapterRuntime(model, adapter, config, shape, original_impl, sites, handles, patched, requires_grad,
                              type(model))
     base = model.base_model
+    # adapter_names=[...] (one adapter per example) is taken out of the model's arguments before its forward runs.
+    handles.append(model.register_forward_pre_hook(RoutingPreHook(runtime), with_kwargs=True))
+    handles.append(model.register_forward_hook(RoutingPostHook(runtime), always_call=True))
     handles.append(base.register_forward_pre_hook(_BasePreHook(runtime), with_kwargs=True))
     handles.append(base.register_forward_hook(_BasePostHook(runtime), always_call=True))
     for i, layer in enumerate(layers):
@@ -423,6 +440,7 @@ def detach(model: nn.Module) -> nn.Module:
         if isinstance(replay, _CheckpointReplay):
             module._gradient_checkpointing_func = replay.inner
     delattr(model, ADAPTER_ATTR)
+    model._modules.pop(BANK_ATTR, None)  # the other loaded adapters; the active one's head stays, as with one
     model.config._attn_implementation = runtime.original_impl
     for name, p in model.named_parameters():
         p.requires_grad_(runtime.requires_grad.get(name, True))
@@ -431,16 +449,40 @@ def detach(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
     """Attach the adapter saved in ``path`` to a fresh ``model`` and load its tensors; returns the model.
+
+    ``adapter_name``: its name (default ``"default"``). On a model that already has an adapter, ``adapter_name`` is
+    required and the adapter is added beside the others, frozen and inactive (see :mod:`adaprefix.multi`): its
+    method, prefix length and head may differ, its backbone may not. ``model.set_adapter(name)`` activates it, and a
+    forward or ``generate`` with ``adapter_names=[...]`` (one per example) routes each row to its adapter.
 
     Shapes must match exactly. A different base checkpoint of the same shape loads with a
     :class:`~adaprefix.persistence.BaseModelMismatchWarning`: the prefix was learned for other weights.
     Everything the files alone can tell is checked before attaching; a model the tensors do not fit is detached
     again before the :class:`~adaprefix.persistence.AdapterLoadError` is raised.
     """
+    if is_attached(model):
+        if adapter_name is None:
+            raise AdapterStateError(f"this model already has an adapter ({', '.join(list_adapters(model))}); pass "
+                                    "adapter_name=... to load another one beside it, or adaprefix.detach(model) first")
+        with model.disable_adapter():  # the backbone as it is without adapters, which is what the files describe
+            config, tensors = read_adapter(path, model)
+            spec, shape, _, causal = resolve_arch(model)
+        config = _resolve_config(config, model, causal, spec.patched_attention)
+        param = next(model.parameters())
+        adapter = PrefixAdapter(config, shape).to(device=param.device, dtype=param.dtype)
+        names = {id(p): n for n, p in model.named_parameters()}
+        head_names = [names[i] for i in _head_parameters(model, config)
+                      if not names[i].startswith((PARAM_PREFIX, BANK_ATTR + "."))]
+        add_adapter(model, adapter_name, config, adapter, head_names, tensors, path)
+        return model
+    if adapter_name is not None:
+        check_adapter_name(adapter_name)
     config, tensors = read_adapter(path, model)
     attach(model, config)
+    if adapter_name is not None:
+        adapter_runtime(model).adapter_name = adapter_name
     expected = adapter_parameters(model)
     try:
         check_adapter_tensors(path, expected, tensors)

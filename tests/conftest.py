@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run_helpers import SENTIMENT  # noqa: E402  (needs tests/ on the path)
+from run_helpers import CONLL04, SENTIMENT  # noqa: E402  (needs tests/ on the path)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -55,11 +55,6 @@ COPA = [{"premise": "The man turned on the faucet.", "choice1": "The toilet fill
          "choice2": "She lost her appetite.", "question": "effect", "label": 1},
         {"premise": "The runner wore shorts.", "choice1": "The forecast predicted high temperatures.",
          "choice2": "She planned to run along the beach.", "question": "cause", "label": 0}]
-
-CONLL04 = ("#doc 1\n0\tJohn\tB-Peop\t['N']\t[0]\n1\tSmith\tI-Peop\t['Live_In']\t[3]\n2\tlives\tO\t['N']\t[2]\n"
-           "3\tin\tO\t['N']\t[3]\n4\tBoston\tB-Loc\t['N']\t[4]\n"
-           "#doc 2\n0\tIBM\tB-Org\t['N']\t[0]\n1\thired\tO\t['N']\t[1]\n2\tMary\tB-Peop\t['N']\t[2]\n"
-           "#doc 3\n0\tParis\tB-Loc\t['N']\t[0]\n1\tis\tO\t['N']\t[1]\n2\tbig\tO\t['N']\t[2]\n")
 
 
 @pytest.fixture()

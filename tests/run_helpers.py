@@ -5,6 +5,13 @@ SENTIMENT = [("a wonderful, moving film", "pos"), ("dull and far too long", "neg
              ("an absolute delight", "pos"), ("I want my money back", "neg")]
 
 
+# CoNLL04 in its official column format, three short documents.
+CONLL04 = ("#doc 1\n0\tJohn\tB-Peop\t['N']\t[0]\n1\tSmith\tI-Peop\t['Live_In']\t[3]\n2\tlives\tO\t['N']\t[2]\n"
+           "3\tin\tO\t['N']\t[3]\n4\tBoston\tB-Loc\t['N']\t[4]\n"
+           "#doc 2\n0\tIBM\tB-Org\t['N']\t[0]\n1\thired\tO\t['N']\t[1]\n2\tMary\tB-Peop\t['N']\t[2]\n"
+           "#doc 3\n0\tParis\tB-Loc\t['N']\t[0]\n1\tis\tO\t['N']\t[1]\n2\tbig\tO\t['N']\t[2]\n")
+
+
 def tiny_settings(backbone, files, out, **extra):
     """CLI settings of a short custom-data run on the tiny backbone."""
     settings = {"task": "custom", "model": backbone, "output_dir": str(out), "epochs": 3, "batch_size": 4,

@@ -271,11 +271,11 @@ def test_forward_state_never_hands_out_another_tensors_result():
 
 
 def test_the_gates_padding_weights_are_sliced_and_cast_once_per_forward(monkeypatch):
-    import adaprefix.inject as inject
+    import adaprefix.adapter as adapter_module  # where the layer's prefix is gated
 
     made = []
-    real = inject.padding_weights
-    monkeypatch.setattr(inject, "padding_weights", lambda *a: made.append(1) or real(*a))
+    real = adapter_module.padding_weights
+    monkeypatch.setattr(adapter_module, "padding_weights", lambda *a: made.append(1) or real(*a))
     model = tiny_model("bert", "sdpa")  # an encoder: its gate pools a masked mean
     attach(model, AdaptivePrefixConfig(prefix_length=L, token_gate_weight_std=0.5))
     ids, mask = _left_padded_batch()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adaprefix"
-ABOVE_THE_CORE = ("adaprefix.tasks", "adaprefix.training", "adaprefix.cli", "adaprefix.analysis",
+ABOVE_THE_CORE = ("adaprefix.tasks", "adaprefix.training", "adaprefix.cli", "adaprefix.analysis", "adaprefix.serve",
                   "adaprefix.__main__")  # __main__: the console script, which starts the command line
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from adaprefix.__main__ import INSTALL, TRAIN_MODULES
+from adaprefix.serve import INSTALL as SERVE_INSTALL, SERVE_MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-# Import names of the extras (train, plot, gguf) and of the benchmarks' extra: the core loads none of them.
-EXTRA_MODULES = ("typer", "rich", "datasets", "seqeval", "matplotlib", "tensorboard", "accelerate", "peft", "gguf")
+# Import names of the extras (train, plot, serve, gguf) and of the benchmarks' extra: the core loads none of them.
+EXTRA_MODULES = ("typer", "rich", "datasets", "seqeval", "matplotlib", "tensorboard", "accelerate", "peft", "fastapi",
+                 "uvicorn", "gguf")
 
 CORE_USE = """
 import json, sys
@@ -64,8 +66,10 @@ def test_core_dependencies_are_torch_transformers_safetensors_and_the_rest_are_e
     project = PYPROJECT["project"]
     assert sorted(map(_name, project["dependencies"])) == ["safetensors", "torch", "transformers"]
     extras = project["optional-dependencies"]
-    assert {"train", "plot", "all", "test", "bench"} <= extras.keys()
-    assert extras["all"] == ["adaprefix[train,plot,gguf]"]
+    assert {"train", "plot", "serve", "gguf", "all", "test", "bench"} <= extras.keys()
+    assert extras["all"] == ["adaprefix[train,plot,serve,gguf]"]
+    # httpx: what fastapi's TestClient (the serve tests) runs on; the server itself needs the other two.
+    assert sorted(map(_name, extras["serve"])) == sorted([*SERVE_MODULES.values(), "httpx"])
     assert list(map(_name, extras["gguf"])) == ["gguf"]
     assert "adaprefix[all]" in extras["test"]  # the suite runs the command line, training and plots
     assert sorted(map(_name, extras["train"])) == sorted(TRAIN_MODULES.values())
@@ -81,6 +85,15 @@ def test_console_script_without_the_train_extra_says_what_to_install():
     assert done.returncode == 2
     assert INSTALL == 'pip install "adaprefix[train]"' and INSTALL in done.stderr
     assert "datasets, tensorboard" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_without_the_serve_extra_says_what_to_install(tmp_path):
+    code = ("import sys\nfor m in ('fastapi', 'uvicorn'): sys.modules[m] = None\n"
+            f"sys.argv = ['adaprefix', 'serve', {str(tmp_path)!r}]\nfrom adaprefix.__main__ import main\nmain()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert SERVE_INSTALL == 'pip install "adaprefix[serve]"' and SERVE_INSTALL in done.stderr
+    assert "fastapi, uvicorn" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_console_script_with_the_extras_runs_the_command_line():

@@ -41,7 +41,11 @@ def _prefix_forward(self, hidden_states, attention_mask, output_attentions=False
         scores = scores + nn.functional.pad(rel, (length, 0))  # prefix columns: zero relative bias
     scores = scores.view(-1, heads, scores.size(-2), scores.size(-1))  # (B, H, T, l + T)
     mask = attention_mask.bool()
-    mask = torch.cat([mask.new_ones((*mask.shape[:-1], length)), mask], dim=-1)
+    if site.prefix.keep is None:
+        pad = mask.new_ones((*mask.shape[:-1], length))
+    else:  # a batch mixing adapters of different prefix lengths: padded columns hidden per row
+        pad = site.prefix.keep[:, None, None, :].expand(*mask.shape[:-1], length)
+    mask = torch.cat([pad, mask], dim=-1)
     scores = scores.masked_fill(~mask, torch.finfo(query.dtype).min)
     probs = self.dropout(nn.functional.softmax(scores, dim=-1))
     context = torch.bmm(probs.view(-1, probs.size(-2), probs.size(-1)), torch.cat([prefix_values, value], dim=1))

@@ -15,7 +15,7 @@ import types
 import torch
 import torch.nn as nn
 
-from ..attention import layer_site, widen_mask
+from ..attention import layer_site, widen_mask, widen_mask_rows
 
 
 def _prefix_forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False,
@@ -37,7 +37,9 @@ def _prefix_forward(self, hidden_states, attention_mask=None, position_bias=None
     scores = scores / math.sqrt(self.attention_head_size)
     if position_bias is not None:  # (B, H, T, T), real keys only
         scores = scores + nn.functional.pad(position_bias, (length, 0))  # prefix columns: zero relative bias
-    if attention_mask is not None:  # (B, 1, T, T) additive; prefix columns always visible
+    if prefix.keep is not None:  # a batch mixing adapters of different prefix lengths: padded columns hidden per row
+        scores = scores + widen_mask_rows(attention_mask, prefix.keep, k.shape[2], scores.dtype)
+    elif attention_mask is not None:  # (B, 1, T, T) additive; prefix columns always visible
         scores = scores + widen_mask(attention_mask, length)
     probs = self.dropout(nn.functional.softmax(scores, dim=-1))
     context = torch.matmul(probs, values).permute(0, 2, 1, 3).contiguous()  # (B, T, H, hd)

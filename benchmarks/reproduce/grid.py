@@ -11,6 +11,9 @@ settings may also hold ``prefix:`` and ``ft:`` sections of their own. Four keys 
 - ``prefix_length_scale``: multiplies the task's prefix length (pt2+: a longer prefix matching APT's parameters);
 - ``learning_rate: sweep`` (or ``sweep:METHOD``): the learning rate with the best dev value among that task and
   method's ``lr-sweep`` records (ties go to the smaller rate). A run waits until that sweep is complete.
+
+An experiment may also list ``cut:`` entries, ``{task, variants, seeds}``: those cells run only the seeds given (what
+2 CPU cores could not afford is written in the grid file itself, beside the experiment it thins).
 """
 
 from __future__ import annotations
@@ -84,6 +87,19 @@ def _for_kind(settings: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return {**settings, **own}
 
 
+def _kept_seeds(experiment: dict[str, Any], task: str, variant: str) -> set[int] | None:
+    """The seeds a ``cut:`` entry leaves to (task, variant), or None when no entry names that cell."""
+    for cut in experiment.get("cut") or []:
+        if not isinstance(cut, dict) or not {"task", "seeds"} <= set(cut):
+            raise GridError(f"experiment {experiment['name']}: a cut is {{task, variants, seeds}}, got {cut!r}")
+        unknown = set(cut.get("variants") or []) - set(experiment.get("variants") or {})
+        if unknown:
+            raise GridError(f"experiment {experiment['name']}: cut names unknown variants {sorted(unknown)}")
+        if cut["task"] == task and (not cut.get("variants") or variant in cut["variants"]):
+            return {int(seed) for seed in cut["seeds"]}
+    return None
+
+
 def expand(grid: dict[str, Any]) -> list[Run]:
     """Every run of the grid, in the order they should run: experiment, seed, variant, task, method.
 
@@ -100,6 +116,9 @@ def expand(grid: dict[str, Any]) -> list[Run]:
         for seed in experiment["seeds"]:
             for variant, variant_settings in variants.items():
                 for task in experiment["tasks"]:
+                    kept = _kept_seeds(experiment, task, variant)
+                    if kept is not None and int(seed) not in kept:
+                        continue
                     protocol = grid["tasks"][task]
                     for method, train_method, arm_settings in _arms(experiment):
                         kind = "ft" if train_method == "ft" else "prefix"

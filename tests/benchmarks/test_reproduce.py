@@ -53,6 +53,18 @@ def test_seeds_vary_slowest():
         "main/cb-pt2-s2", "main/cb-ft-s2", "main/rte-pt2-s2", "main/rte-ft-s2"]
 
 
+def test_a_cut_keeps_only_its_seeds_for_the_cells_it_names():
+    grid = {**GRID, "tasks": {**GRID["tasks"], "rte": GRID["tasks"]["cb"]},
+            "experiments": [{"name": "parity", "tasks": ["cb", "rte"], "seeds": [1, 2], "methods": ["pt2"],
+                             "variants": {"a": {}, "b": {}}, "cut": [{"task": "rte", "variants": ["b"], "seeds": [1]}]}]}
+    assert [r.run_id for r in G.expand(grid)] == [
+        "parity/cb-pt2-a-s1", "parity/rte-pt2-a-s1", "parity/cb-pt2-b-s1", "parity/rte-pt2-b-s1",
+        "parity/cb-pt2-a-s2", "parity/rte-pt2-a-s2", "parity/cb-pt2-b-s2"]
+    grid["experiments"][0]["cut"] = [{"task": "rte", "variants": ["c"], "seeds": [1]}]
+    with pytest.raises(G.GridError, match=r"unknown variants \['c'\]"):
+        G.expand(grid)
+
+
 def test_lr_scale_multiplies_the_task_rate():
     run = next(r for r in G.expand(GRID) if r.run_id == "lr-sweep/cb-ft-x0.5-s1")
     settings = G.resolve_settings(GRID, run, [])

@@ -1,0 +1,429 @@
+"""Several named adapters on one backbone, and batches whose rows each name their adapter.
+
+The first adapter of a model (``attach`` or ``load_adapter``) is named ``"default"`` unless named otherwise.
+``load_adapter(model, path, adapter_name=...)`` adds more, for inference (as PEFT's ``is_trainable=False``): same
+backbone, any method, prefix length and head. One adapter is *active*: it sits where a single adapter always sits
+(``model.adaprefix`` and the model's own head modules), so everything written for one adapter (saving, gates,
+``disable_adapter``) works on it unchanged; the others wait in ``model.adaprefix_bank`` until ``set_adapter``
+swaps them in.
+
+A forward (or ``generate``) with ``adapter_names=[...]``, one name per example, sends each row through its own
+adapter. Where that happens:
+
+- prefix and gates: in each layer's pre-hook (:func:`routed_layer_prefix`): every adapter's gates read its own
+  rows of h_{i-1}; their prefixes are stacked into one (B, kv_heads, L, head_dim) tensor, L the longest of them.
+  A shorter prefix is padded with zero columns that a per-row keep-mask (``LayerPrefix.keep``) hides from
+  attention, so they get exactly zero weight (the mask holds the dtype's minimum or -inf there; its exp is 0).
+- head: while the forward runs, each head module is replaced by a :class:`RoutedHead` that runs each adapter's
+  copy of it on that adapter's rows. Heads of different widths (numbers of labels) are padded to the widest with
+  ``-inf``: ``logits[i, ..., :C_i]`` is row i's adapter's output and the columns after it are ``-inf``, so
+  ``softmax`` gives them 0 and ``argmax`` never picks them (:func:`adapter_width` gives C_i).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import attention as seam
+from .adapter import PARAM_PREFIX, AdapterRuntime, AdapterStateError, PrefixAdapter, adapter_runtime
+from .config import AdaptivePrefixConfig
+from .errors import AdaprefixError
+from .persistence import AdapterLoadError, check_adapter_tensors
+
+DEFAULT_ADAPTER = "default"  # PEFT's name for an adapter nobody named
+BANK_ATTR = "adaprefix_bank"  # nn.ModuleDict of the inactive adapters' modules (so .to() and .eval() reach them)
+
+
+class AdapterRoutingError(AdaprefixError, ValueError):
+    """``adapter_names`` does not fit the batch or names an adapter the model does not have."""
+
+
+class _Slot(nn.Module):
+    """An inactive adapter's modules: its prefix and gates, and its copy of each head module."""
+
+    def __init__(self, adapter: PrefixAdapter, heads: dict[str, nn.Module]):
+        super().__init__()
+        self.adapter = adapter
+        self.heads = nn.ModuleDict(heads)
+
+
+@dataclass
+class AdapterEntry:
+    """One named adapter: its resolved config, its modules, and what a saved copy of it holds."""
+
+    name: str
+    config: AdaptivePrefixConfig
+    adapter: PrefixAdapter
+    heads: dict[str, nn.Module]  # top-level head module name -> this adapter's module
+    saved_names: list[str]  # parameter names (as when active) that save_adapter writes
+
+
+@dataclass
+class AdapterBank:
+    """Every adapter of a model by name, in load order; ``head_paths`` are the model's head modules they each own."""
+
+    entries: dict[str, AdapterEntry]
+    head_paths: list[str]
+
+
+def _head_paths(saved_names: Sequence[str]) -> list[str]:
+    return sorted({name.split(".")[0] for name in saved_names if not name.startswith(PARAM_PREFIX)})
+
+
+def adapter_bank(model: nn.Module) -> AdapterBank:
+    """The model's adapters by name; made on first use from the one attached adapter."""
+    runtime = adapter_runtime(model)
+    if runtime.bank is None:
+        paths = _head_paths(runtime.saved_names)
+        active = AdapterEntry(runtime.adapter_name, runtime.config, runtime.adapter,
+                              {path: model.get_submodule(path) for path in paths}, list(runtime.saved_names))
+        runtime.bank = AdapterBank({active.name: active}, paths)
+    return runtime.bank
+
+
+def list_adapters(model: nn.Module) -> list[str]:
+    """The names of the model's adapters, in the order they were loaded."""
+    runtime = adapter_runtime(model)
+    return list(runtime.bank.entries) if runtime.bank is not None else [runtime.adapter_name]
+
+
+def adapter_configs(model: nn.Module) -> dict[str, AdaptivePrefixConfig]:
+    """Every adapter's resolved config by name (PEFT's ``peft_config``)."""
+    return {name: entry.config for name, entry in adapter_bank(model).entries.items()}
+
+
+def _unknown(model: nn.Module, name) -> AdapterStateError:
+    return AdapterStateError(f"no adapter named {name!r} on this model; loaded: {', '.join(list_adapters(model))}")
+
+
+def _entry(model: nn.Module, name: str) -> AdapterEntry:
+    entry = adapter_bank(model).entries.get(name) if isinstance(name, str) else None
+    if entry is None:
+        raise _unknown(model, name)
+    return entry
+
+
+def _bank_modules(model: nn.Module) -> nn.ModuleDict:
+    if BANK_ATTR not in model._modules:
+        model.add_module(BANK_ATTR, nn.ModuleDict())
+    return model._modules[BANK_ATTR]
+
+
+def check_adapter_name(name) -> None:
+    """Refuse a name that cannot key a module dict (empty, with '.', or starting with '_')."""
+    if not isinstance(name, str) or not name or name.startswith("_") or "." in name:
+        raise AdapterStateError(f"adapter_name: expected a non-empty name without '.' that does not start with "
+                                f"'_', got {name!r}")
+
+
+def add_adapter(model: nn.Module, name: str, config: AdaptivePrefixConfig, adapter: PrefixAdapter,
+                head_names: Sequence[str], tensors: dict[str, torch.Tensor], path) -> None:
+    """Add a loaded adapter under ``name`` (inactive, frozen). Called by ``load_adapter``, which has read and checked
+    the files against the backbone, resolved ``config`` and built ``adapter`` (the prefix and gates) for it.
+
+    ``head_names``: the model's head parameters this config trains (names as in the model). The file's head tensors
+    may differ from the model's in their first dimension only (another number of labels).
+    """
+    check_adapter_name(name)
+    bank = adapter_bank(model)
+    if name in bank.entries:
+        raise AdapterStateError(f"this model already has an adapter named {name!r}; delete_adapter({name!r}) first "
+                                "or choose another adapter_name")
+    paths = _head_paths(head_names)
+    if paths != bank.head_paths:
+        raise AdapterLoadError(f"{path}: its task head lives in {paths or 'no module'}, the model's adapters' in "
+                               f"{bank.head_paths or 'no module'}; adapters on one model need heads in the same "
+                               "modules (same model class and train_head setting)")
+    params = dict(model.named_parameters())
+    expected = {PARAM_PREFIX + n: p for n, p in adapter.named_parameters()}
+    for n in head_names:
+        have, got = params[n], tensors.get(n)
+        # Another number of labels is fine (its own rows get its own head); any other difference is not.
+        fits = got is not None and got.ndim == have.ndim and got.shape[1:] == have.shape[1:]
+        expected[n] = got if fits else have
+    check_adapter_tensors(path, expected, tensors)
+
+    reference = next(model.parameters())
+    with torch.no_grad():
+        for n, p in adapter.named_parameters():
+            p.copy_(tensors[PARAM_PREFIX + n])
+    adapter.requires_grad_(False).train(model.training)
+    heads = {}
+    for head_path in paths:
+        module = model.get_submodule(head_path)
+        own = {n for n in head_names if n.split(".")[0] == head_path}
+        # Parameters of the module that are not head parameters (a tied decoder, say) stay shared, not copied.
+        shared = {id(p): p for n, p in module.named_parameters(prefix=head_path) if n not in own}
+        clone = copy.deepcopy(module, memo=dict(shared))
+        for n in own:
+            owner, _, leaf = n[len(head_path) + 1:].rpartition(".")
+            target = clone.get_submodule(owner) if owner else clone
+            value = tensors[n].to(device=reference.device, dtype=params[n].dtype)
+            setattr(target, leaf, nn.Parameter(value, requires_grad=False))
+        heads[head_path] = clone.requires_grad_(False).train(model.training)
+    saved = list(expected)
+    bank.entries[name] = AdapterEntry(name, config, adapter, heads, saved)
+    _bank_modules(model)[name] = _Slot(adapter, heads)
+
+
+def set_adapter(model: nn.Module, name: str) -> None:
+    """Make ``name`` the active adapter: the one a forward without ``adapter_names`` runs, and that is saved."""
+    runtime = adapter_runtime(model)
+    entry = _entry(model, name)
+    if name == runtime.adapter_name:
+        return
+    current = adapter_bank(model).entries[runtime.adapter_name]
+    slots = _bank_modules(model)
+    del slots[name]
+    model.add_module("adaprefix", entry.adapter)
+    for head_path, module in entry.heads.items():
+        model.add_module(head_path, module)
+    slots[current.name] = _Slot(current.adapter, current.heads)
+    runtime.adapter, runtime.config, runtime.saved_names = entry.adapter, entry.config, list(entry.saved_names)
+    runtime.adapter_name = name
+    runtime.token_gates = [None] * runtime.shape.num_layers  # the last forward's gates were another adapter's
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name``; deleting the active one activates the first remaining. The last one stays:
+    ``adaprefix.detach(model)`` removes it."""
+    runtime = adapter_runtime(model)
+    _entry(model, name)
+    bank = adapter_bank(model)
+    if len(bank.entries) == 1:
+        raise AdapterStateError(f"{name!r} is the model's only adapter; adaprefix.detach(model) removes it")
+    if name == runtime.adapter_name:
+        set_adapter(model, next(n for n in bank.entries if n != name))
+    del _bank_modules(model)[name]
+    del bank.entries[name]
+
+
+def adapter_width(model: nn.Module, name: str) -> int | None:
+    """The size of the last dimension of adapter ``name``'s head output (its number of labels), read from the head's
+    last parameter's first dimension; None for an adapter without a head of its own."""
+    entry = _entry(model, name)
+    last = None
+    for module in entry.heads.values():
+        for p in module.parameters():
+            last = p
+    return None if last is None else int(last.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Routing: one forward, each row through its own adapter.
+
+
+@dataclass
+class Routing:
+    """The adapter of each example of a forward, and what the forward computes once per adapter."""
+
+    names: list[str]  # one per example
+    groups: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> example indices
+    prefixes: dict[str, object] = field(default_factory=dict)  # name -> its prefix() output for this forward
+    masks: dict[str, torch.Tensor | None] = field(default_factory=dict)  # name -> its rows of the padding mask
+    owner: str = "forward"  # who ends it: the forward's post-hook, or the routed() block around generate()
+    _rows: dict[tuple, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def rows(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """Row indices per adapter for a tensor of ``batch`` rows: batch may be a multiple k of the examples
+        (multiple choice flattens each example's choices; generate() repeats each prompt per beam or sequence),
+        each example's k rows being consecutive."""
+        key = (batch, device)
+        if key not in self._rows:
+            k, rest = divmod(batch, len(self.names))
+            if rest or k == 0:
+                raise AdapterRoutingError(f"adapter_names has {len(self.names)} names but the batch has {batch} rows; "
+                                          "give one name per example")
+            self._rows[key] = {name: (idx.to(device)[:, None] * k + torch.arange(k, device=device)).flatten()
+                               for name, idx in self.groups.items()}
+        return self._rows[key]
+
+
+def make_routing(model: nn.Module, names) -> Routing:
+    """Check ``adapter_names`` against the model's adapters and group the examples by adapter."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+        raise AdapterRoutingError(f"adapter_names: expected a non-empty list of adapter names, one per example, got "
+                                  f"{names!r}")
+    known = list_adapters(model)
+    unknown = sorted({repr(n) for n in names if n not in known})
+    if unknown:
+        raise AdapterRoutingError(f"adapter_names: no adapter named {', '.join(unknown)} on this model; loaded: "
+                                  f"{', '.join(known)}")
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    return Routing(list(names), {name: torch.tensor(idx) for name, idx in groups.items()})
+
+
+def begin_routed_forward(runtime: AdapterRuntime, padding_mask: torch.Tensor | None) -> None:
+    """Per forward, once per adapter: its prefix tensors, and its rows of the padding mask the gate pools over."""
+    routing = runtime.routing
+    entries = runtime.bank.entries if runtime.bank is not None else {runtime.adapter_name: None}
+    routing.prefixes, routing.masks = {}, {}
+    for name in routing.groups:
+        adapter = runtime.adapter if entries[name] is None else entries[name].adapter
+        routing.prefixes[name] = adapter.prefix()
+    if padding_mask is not None and len(routing.groups) > 1:
+        for name, rows in routing.rows(padding_mask.shape[0], padding_mask.device).items():
+            routing.masks[name] = padding_mask[rows]
+    else:
+        routing.masks = {name: padding_mask for name in routing.groups}
+
+
+def position_shifts(runtime: AdapterRuntime) -> dict[str, int]:
+    """The positions each adapter shifts real tokens by (P-tuning v2 parity, ``shift_positions``), by name."""
+    entries = runtime.bank.entries if runtime.bank is not None else {}
+    shifts = {}
+    for name in runtime.routing.groups:
+        config = entries[name].config if name in entries else runtime.config
+        shifts[name] = config.prefix_length if config.shift_positions else 0
+    return shifts
+
+
+def _entry_of(runtime: AdapterRuntime, name: str) -> tuple[AdaptivePrefixConfig, PrefixAdapter]:
+    if runtime.bank is None:
+        return runtime.config, runtime.adapter
+    entry = runtime.bank.entries[name]
+    return entry.config, entry.adapter
+
+
+def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidden: torch.Tensor,
+                        shared: seam.ForwardState) -> seam.LayerPrefix | None:
+    """Layer i's prefix for a batch whose rows name their adapters: each adapter's gated prefix on its own rows,
+    stacked to (B, kv_heads, L, head_dim), shorter ones padded with columns ``keep`` hides (zero attention weight)."""
+    routing = runtime.routing
+    if not routing.prefixes:  # a layer called outside the base model's forward
+        begin_routed_forward(runtime, runtime.padding_mask)
+    groups = routing.rows(hidden.shape[0], hidden.device)
+    if len(groups) == 1:  # the whole batch on one adapter: its own code path, nothing to pad
+        name = next(iter(groups))
+        config, adapter = _entry_of(runtime, name)
+        return adapter.layer_prefix(config, routing.prefixes[name], i, layer, hidden, routing.masks[name], shared,
+                                    memo=name)
+    parts = []
+    for name, rows in groups.items():
+        config, adapter = _entry_of(runtime, name)
+        part = adapter.layer_prefix(config, routing.prefixes[name], i, layer, hidden[rows], routing.masks[name],
+                                    shared, memo=name)
+        if part is not None:
+            parts.append((rows, part))
+    if not parts:
+        return None
+    batch, q_len = hidden.shape[:2]
+    ref = parts[0][1].keys
+    length = max(part.keys.shape[2] for _, part in parts)
+    keys = ref.new_zeros(batch, ref.shape[1], length, ref.shape[3])  # (B, kv_heads, L, head_dim)
+    values = torch.zeros_like(keys)
+    keep = torch.zeros(batch, length, dtype=torch.bool, device=ref.device)  # (B, L): real prefix columns
+    per_query = any(part.query_gate is not None for _, part in parts)
+    # Rows of an adapter without a per-query gate get gate 1: their keys and values are already scaled.
+    gate = ref.new_ones(batch, q_len, length) if per_query else None  # (B, T, L)
+    for rows, part in parts:
+        rows = rows.to(ref.device)
+        n, l = len(rows), part.keys.shape[2]
+        keys[rows, :, :l] = part.keys.expand(n, -1, -1, -1)
+        values[rows, :, :l] = part.values.expand(n, -1, -1, -1)
+        keep[rows, :l] = True
+        if part.query_gate is not None:
+            gate[rows, :, :l] = part.query_gate.to(gate.dtype)
+    return seam.LayerPrefix(keys=keys, values=values, query_gate=gate, shared=shared,
+                            keep=None if bool(keep.all()) else keep)
+
+
+class RoutedHead(nn.Module):
+    """Stands in for one head module during a routed forward: each adapter's copy runs on that adapter's rows.
+
+    Outputs of different widths are padded to the widest with -inf (see the module docstring).
+    """
+
+    def __init__(self, runtime: AdapterRuntime, path: str):
+        super().__init__()
+        self._runtime, self._path = runtime, path
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        runtime = self._runtime
+        groups = runtime.routing.rows(x.shape[0], x.device)
+        heads = {name: runtime.bank.entries[name].heads[self._path] for name in groups}
+        if len(groups) == 1:
+            return next(iter(heads.values()))(x, *args, **kwargs)
+        outs = {name: heads[name](x[rows], *args, **kwargs) for name, rows in groups.items()}
+        ref = next(iter(outs.values()))
+        width = max(out.shape[-1] for out in outs.values())
+        result = ref.new_full((x.shape[0], *ref.shape[1:-1], width), float("-inf"))
+        for name, rows in groups.items():
+            result[rows, ..., :outs[name].shape[-1]] = outs[name]
+        return result
+
+
+class RoutingPreHook:
+    """Before the model's forward: takes ``adapter_names`` out of its arguments and routes the forward by it."""
+
+    def __init__(self, runtime: AdapterRuntime):
+        self.runtime = runtime
+
+    def __call__(self, module, args, kwargs):
+        if "adapter_names" not in kwargs:
+            return None
+        names = kwargs.pop("adapter_names")
+        if names is None:
+            return args, kwargs
+        routing = make_routing(module, names)
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds")
+        if isinstance(inputs, torch.Tensor) and inputs.shape[0] != len(routing.names):
+            raise AdapterRoutingError(f"adapter_names has {len(routing.names)} names but the batch has "
+                                      f"{inputs.shape[0]} examples; give one name per example")
+        if kwargs.get("labels") is not None and len({adapter_width(module, n) for n in routing.groups}) > 1:
+            raise AdapterRoutingError("labels with adapters whose heads have different widths: the model's loss "
+                                      "reads one number of labels; compute a loss per adapter")
+        _start(module, self.runtime, routing)
+        return args, kwargs
+
+
+class RoutingPostHook:
+    """After the model's forward, also when it raised: the routing ends and the active heads are back."""
+
+    def __init__(self, runtime: AdapterRuntime):
+        self.runtime = runtime
+
+    def __call__(self, module, args, output):
+        if self.runtime.routing is not None and self.runtime.routing.owner == "forward":
+            _end(module, self.runtime)
+
+
+def _start(model: nn.Module, runtime: AdapterRuntime, routing: Routing, owner: str = "forward") -> None:
+    if runtime.routing is not None:  # generate() set it: the forwards inside it keep that routing
+        return
+    routing.owner = owner
+    runtime.routing = routing
+    if runtime.bank is not None:
+        for path in runtime.bank.head_paths:
+            model._modules[path] = RoutedHead(runtime, path)
+
+
+def _end(model: nn.Module, runtime: AdapterRuntime) -> None:
+    runtime.routing = None
+    if runtime.bank is not None:
+        for path, module in runtime.bank.entries[runtime.adapter_name].heads.items():
+            model._modules[path] = module
+
+
+@contextlib.contextmanager
+def routed(model: nn.Module, adapter_names) -> Iterator[None]:
+    """Route every forward inside the block by ``adapter_names`` (what ``generate(adapter_names=...)`` uses)."""
+    runtime = adapter_runtime(model)
+    if adapter_names is None or runtime.routing is not None:
+        yield
+        return
+    _start(model, runtime, make_routing(model, adapter_names), owner="context")
+    try:
+        yield
+    finally:
+        _end(model, runtime)

@@ -1,0 +1,327 @@
+"""What ``adaprefix serve`` holds and computes: one backbone, one adapter per run folder, batches of mixed adapters.
+
+The HTTP layer (:mod:`adaprefix.serve.app`) and the batching loop (:mod:`adaprefix.serve.batching`) call
+:meth:`Engine.encode` per request and :meth:`Engine.run` per batch; nothing here knows about HTTP.
+
+Runs of one task kind (say CB and RTE, both sequence classification) share one model object: each is a named
+adapter on it and a batch mixing them is one forward (:mod:`adaprefix.multi`). Runs of another kind (NER's token
+classification) need another head class, hence another model object; it is built around the *same* backbone
+tensors (shared, not copied), so memory holds one backbone whatever the kinds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import AdaprefixError
+from ..inject import load_adapter
+from ..persistence import AdapterLoadError
+from ..tasks import DataError, Task
+from ..tasks.inputs import input_view, parse_inputs, read_jsonl_inputs
+from ..training.build import build_model, build_task, resolve_max_length
+from ..training.config import load_train_config
+from ..training.display import library_output
+
+OVERFLOW = ("truncate", "refuse")
+BATCHING = ("mixed", "per-adapter")
+UNBOUNDED = 10**9  # a max_length no input reaches: encode without truncation to see which inputs are over
+
+
+class ServeError(AdaprefixError, ValueError):
+    """A run folder cannot be served beside the others; the message names the folder and the mismatch."""
+
+
+class UnknownAdapterError(AdaprefixError, LookupError):
+    """A request names an adapter the server does not hold."""
+
+
+class InputError(AdaprefixError, ValueError):
+    """A request's inputs do not fit its adapter's task (or are over-long under ``on_overflow='refuse'``)."""
+
+
+@dataclass
+class Settings:
+    """How the server batches and treats over-long inputs."""
+
+    max_batch_size: int = 32  # rows per forward
+    max_wait_ms: float = 5.0  # how long the first row of a batch waits for others
+    on_overflow: str = "truncate"  # an input over the run's max_length: 'truncate' (and flag it) or 'refuse'
+    batching: str = "mixed"  # 'per-adapter': one adapter per forward, as a single-adapter server (for comparison)
+    max_new_tokens: int = 256  # the most /v1/generate may ask for
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ServeError(f"max_batch_size: expected a positive integer, got {self.max_batch_size!r}")
+        if not isinstance(self.max_wait_ms, (int, float)) or self.max_wait_ms < 0:
+            raise ServeError(f"max_wait_ms: expected a number >= 0, got {self.max_wait_ms!r}")
+        if self.on_overflow not in OVERFLOW:
+            raise ServeError(f"on_overflow: expected one of {', '.join(OVERFLOW)}, got {self.on_overflow!r}")
+        if self.batching not in BATCHING:
+            raise ServeError(f"batching: expected one of {', '.join(BATCHING)}, got {self.batching!r}")
+
+
+@dataclass
+class ServedAdapter:
+    """One adapter the server answers for: from a run folder (``task`` set) or a language-model adapter
+    (``task`` None, served by /v1/generate)."""
+
+    name: str
+    source: str  # the run folder, or the adapter folder
+    group: str  # the model object it is loaded on
+    method: str
+    task: Task | None = None
+    tokenizer: Any = None
+    labels: list[str] = field(default_factory=list)
+    max_length: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task.name if self.task else None,
+                "kind": self.task.kind if self.task else "generation", "method": self.method,
+                "labels": self.labels, "source": self.source}
+
+
+@dataclass
+class Row:
+    """One input, encoded for its adapter: the features a forward takes, and what answering it needs."""
+
+    adapter: str
+    features: dict[str, Any]
+    view: dict[str, Any]  # the input as `adaprefix predict` echoes it
+    truncated: bool = False
+    word_starts: list[bool] | None = None  # tagging: the sub-tokens that carry a word's tag
+
+    @property
+    def key(self) -> str:
+        return self.adapter
+
+
+@dataclass
+class _Group:
+    model: nn.Module
+    tokenizer: Any
+    generative: bool
+
+
+def parse_run_spec(spec: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (the name is then the folder's name)."""
+    name, equals, path = spec.partition("=")
+    if not equals:
+        path = spec
+        name = Path(spec.rstrip("/")).name
+    return name, Path(path)
+
+
+def _share_backbone(model: nn.Module, source: nn.Module) -> None:
+    """Make ``model``'s backbone use ``source``'s tensors (the same storage, not a copy); shapes must be equal."""
+    for (name, target), (_, origin) in zip(model.base_model.named_modules(), source.base_model.named_modules()):
+        for kind in ("_parameters", "_buffers"):
+            mine, theirs = getattr(target, kind), getattr(origin, kind)
+            for key in list(mine):
+                if mine[key] is not None and theirs.get(key) is not None and mine[key].shape == theirs[key].shape:
+                    mine[key] = theirs[key]
+
+
+class Engine:
+    """One backbone and the adapters served on it; encodes inputs and runs batches (see the module docstring)."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        self.adapters: dict[str, ServedAdapter] = {}
+        self.groups: dict[str, _Group] = {}
+        self.backbone: str | None = None  # the model path of the first run
+        self.backbone_source: str | None = None
+
+    # Loading ----------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_runs(cls, specs: Sequence[str], settings: Settings | None = None) -> "Engine":
+        engine = cls(settings)
+        for spec in specs:
+            engine.add_run(*parse_run_spec(spec))
+        return engine
+
+    def add_run(self, name: str, run_dir: str | Path) -> ServedAdapter:
+        """Serve the best adapter of a run folder written by ``adaprefix train`` under ``name``."""
+        run = Path(run_dir)
+        if name in self.adapters:
+            raise ServeError(f"{run}: the adapter name {name!r} is taken by {self.adapters[name].source}; give "
+                             "another with NAME=PATH")
+        if not (run / "config.yaml").is_file():
+            raise ServeError(f"{run}: not a run directory (no config.yaml); give the --output-dir of a train run")
+        cfg = load_train_config(run / "config.yaml")
+        if cfg.method == "ft":
+            raise ServeError(f"{run}: a full fine-tuning run (method ft) carries a whole model, not an adapter, so it "
+                             "cannot share the backbone; serve prefix runs (apt, pt2, token-gate, layer-gate), or "
+                             "this run alone with `adaprefix predict`")
+        weights = run / "adapter"
+        if not weights.is_dir():
+            raise ServeError(f"{weights}: missing; the run has not finished an epoch yet")
+        backbone = cfg.model_path()
+        if self.backbone is None:
+            self.backbone, self.backbone_source = backbone, str(run)
+        elif _same_path(backbone) != _same_path(self.backbone):
+            raise ServeError(f"{run}: trained on backbone {backbone!r}, but this server serves {self.backbone!r} "
+                             f"(from {self.backbone_source}); one server holds one backbone: serve it from another")
+        task = build_task(cfg)
+        saved_labels = run / "labels.json"
+        labels = json.loads(saved_labels.read_text()) if saved_labels.is_file() else task.labels_for(cfg.data_dir)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+        group = task.auto_model_class().__name__
+        try:
+            with library_output("normal"):
+                if group not in self.groups:
+                    model = build_model(cfg, task, labels, tokenizer, attach_adapter=False)
+                    if self.groups:  # another head class around the backbone already in memory
+                        _share_backbone(model, next(iter(self.groups.values())).model)
+                    load_adapter(model, weights, adapter_name=name)
+                    self.groups[group] = _Group(model.eval(), tokenizer, generative=False)
+                else:
+                    self.groups[group].model.load_adapter(weights, adapter_name=name)
+        except AdapterLoadError as err:
+            raise ServeError(f"{run}: its adapter does not fit the served backbone: {err}") from err
+        served = ServedAdapter(name, str(run), group, cfg.method, task, tokenizer, labels,
+                               resolve_max_length(cfg, task, tokenizer))
+        self.adapters[name] = served
+        return served
+
+    def add_language_model_adapter(self, name: str, adapter_dir: str | Path, model: nn.Module | None = None,
+                                   tokenizer: Any = None) -> ServedAdapter:
+        """Serve a decoder language-model adapter (saved with ``save_adapter``) for /v1/generate. The first one
+        brings its ``model`` (a causal LM, unadapted) and ``tokenizer``; later ones are loaded onto it."""
+        group = "generation"
+        if group not in self.groups:
+            if model is None or tokenizer is None:
+                raise ServeError(f"{adapter_dir}: the first language-model adapter needs its model and tokenizer")
+            load_adapter(model, adapter_dir, adapter_name=name)
+            self.groups[group] = _Group(model.eval(), tokenizer, generative=True)
+        else:
+            self.groups[group].model.load_adapter(adapter_dir, adapter_name=name)
+        method = self.groups[group].model.peft_config[name].method
+        served = ServedAdapter(name, str(adapter_dir), group, method, tokenizer=self.groups[group].tokenizer)
+        self.adapters[name] = served
+        return served
+
+    def adapter(self, name: str) -> ServedAdapter:
+        if name not in self.adapters:
+            raise UnknownAdapterError(f"no adapter named {name!r}; served: {', '.join(self.adapters) or 'none'}")
+        return self.adapters[name]
+
+    # Requests ---------------------------------------------------------------------------------------------------
+
+    def encode(self, name: str, inputs: Sequence[Any]) -> list[Row]:
+        """Inputs of a /v1/predict request as rows for ``name``'s task. Each input is an example in the task's own
+        format (a JSON object, as ``adaprefix predict --file`` reads jsonl), or a text, or ``[text, text_pair]``."""
+        served = self.adapter(name)
+        if served.task is None:
+            raise InputError(f"adapter {name!r} is a language-model adapter: POST /v1/generate")
+        task = served.task
+        examples = _examples(task, inputs)
+        prepared = [dict(ex, label=None) if task.kind != "token-classification"
+                    else dict(ex, tags=["O"] * len(ex["tokens"]), tag_ids=[-100] * len(ex["tokens"]))
+                    for ex in examples]
+        limit = served.max_length
+        rows = list(task.encode(prepared, served.tokenizer, UNBOUNDED).dataset)
+        over = [i for i, row in enumerate(rows) if _length(row["input_ids"]) > limit]
+        if over and self.settings.on_overflow == "refuse":
+            details = ", ".join(f"inputs[{i}] ({_length(rows[i]['input_ids'])} tokens)" for i in over)
+            raise InputError(f"over the {limit}-token limit of adapter {name!r}: {details}; shorten them, or start "
+                             "the server with --on-overflow truncate")
+        if over:  # truncated as `adaprefix predict` truncates them
+            cut = list(task.encode([prepared[i] for i in over], served.tokenizer, limit).dataset)
+            for i, row in zip(over, cut):
+                rows[i] = row
+        result = []
+        for i, (example, row) in enumerate(zip(examples, rows)):
+            labels = row.pop("labels", None)
+            starts = [t != -100 for t in labels] if task.kind == "token-classification" else None
+            result.append(Row(name, row, input_view(example), truncated=i in over, word_starts=starts))
+        return result
+
+    @torch.no_grad()
+    def run(self, rows: Sequence[Row]) -> list[dict[str, Any]]:
+        """Predictions for rows of one model group, in one forward whatever their adapters."""
+        served = [self.adapters[row.adapter] for row in rows]
+        group = self.groups[served[0].group]
+        features = [row.features for row in rows]
+        if served[0].task.kind == "multiple-choice":
+            batch = served[0].task.collator(group.tokenizer)([dict(f, labels=0) for f in features])
+            batch.pop("labels")
+        else:
+            batch = group.tokenizer.pad(features, padding=True, return_tensors="pt")
+        device = next(group.model.parameters()).device
+        logits = group.model(**{k: v.to(device) for k, v in batch.items()},
+                             adapter_names=[row.adapter for row in rows]).logits.float().cpu()
+        results = []
+        for i, (row, adapter) in enumerate(zip(rows, served)):
+            # Columns past this adapter's labels are -inf (a wider head shares the batch): softmax gives them 0.
+            width = len(adapter.labels) if adapter.task.kind != "multiple-choice" else logits.shape[-1]
+            if adapter.task.kind == "token-classification":
+                ids = logits[i, : len(row.word_starts), :width].argmax(-1)
+                tags = [adapter.labels[j] for j, start in zip(ids.tolist(), row.word_starts) if start]
+                answer = {"tags": tags}
+            else:
+                probs = logits[i, :width].softmax(-1)
+                j = int(probs.argmax())
+                answer = {"label": adapter.labels[j] if j < len(adapter.labels) else str(j),
+                          "scores": [round(float(p), 6) for p in probs]}
+            results.append({**row.view, **answer, **({"truncated": True} if row.truncated else {})})
+        return results
+
+    @torch.no_grad()
+    def generate(self, items: Sequence[tuple[str, str]], max_new_tokens: int) -> list[str]:
+        """Greedy completions of (adapter, prompt) pairs, in one generate() call whatever their adapters."""
+        group = self.groups["generation"]
+        tokenizer = group.tokenizer
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # prompts end where generation starts
+        try:
+            batch = tokenizer([prompt for _, prompt in items], padding=True, return_tensors="pt")
+        finally:
+            tokenizer.padding_side = side
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        batch = {k: batch[k] for k in ("input_ids", "attention_mask")}  # not a BERT-style tokenizer's token types
+        out = group.model.generate(**batch, adapter_names=[name for name, _ in items], max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=pad)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+def _same_path(path: str) -> str:
+    return os.path.realpath(path) if os.path.exists(path) else path
+
+
+def _length(ids) -> int:
+    """Tokens of an encoded input; a multiple-choice input is as long as its longest choice."""
+    return max(len(choice) for choice in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def _examples(task: Task, inputs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Examples in the task's format from JSON inputs, read by the code `adaprefix predict` reads its inputs with."""
+    examples = []
+    for i, item in enumerate(inputs):
+        try:
+            if isinstance(item, dict):
+                with tempfile.TemporaryDirectory() as folder:  # the jsonl reader checks the task's own fields
+                    file = Path(folder) / "input.jsonl"
+                    file.write_text(json.dumps(item) + "\n")
+                    examples += read_jsonl_inputs(task, file)
+            elif isinstance(item, str):
+                examples += parse_inputs(task, item)
+            elif isinstance(item, list) and len(item) == 2 and all(isinstance(t, str) for t in item):
+                examples += parse_inputs(task, item[0], item[1])
+            else:
+                raise DataError(f"expected an object in the task's format, a text or [text, text_pair], got "
+                                f"{json.dumps(item)[:80]}")
+        except DataError as err:
+            message = str(err).replace(f"{file}:1: ", "") if isinstance(item, dict) else str(err)
+            raise InputError(f"inputs[{i}]: {message}") from None
+    return examples

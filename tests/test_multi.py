@@ -1,0 +1,241 @@
+"""Several adapters on one model (adaprefix.multi): a mixed batch gives each row what its adapter gives alone.
+
+The reference for every row is a fresh model with that adapter alone, loaded by the single-adapter path
+(``load_adapter`` on an unadapted model), run on the same padded batch.
+"""
+
+import pytest
+import torch
+from transformers import AutoModelForMultipleChoice, AutoModelForTokenClassification
+
+from adaprefix import (AdapterLoadError, AdapterRoutingError, AdapterStateError, AdaptivePrefixConfig,
+                       adapter_width, attach, detach, list_adapters, load_adapter)
+from adaprefix.persistence import WEIGHTS_NAME
+from safetensors.torch import load_file
+from tiny_models import tiny_batch, tiny_config, tiny_model
+
+# Method, length and gate settings differ per adapter; the gates start far from neutral so each one visibly acts.
+CONFIGS = {
+    "apt4": dict(method="apt", prefix_length=4, token_gate_weight_std=0.5, token_gate_bias_init=1.0,
+                 layer_gate_init=1.5),
+    "pt7": dict(method="pt2", prefix_length=7),
+    "tok2": dict(method="token-gate", prefix_length=2, token_gate_weight_std=0.5),
+}
+LABELS = {"apt4": 3, "pt7": 2, "tok2": 5}
+ROWS = ["apt4", "pt7", "tok2", "pt7", "apt4", "tok2"]
+
+
+def _save_adapters(tmp_path, build, configs=CONFIGS, labels=LABELS):
+    """Save one adapter per config, each on its own model, with a random head and its own seed."""
+    paths = {}
+    for seed, (name, settings) in enumerate(configs.items()):
+        model = build(labels.get(name))
+        torch.manual_seed(100 + seed)
+        attach(model, AdaptivePrefixConfig(**settings))
+        with torch.no_grad():
+            for name_, p in model.named_parameters():
+                if p.requires_grad and not name_.startswith("adaprefix."):
+                    p.normal_(std=0.5)  # a head far from its init, so a wrong head shows
+        paths[name] = tmp_path / name
+        model.save_adapter(paths[name])
+    return paths
+
+
+def _multi(build, paths, first=None):
+    names = list(paths)
+    first = first or names[0]
+    model = load_adapter(build(None), paths[first], adapter_name=first)
+    for name in names:
+        if name != first:
+            model.load_adapter(paths[name], adapter_name=name)
+    return model
+
+
+def _alone(build, path, labels):
+    return load_adapter(build(labels), path)
+
+
+def _check_rows(mixed, references, rows, widths):
+    for i, name in enumerate(rows):
+        width = widths[name]
+        torch.testing.assert_close(mixed[i, ..., :width], references[name][i], rtol=1e-5, atol=1e-5)
+        if mixed.shape[-1] > width:  # a narrower head's missing columns
+            assert torch.isneginf(mixed[i, ..., width:]).all()
+
+
+@pytest.mark.parametrize("arch,impl", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"),
+                                       ("distilbert", "sdpa"), ("deberta-v2", "eager"), ("mpnet", "eager")])
+def test_mixed_sequence_classification_batch_equals_each_adapter_alone(tmp_path, arch, impl):
+    def build(labels):
+        return tiny_model(arch, impl, num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    ids, mask = tiny_batch(len(ROWS), 11, pad_last=4)
+    with torch.no_grad():
+        refs = {n: _alone(build, paths[n], LABELS[n])(input_ids=ids, attention_mask=mask).logits for n in paths}
+        model = _multi(build, paths)
+        mixed = model(input_ids=ids, attention_mask=mask, adapter_names=ROWS).logits
+    assert mixed.shape == (len(ROWS), max(LABELS.values()))
+    _check_rows(mixed, refs, ROWS, LABELS)
+
+
+def test_mixed_token_classification_batch_equals_each_adapter_alone(tmp_path):
+    def build(labels):
+        config = tiny_config("bert", "sdpa", num_labels=labels or 3)
+        torch.manual_seed(0)
+        return AutoModelForTokenClassification.from_config(config).eval()
+
+    paths = _save_adapters(tmp_path, build)
+    ids, mask = tiny_batch(len(ROWS), 10, pad_last=3)
+    with torch.no_grad():
+        refs = {n: _alone(build, paths[n], LABELS[n])(input_ids=ids, attention_mask=mask).logits for n in paths}
+        mixed = _multi(build, paths)(input_ids=ids, attention_mask=mask, adapter_names=ROWS).logits
+    assert mixed.shape == (len(ROWS), 10, 5)
+    _check_rows(mixed, refs, ROWS, LABELS)
+
+
+def test_mixed_multiple_choice_routes_every_choice_of_an_example(tmp_path):
+    def build(labels):
+        torch.manual_seed(0)
+        return AutoModelForMultipleChoice.from_config(tiny_config("bert", "sdpa")).eval()
+
+    configs = {k: CONFIGS[k] for k in ("apt4", "pt7")}
+    paths = _save_adapters(tmp_path, build, configs)
+    ids, mask = tiny_batch(6, 8, pad_last=2)
+    ids, mask = ids.view(3, 2, 8), mask.view(3, 2, 8)  # 3 examples of 2 choices
+    rows = ["pt7", "apt4", "pt7"]
+    with torch.no_grad():
+        refs = {n: _alone(build, paths[n], None)(input_ids=ids, attention_mask=mask).logits for n in paths}
+        mixed = _multi(build, paths)(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+    _check_rows(mixed, refs, rows, {"apt4": 2, "pt7": 2})
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
+def test_mixed_decoder_forward_and_generate_equal_each_adapter_alone(tmp_path, arch):
+    def build(labels):
+        return tiny_model(arch, "sdpa")
+
+    paths = _save_adapters(tmp_path, build)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 96, (len(ROWS), 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding, as for generation
+    mask[4, :2] = 0
+    model = _multi(build, paths)
+    alone = {n: _alone(build, paths[n], None) for n in paths}
+    with torch.no_grad():
+        refs = {n: m(input_ids=ids, attention_mask=mask).logits for n, m in alone.items()}
+        mixed = model(input_ids=ids, attention_mask=mask, adapter_names=ROWS).logits
+    _check_rows(mixed, refs, ROWS, {n: 96 for n in paths})
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    generated = model.generate(ids, adapter_names=ROWS, **kwargs)
+    for i, name in enumerate(ROWS):
+        assert torch.equal(generated[i], alone[name].generate(ids, **kwargs)[i]), (i, name)
+    # Beams repeat each prompt: the routing follows its rows.
+    beams = model.generate(ids[:2], adapter_names=ROWS[:2], num_beams=2, **{**kwargs, "attention_mask": mask[:2]})
+    for i, name in enumerate(ROWS[:2]):
+        reference = alone[name].generate(ids[:2], num_beams=2, **{**kwargs, "attention_mask": mask[:2]})
+        assert torch.equal(beams[i], reference[i])
+    assert model.active_adapter == "apt4"  # routing ends with generate
+
+
+def test_padded_prefix_columns_get_exactly_zero_attention_weight(tmp_path):
+    def build(labels):
+        return tiny_model("bert", "eager", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    ids, mask = tiny_batch(len(ROWS), 6, pad_last=0)
+    with torch.no_grad():
+        out = _multi(build, paths)(input_ids=ids, attention_mask=mask, adapter_names=ROWS, output_attentions=True)
+    longest = max(s["prefix_length"] for s in CONFIGS.values())
+    for layer in out.attentions:  # (B, H, T, L + T)
+        assert layer.shape[-1] == longest + 6
+        for i, name in enumerate(ROWS):
+            own = CONFIGS[name]["prefix_length"]
+            assert torch.all(layer[i, :, :, own:longest] == 0)
+            assert torch.all(layer[i, :, :, :own] > 0)
+
+
+def test_mixed_per_layer_lengths_and_shifted_positions(tmp_path):
+    def build(labels):
+        return tiny_model("roberta", "sdpa", num_labels=3)
+
+    configs = {"star": dict(method="pt2", prefix_lengths=[3, 0, 5]),
+               "shift": dict(method="apt", prefix_length=4, shift_positions=True, token_gate_weight_std=0.5),
+               "plain": dict(method="pt2", prefix_length=2)}
+    paths = _save_adapters(tmp_path, build, configs, labels={})
+    rows = ["shift", "star", "plain", "shift"]
+    ids, mask = tiny_batch(4, 9, pad_last=3)
+    ids[-1, -3:] = 1  # RoBERTa's padding id, which positions count from
+    with torch.no_grad():
+        refs = {n: _alone(build, paths[n], None)(input_ids=ids, attention_mask=mask).logits for n in paths}
+        mixed = _multi(build, paths)(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+    _check_rows(mixed, refs, rows, {n: 3 for n in paths})
+
+
+def test_set_adapter_switches_what_a_plain_forward_runs_and_what_is_saved(tmp_path):
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    ids, mask = tiny_batch(2, 7)
+    model = _multi(build, paths)
+    assert list_adapters(model) == ["apt4", "pt7", "tok2"] and list(model.peft_config) == list_adapters(model)
+    assert model.peft_config["pt7"].method == "pt2" and model.active_adapters == ["apt4"]
+    assert [adapter_width(model, n) for n in paths] == [3, 2, 5]
+    model.set_adapter("tok2")
+    with torch.no_grad():
+        expected = _alone(build, paths["tok2"], 5)(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, expected)
+    model.save_adapter(tmp_path / "again")
+    saved, original = load_file(tmp_path / "again" / WEIGHTS_NAME), load_file(paths["tok2"] / WEIGHTS_NAME)
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
+    model.save_pretrained(tmp_path / "full")  # the base model and the active adapter; no inactive adapter in it
+    assert not [k for k in load_file(tmp_path / "full" / "model.safetensors") if k.startswith("adaprefix")]
+
+    model.delete_adapter("tok2")  # the active one: the first remaining takes over
+    assert list_adapters(model) == ["apt4", "pt7"] and model.active_adapter == "apt4"
+    model.delete_adapter("pt7")
+    with pytest.raises(AdapterStateError, match="only adapter; adaprefix.detach"):
+        model.delete_adapter("apt4")
+    detach(model)
+    assert not hasattr(model, "adaprefix_bank")
+
+
+def test_routing_and_loading_errors_name_the_problem(tmp_path):
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    model = _multi(build, {k: paths[k] for k in ("apt4", "pt7")})
+    ids, mask = tiny_batch(2, 5)
+    with pytest.raises(AdapterRoutingError, match=r"no adapter named 'nope' on this model; loaded: apt4, pt7"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "nope"])
+    with pytest.raises(AdapterRoutingError, match="3 names but the batch has 2 examples"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["apt4"] * 3)
+    with pytest.raises(AdapterRoutingError, match="expected a non-empty list"):
+        model(input_ids=ids, attention_mask=mask, adapter_names="apt4")
+    with pytest.raises(AdapterRoutingError, match="different widths"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "pt7"], labels=torch.tensor([0, 1]))
+    with torch.no_grad():  # a failed call leaves no routing behind
+        plain = model(input_ids=ids, attention_mask=mask).logits
+    assert plain.shape == (2, 3) and type(model.classifier).__name__ == "Linear"
+    with pytest.raises(AdapterStateError, match="already has an adapter named 'pt7'"):
+        model.load_adapter(paths["pt7"], adapter_name="pt7")
+    with pytest.raises(AdapterStateError, match="pass adapter_name"):
+        load_adapter(model, paths["tok2"])
+    with pytest.raises(AdapterStateError, match="adapter_name: expected a non-empty name without '.'"):
+        model.load_adapter(paths["tok2"], adapter_name="a.b")
+    with pytest.raises(AdapterStateError, match="no adapter named 'gone'"):
+        model.set_adapter("gone")
+    other = tiny_model("bert", "sdpa", num_hidden_layers=2)
+    attach(other, AdaptivePrefixConfig())
+    other.save_adapter(tmp_path / "two-layers")
+    with pytest.raises(AdapterLoadError, match="different backbone: num_layers: adapter 2, model 3"):
+        model.load_adapter(tmp_path / "two-layers", adapter_name="two")
+    headless = tiny_model("bert", "sdpa")
+    attach(headless, AdaptivePrefixConfig(train_head=False))
+    headless.save_adapter(tmp_path / "headless")
+    with pytest.raises(AdapterLoadError, match=r"task head lives in no module, the model's adapters' in \['classifier'\]"):
+        model.load_adapter(tmp_path / "headless", adapter_name="headless")
+    assert list_adapters(model) == ["apt4", "pt7"]

