@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adaprefix"
 ABOVE_THE_CORE = ("adaprefix.tasks", "adaprefix.training", "adaprefix.cli", "adaprefix.analysis", "adaprefix.serve",
-                  "adaprefix.__main__")  # __main__: the console script, which starts the command line
+                  "adaprefix.backbones", "adaprefix.__main__")  # __main__: the console script, starts the command line
 
 
 def _module_name(path: Path) -> str:
