@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from ..files import atomic_replace_dir
+from ..files import atomic_replace_dir, current_umask
 from .cache import BackboneError, cache_root, file_sha256
 
 GGUF_SUFFIX = ".gguf"
@@ -99,6 +99,9 @@ def _convert_into(path: Path, digest: str, folder: Path) -> None:
         "note": "dequantised from a quantised GGUF file: not the original checkpoint's weights",
     }
     (folder / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    for file in folder.iterdir():  # save_pretrained writes the weights 0600; a shared cache wants a plain file's mode
+        if file.is_file():
+            os.chmod(file, 0o666 & ~current_umask())
 
 
 def conversion_record(folder: str | os.PathLike) -> dict | None:
