@@ -168,7 +168,7 @@ class AdaptivePrefixConfig:
         return self.method in ("apt", "layer-gate")
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field by name, as saved in ``adapter_config.json``; :meth:`from_dict` reads it back."""
+        """Every field by name, as saved in ``adaprefix_config.json``; :meth:`from_dict` reads it back."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -258,7 +258,7 @@ class AdaptivePrefixMixin:
         return adapter_runtime(self).config
 
     def save_adapter(self, path) -> None:
-        """Write adapter_config.json and adapter.safetensors (prefix, gates, task head) into ``path``."""
+        """Write adaprefix_config.json and adapter.safetensors (prefix, gates, task head) into ``path``."""
         save_adapter(self, path)
 
     @contextlib.contextmanager
@@ -306,7 +306,7 @@ class AdaptivePrefixMixin:
         """Save the base model as it would be without the adapter, and the adapter beside it.
 
         ``model.safetensors`` holds no ``adaprefix.*`` tensor, so ``from_pretrained`` reloads the base model cleanly;
-        ``adapter_config.json`` and ``adapter.safetensors`` (as :meth:`save_adapter` writes them) keep the adapter:
+        ``adaprefix_config.json`` and ``adapter.safetensors`` (as :meth:`save_adapter` writes them) keep the adapter:
         ``load_adapter(AutoModel...from_pretrained(path), path)`` restores both. Two callers get every tensor in
         the weights file instead: one that passes ``state_dict``, and transformers' Trainer, whose checkpoints must
         resume with the prefix and gates it trained (it reloads them from that file only).

@@ -23,7 +23,10 @@ from .config import AdaptivePrefixConfig, ConfigError
 from .errors import AdaprefixError
 from .files import atomic_write
 
-CONFIG_NAME = "adapter_config.json"
+# Not PEFT's "adapter_config.json": transformers with peft installed reads a folder holding that name as a PEFT
+# adapter, so a model saved with save_pretrained (adapter beside the base weights) would not reload.
+CONFIG_NAME = "adaprefix_config.json"
+LEGACY_CONFIG_NAME = "adapter_config.json"  # adapters written before 0.2 (read, never written)
 WEIGHTS_NAME = "adapter.safetensors"
 FORMAT_VERSION = 1
 
@@ -48,7 +51,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``adapter_config.json`` and ``adapter.safetensors`` (prefix, gates, task head) into ``path``.
+    """Write ``adaprefix_config.json`` and ``adapter.safetensors`` (prefix, gates, task head) into ``path``.
 
     Each file is written atomically (a kill leaves the old file or the new one, never half of one); missing parent
     folders are made. Raises :class:`~adaprefix.adapter.AdapterStateError` for a model without an adapter.
@@ -69,13 +72,20 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def read_adapter_config(path: str | os.PathLike) -> tuple[AdaptivePrefixConfig, dict]:
-    """Read and validate ``adapter_config.json``; return the config and the saved backbone facts."""
+    """Read and validate ``adaprefix_config.json``; return the config and the saved backbone facts."""
     config, meta = _read_adapter_meta(path)
     return config, meta["backbone"]
 
 
-def _read_adapter_meta(path: str | os.PathLike) -> tuple[AdaptivePrefixConfig, dict]:
+def config_file(path: str | os.PathLike) -> Path:
+    """The adapter's config file in ``path``: ``adaprefix_config.json``, or an older adapter's name for it."""
     file = Path(path) / CONFIG_NAME
+    legacy = Path(path) / LEGACY_CONFIG_NAME
+    return legacy if not file.is_file() and legacy.is_file() else file
+
+
+def _read_adapter_meta(path: str | os.PathLike) -> tuple[AdaptivePrefixConfig, dict]:
+    file = config_file(path)
     if not file.is_file():
         raise AdapterLoadError(f"{file}: missing; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
@@ -118,7 +128,7 @@ def read_adapter(path: str | os.PathLike, model: nn.Module) -> tuple[AdaptivePre
     current_base = base_model_name(model)
     if saved_base and current_base and os.path.normpath(saved_base) != os.path.normpath(current_base):
         warnings.warn(
-            f"adaprefix: {Path(path) / CONFIG_NAME} was trained on base model {saved_base!r}, this model was loaded "
+            f"adaprefix: {config_file(path)} was trained on base model {saved_base!r}, this model was loaded "
             f"from {current_base!r}; shapes match, so it loads, but outputs differ from the ones it was trained for "
             "unless the two are the same checkpoint",
             BaseModelMismatchWarning,
@@ -131,7 +141,7 @@ def read_adapter(path: str | os.PathLike, model: nn.Module) -> tuple[AdaptivePre
         if saved_backbone.get(key) != value
     ]
     if mismatches:
-        raise AdapterLoadError(f"{Path(path) / CONFIG_NAME}: saved for a different backbone: {'; '.join(mismatches)}")
+        raise AdapterLoadError(f"{config_file(path)}: saved for a different backbone: {'; '.join(mismatches)}")
     weights = Path(path) / WEIGHTS_NAME
     if not weights.is_file():
         raise AdapterLoadError(f"{weights}: missing")

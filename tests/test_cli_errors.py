@@ -58,8 +58,8 @@ def test_a_bad_adapter_is_one_clean_error(finished_run, tmp_path):
 
     run = tmp_path / "broken"
     shutil.copytree(finished_run, run)
-    (run / "adapter" / "adapter_config.json").write_text("{not json")
-    _refused(runner.invoke(app, ["eval", str(run)]), "adapter_config.json")
+    (run / "adapter" / "adaprefix_config.json").write_text("{not json")
+    _refused(runner.invoke(app, ["eval", str(run)]), "adaprefix_config.json")
 
 
 def test_a_run_folder_with_the_older_flat_config_yaml_still_evaluates_and_predicts(finished_run, tmp_path):

@@ -25,7 +25,7 @@ def test_train_eval_predict_gates_end_to_end(tiny_backbone, sentiment_files, tmp
     assert result.exit_code == 0, result.output
     assert "custom apt: best dev accuracy" in result.output and "trainable params" in result.output
     for name in ("config.yaml", "metrics.jsonl", "final_metrics.json", "adapter/adapter.safetensors",
-                 "adapter/adapter_config.json", "tokenizer/tokenizer.json"):
+                 "adapter/adaprefix_config.json", "tokenizer/tokenizer.json"):
         assert (run / name).is_file(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

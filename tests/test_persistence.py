@@ -30,7 +30,7 @@ def _trained_adapter(tmp_path, name="bert", **config):
                                          ("mpnet", {}), ("gemma3_text", {})])
 def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path, name, config):
     model, path = _trained_adapter(tmp_path, name, **config)
-    assert sorted(p.name for p in path.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["adaprefix_config.json", "adapter.safetensors"]
     ids, mask = tiny_batch()
     loaded = load_adapter(tiny_model(name), path)
     assert loaded.adapter_config == model.adapter_config
@@ -42,7 +42,7 @@ def test_adapter_is_small(tmp_path):
     model, path = _trained_adapter(tmp_path)
     backbone = sum(p.numel() for p in model.base_model.parameters()) * 4
     assert (path / "adapter.safetensors").stat().st_size < backbone / 2
-    saved = json.loads((path / "adapter_config.json").read_text())
+    saved = json.loads((path / "adaprefix_config.json").read_text())
     assert saved["config"]["prefix_dropout"] == 0.0 and saved["config"]["gate_pooling"] == "mean"
 
 
@@ -78,7 +78,7 @@ def test_head_shape_mismatch_names_the_tensor(tmp_path):
     assert not hasattr(model, "adaprefix"), "a failed load leaves the model as it was"
 
 
-@pytest.mark.parametrize("missing", ["adapter.safetensors", "adapter_config.json"])
+@pytest.mark.parametrize("missing", ["adapter.safetensors", "adaprefix_config.json"])
 def test_missing_file_is_named(tmp_path, missing):
     _, path = _trained_adapter(tmp_path)
     (path / missing).unlink()
@@ -96,17 +96,17 @@ def test_corrupt_weights_are_named(tmp_path):
 
 def test_corrupt_config_is_named(tmp_path):
     _, path = _trained_adapter(tmp_path)
-    (path / "adapter_config.json").write_text("{not json")
-    with pytest.raises(AdapterLoadError, match="adapter_config.json: not valid JSON"):
+    (path / "adaprefix_config.json").write_text("{not json")
+    with pytest.raises(AdapterLoadError, match="adaprefix_config.json: not valid JSON"):
         load_adapter(tiny_model("bert"), path)
 
 
 def test_unknown_config_field_is_named(tmp_path):
     _, path = _trained_adapter(tmp_path)
-    meta = json.loads((path / "adapter_config.json").read_text())
+    meta = json.loads((path / "adaprefix_config.json").read_text())
     meta["config"]["prefix_lenght"] = 8
-    (path / "adapter_config.json").write_text(json.dumps(meta))
-    with pytest.raises(AdapterLoadError, match="adapter_config.json field 'config': unknown field.*prefix_lenght"):
+    (path / "adaprefix_config.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match="adaprefix_config.json field 'config': unknown field.*prefix_lenght"):
         load_adapter(tiny_model("bert"), path)
 
 
@@ -126,7 +126,7 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     _, path = _trained_adapter(tmp_path)
     umask = os.umask(0)
     os.umask(umask)
-    for name in ("adapter.safetensors", "adapter_config.json"):
+    for name in ("adapter.safetensors", "adaprefix_config.json"):
         assert (path / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
@@ -157,7 +157,7 @@ def test_adapter_records_its_base_model_and_warns_on_another(tmp_path):
     model = tiny_model("bert")
     model.config._name_or_path = "org/bert-tiny"
     attach(model, AdaptivePrefixConfig(prefix_length=4)).save_adapter(tmp_path / "adapter")
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model"] == "org/bert-tiny"
+    assert json.loads((tmp_path / "adapter" / "adaprefix_config.json").read_text())["base_model"] == "org/bert-tiny"
     same = tiny_model("bert")
     same.config._name_or_path = "org/bert-tiny"
     with warnings.catch_warnings():
@@ -174,12 +174,12 @@ def test_adapter_records_its_base_model_and_warns_on_another(tmp_path):
 @pytest.mark.parametrize("version", [2, None])
 def test_unknown_format_version_is_refused_by_name(tmp_path, version):
     _, path = _trained_adapter(tmp_path)
-    meta = json.loads((path / "adapter_config.json").read_text())
+    meta = json.loads((path / "adaprefix_config.json").read_text())
     if version is None:
         del meta["format_version"]
     else:
         meta["format_version"] = version
-    (path / "adapter_config.json").write_text(json.dumps(meta))
+    (path / "adaprefix_config.json").write_text(json.dumps(meta))
     model = tiny_model("bert")
     with pytest.raises(AdapterLoadError, match=rf"format_version {version}, but adaprefix .* reads format_version 1"):
         load_adapter(model, path)
@@ -232,3 +232,26 @@ def test_saving_again_into_the_same_folder_replaces_the_adapter(tmp_path):
     ids, mask = tiny_batch()
     assert torch.equal(load_adapter(tiny_model("bert"), path)(input_ids=ids, attention_mask=mask).logits,
                        model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_an_adapter_saved_under_the_old_config_name_still_loads(tmp_path):
+    model = tiny_model("bert")
+    attach(model, AdaptivePrefixConfig(prefix_length=4))
+    with torch.no_grad():
+        model.adaprefix.prefix.embedding.mul_(1.5)
+    model.save_adapter(tmp_path / "old")
+    (tmp_path / "old" / "adaprefix_config.json").rename(tmp_path / "old" / "adapter_config.json")  # before 0.2
+    ids, mask = tiny_batch()
+    restored = load_adapter(tiny_model("bert"), tmp_path / "old")
+    assert torch.equal(restored(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_a_model_saved_with_its_adapter_reloads_where_peft_is_installed(tmp_path):
+    """transformers treats a folder holding adapter_config.json as a PEFT adapter when peft is importable."""
+    model = tiny_model("bert")
+    attach(model, AdaptivePrefixConfig(prefix_length=4))
+    model.save_pretrained(tmp_path / "base")
+    assert not (tmp_path / "base" / "adapter_config.json").exists()
+    from transformers.utils import find_adapter_config_file
+
+    assert find_adapter_config_file(str(tmp_path / "base")) is None
