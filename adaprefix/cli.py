@@ -105,13 +105,16 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run folder written by `adaprefix train`."),
-    text: Optional[str] = typer.Argument(None, help="Input text (NER: whitespace-separated words)."),
+    text: Optional[str] = typer.Argument(None, help="Input text (NER: whitespace-separated words; generation: the "
+                                                    "prompt)."),
     text_pair: Optional[str] = typer.Argument(None, help="Second text, for pair tasks."),
     file: Optional[Path] = typer.Option(None, help="Inputs: jsonl in the task's own format, or a text file with "
                                                    "one input per line (a tab separates text and pair)."),
     output: Optional[Path] = typer.Option(None, help="Write JSON lines here instead of standard output."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Generation tasks: tokens to generate at most; "
+                                                 "default: the run's longest train/dev completion + EOS + 8."),
 ):
-    """Predict labels (or NER tags) for new inputs with a run's best model."""
+    """Predict labels (or NER tags, or greedy completions) for new inputs with a run's best model."""
     from .tasks.inputs import input_view, parse_inputs
     from .training import load_run
     from .training.runs import predict as run_predict
@@ -119,7 +122,7 @@ def predict(
     try:
         loaded = load_run(run_dir)
         inputs = parse_inputs(loaded.task, text, text_pair, file)
-        results = run_predict(loaded, inputs)
+        results = run_predict(loaded, inputs, max_new_tokens=max_new_tokens)
     except AdaprefixError as err:
         _fail(err)
     lines = [json.dumps({**input_view(inp), **res}) for inp, res in zip(inputs, results)]

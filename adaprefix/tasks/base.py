@@ -1,7 +1,7 @@
 """The Task interface: split names, the encoded form of a split, and what every task provides.
 
-The three kinds of task (sequence classification, multiple choice, token classification) that implement it, with
-their encoding, collation and metrics, are in :mod:`adaprefix.tasks.kinds`."""
+The kinds of task (sequence classification, multiple choice, token classification, prompt -> completion generation)
+that implement it, with their encoding, collation and metrics, are in :mod:`adaprefix.tasks.kinds`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from .errors import DataError
 
-KINDS = ("sequence-classification", "multiple-choice", "token-classification")
+KINDS = ("sequence-classification", "multiple-choice", "token-classification", "generation")
 
 # Every task uses the split names train / dev / test; the other names are accepted as aliases.
 SPLIT_ALIASES = {
@@ -114,6 +114,7 @@ class Task(ABC):
             "sequence-classification": transformers.AutoModelForSequenceClassification,
             "multiple-choice": transformers.AutoModelForMultipleChoice,
             "token-classification": transformers.AutoModelForTokenClassification,
+            "generation": transformers.AutoModelForCausalLM,
         }[self.kind]
 
     def load_tokenizer(self, path: str | Path, model_type: str | None = None) -> Any:

@@ -1,6 +1,7 @@
 """Bring-your-own data: text classification from jsonl/json/csv/tsv files and token classification
-from CoNLL column files (whatever their extension: ``.txt``, ``.conll``, ``.tsv``). Paths are given per split;
-the data dir is not used. :func:`custom_task` picks the task that fits the train file (see ``formats.py``)."""
+from CoNLL column files (whatever their extension: ``.txt``, ``.conll``, ``.tsv``); prompt -> completion generation is
+in :mod:`.custom_generation`. Paths are given per split; the data dir is not used. :func:`custom_task` picks the task
+that fits the train file (see ``formats.py``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any, Sequence
 
 from .base import Example
 from .conll import ConllFormat
-from .errors import DataError
-from .formats import FORMAT_FLAG, check_format, detect_format
+from .errors import DataError, Verbatim
+from .formats import DATA_KINDS, FORMAT_FLAG, check_format, detect_format
 from .kinds import SequenceClassificationTask
 from .ner import ConllTask
 from .readers import QUOTING_FLAG, TSV_QUOTING, get_field, read_json_or_jsonl, read_table
@@ -51,6 +52,21 @@ def _sort_labels(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
+def read_records(path: Path, file_format: str, tsv_quoting: str, kind: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line, record)`` pairs of a jsonl / json / csv / tsv file read as ``file_format`` (``auto``: sniffed);
+    a file that looks like tagging columns is refused, since ``kind`` (classification, generation) reads tables."""
+    fmt = detect_format(path, file_format)
+    if fmt == "conll":
+        raise DataError(
+            "this file looks like tagging data (token and tag columns, a blank line between sentences), but "
+            f"the task reads {kind} data", path=path,
+            hint=f"Pass {FORMAT_FLAG} tsv, csv or jsonl if it is a table, or train a tagging task on it.",
+        )
+    if fmt == "jsonl":
+        return read_json_or_jsonl(path)
+    return read_table(path, "," if fmt == "csv" else "\t", quoting="csv" if fmt == "csv" else tsv_quoting)
+
+
 class CustomSequenceTask(SequenceClassificationTask):
     """Sequence (or sequence-pair) classification from your own files.
 
@@ -69,6 +85,8 @@ class CustomSequenceTask(SequenceClassificationTask):
             header's number of tabs, else CSV quoting), "none" (plain text, as in GLUE's TSVs) or "csv".
     Metrics: accuracy and macro-F1; the main metric is ``main_metric`` (default accuracy).
     """
+
+    data_kind = "classification"
 
     def __init__(
         self,
@@ -106,16 +124,7 @@ class CustomSequenceTask(SequenceClassificationTask):
         return str(path) if path is not None else None
 
     def _records(self, path: Path) -> list[tuple[int, dict[str, Any]]]:
-        fmt = detect_format(path, self.file_format)
-        if fmt == "conll":
-            raise DataError(
-                "this file looks like tagging data (token and tag columns, a blank line between sentences), but "
-                "the task reads classification data", path=path,
-                hint=f"Pass {FORMAT_FLAG} tsv, csv or jsonl if it is a table, or train a tagging task on it.",
-            )
-        if fmt == "jsonl":
-            return read_json_or_jsonl(path)
-        return read_table(path, "," if fmt == "csv" else "\t", quoting="csv" if fmt == "csv" else self.tsv_quoting)
+        return read_records(path, self.file_format, self.tsv_quoting, "classification")
 
     def _collect_labels(self, data_dir: str | Path | None) -> list[str]:
         path = _given_path(self.paths, "train", self.name)
@@ -184,6 +193,7 @@ class CustomTokenTask(ConllTask):
     """
 
     file_format = "conll"
+    data_kind = "tagging"
 
     def __init__(
         self,
@@ -228,18 +238,44 @@ def custom_task(
     token_column: int = 0,
     tag_column: int = -1,
     tsv_quoting: str = "auto",
-) -> CustomSequenceTask | CustomTokenTask:
-    """The bring-your-own task the train file calls for: tagging for CoNLL columns, classification otherwise.
+    prompt_column: str = "prompt",
+    completion_column: str = "completion",
+    kind: str = "auto",
+) -> Any:
+    """The bring-your-own task the train file calls for: tagging for CoNLL columns, generation for records with a
+    prompt and a completion field (:func:`~.custom_generation.is_generation_data`), classification otherwise.
 
     The format is ``file_format``, or for ``auto`` the train file's (:func:`~.formats.detect_format`: its content,
-    then its extension). Dev and test files are read the same way. The task's ``file_format`` is the format
-    chosen, never ``auto``, so a run can record it and rebuild the task without the train file.
+    then its extension); ``kind`` (one of :data:`~.formats.DATA_KINDS`) overrides what the records look like. Dev
+    and test files are read the same way. The task's ``file_format`` and ``data_kind`` are the ones chosen, never
+    ``auto``, so a run can record them and rebuild the task without the train file.
     """
+    from .custom_generation import CustomGenerationTask, is_generation_data
+
     fmt = check_format(file_format)
+    if kind not in DATA_KINDS:
+        raise DataError(field="kind", expected=f"one of {', '.join(DATA_KINDS)}", got=kind)
     if fmt == "auto":  # an explicit format needs no train file: a finished run predicts without it
         fmt = detect_format(_given_path(_split_paths(train, None, None), "train", "custom"), fmt,
                             tag_column=tag_column)
-    if fmt == "conll":
+    if kind == "auto":
+        train_path = Path(train) if train is not None else None
+        if fmt == "conll":
+            kind = "tagging"
+        elif train_path is not None and train_path.is_file() and is_generation_data(
+                train_path, fmt, tsv_quoting, prompt_column=prompt_column, completion_column=completion_column,
+                label_column=label_column):
+            kind = "generation"
+        else:  # also a run recorded before kinds were: it predicts without its train file
+            kind = "classification"
+    if (kind == "tagging") != (fmt == "conll"):
+        raise DataError(field="kind", expected="tagging with the conll format, classification or generation with "
+                        "jsonl, csv or tsv", got=Verbatim(f"kind {kind!r} with format {fmt!r}"),
+                        hint=f"Pass --kind auto, or the {FORMAT_FLAG} that the files have.")
+    if kind == "tagging":
         return CustomTokenTask(train, dev, test, token_column=token_column, tag_column=tag_column)
+    if kind == "generation":
+        return CustomGenerationTask(train, dev, test, prompt_column=prompt_column,
+                                    completion_column=completion_column, file_format=fmt, tsv_quoting=tsv_quoting)
     return CustomSequenceTask(train, dev, test, text_column=text_column, text_pair_column=text_pair_column,
                               label_column=label_column, file_format=fmt, tsv_quoting=tsv_quoting)

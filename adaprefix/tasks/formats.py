@@ -28,6 +28,9 @@ from .errors import DataError, Verbatim
 FORMATS = ("jsonl", "csv", "tsv", "conll")
 FORMAT_CHOICES = ("auto", *FORMATS)
 FORMAT_FLAG = "--format"
+#: What a custom task's files hold (``--kind``): ``auto`` decides from the files (CoNLL columns: tagging; a first
+#: record with the prompt and completion fields: generation; otherwise classification).
+DATA_KINDS = ("auto", "classification", "tagging", "generation")
 #: The extensions that name a format; any other (``.txt``, ``.iob``, none) is decided by the content.
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".conll": "conll"}
 TABLE_FORMATS = ("csv", "tsv")

@@ -10,9 +10,10 @@ from .base import Task
 from .errors import DataError, UnknownTaskError
 from .ner import CoNLL03, CoNLL04, OntoNotes
 from .superglue import CB, COPA, RTE, WSC, BoolQ, WiC
+from .text2text import TEXT2TEXT_TASKS
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (BoolQ, CB, COPA, RTE, WiC, WSC, CoNLL03, CoNLL04, OntoNotes)
+    cls.name: cls for cls in (BoolQ, CB, COPA, RTE, WiC, WSC, CoNLL03, CoNLL04, OntoNotes, *TEXT2TEXT_TASKS)
 }
 ALIASES: dict[str, str] = {"conll2003": "conll03", "conll-2003": "conll03", "ontonotes5": "ontonotes"}
 
@@ -30,7 +31,7 @@ def get_task(name: str, **kwargs: Any) -> Task:
         aliases = ", ".join(f"{a} -> {t}" for a, t in sorted(ALIASES.items()))
         raise UnknownTaskError(
             f"unknown task {name!r}. Known tasks: {known} (aliases: {aliases}). "
-            "For your own data use CustomSequenceTask or CustomTokenTask."
+            "For your own data use custom_task (or CustomSequenceTask, CustomTokenTask, CustomGenerationTask)."
         )
     return TASKS[key](**kwargs)
 

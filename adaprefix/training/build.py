@@ -27,15 +27,16 @@ def build_task(cfg: TrainConfig) -> Task:
     return custom_task(data.train_file, data.dev_file, data.test_file, file_format=data.format,
                        text_column=data.text_column, text_pair_column=data.text_pair_column,
                        label_column=data.label_column, token_column=data.token_column, tag_column=data.tag_column,
-                       tsv_quoting=data.tsv_quoting)
+                       tsv_quoting=data.tsv_quoting, prompt_column=data.prompt_column,
+                       completion_column=data.completion_column, kind=data.kind)
 
 
 def resolved_settings(cfg: TrainConfig, task: Task) -> TrainConfig:
-    """``cfg`` with the choices a run makes for itself written in: the data seed, and a custom task's format,
-    so that config.yaml says exactly what was run and rebuilds the task without sniffing the files again."""
+    """``cfg`` with the choices a run makes for itself written in: the data seed, and a custom task's format and
+    kind, so that config.yaml says exactly what was run and rebuilds the task without sniffing the files again."""
     changes: dict[str, Any] = {"data_seed": cfg.resolved_data_seed}
     if cfg.task == "custom":
-        changes["custom"] = dataclasses.replace(cfg.custom, format=task.file_format)
+        changes["custom"] = dataclasses.replace(cfg.custom, format=task.file_format, kind=task.data_kind)
     return dataclasses.replace(cfg, **changes)
 
 
@@ -75,7 +76,7 @@ def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, atta
     ``verbosity`` (see :mod:`.display`): below ``verbose``, the load report that only says the head is new is dropped.
     """
     kwargs = {}
-    if task.kind != "multiple-choice":
+    if task.kind not in ("multiple-choice", "generation"):  # a language-model head has no label set
         kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
     # A checkpoint with another task's head (e.g. 2 labels) gets a fresh head for this task.

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
@@ -28,10 +28,14 @@ class EpochRecorder(TrainerCallback):
 
     With several eval sets (NER: dev and test) the Trainer calls on_evaluate once per set; the epoch's record is
     complete when all have reported, and the test numbers then sit beside the dev numbers they belong to.
+    ``extra_metrics(name, model)``, where given, adds metrics the Trainer's evaluation cannot compute (a generation
+    task's exact match) to each set's numbers, before the best epoch is chosen.
     """
 
     def __init__(self, run_dir: Path, eval_names: list[str], main_key: str, save_best: Callable[[], None],
-                 history: list[dict], on_record: Callable[[dict, bool], None] | None = None):
+                 history: list[dict], on_record: Callable[[dict, bool], None] | None = None,
+                 extra_metrics: Callable[[str, Any], dict[str, float]] | None = None):
+        self.extra_metrics = extra_metrics
         self.metrics_file = run_dir / "metrics.jsonl"
         self.eval_names = eval_names
         self.main_key = main_key  # e.g. "dev_accuracy"
@@ -49,11 +53,17 @@ class EpochRecorder(TrainerCallback):
         if logs and "learning_rate" in logs:
             self._lr = float(logs["learning_rate"])
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        reported = []
         for key, value in (metrics or {}).items():
             name = key.removeprefix("eval_")
-            if any(name.startswith(f"{e}_") for e in self.eval_names):
-                self._pending[name] = value
+            for e in self.eval_names:
+                if name.startswith(f"{e}_"):
+                    self._pending[name] = value
+                    reported.append(e)
+        if self.extra_metrics is not None:
+            for e in dict.fromkeys(reported):
+                self._pending.update({f"{e}_{k}": v for k, v in self.extra_metrics(e, model).items()})
         if not all(any(k.startswith(f"{e}_") for k in self._pending) for e in self.eval_names):
             return
         record = {"epoch": int(round(state.epoch or 0)), "step": state.global_step,

@@ -19,7 +19,7 @@ import yaml
 from ..backbones import PACKAGED, resolve_backbone
 from ..config import METHOD_NOTES, METHODS, AdaptivePrefixConfig, ConfigError, choices_help
 from ..errors import AdaprefixError
-from ..tasks.formats import FORMAT_CHOICES
+from ..tasks.formats import DATA_KINDS, FORMAT_CHOICES
 from ..tasks.readers import TSV_QUOTING
 
 TRAIN_METHODS = ("ft",) + METHODS
@@ -38,7 +38,8 @@ class CustomData:
     """Bring-your-own data (``task: custom``): the split files and how to read them."""
 
     train_file: str | None = field(default=None, metadata={"help": "custom task: training file (jsonl/csv/tsv for "
-                                                           "classification, CoNLL columns for tagging)."})
+                                                           "classification or generation, CoNLL columns for "
+                                                           "tagging)."})
     dev_file: str | None = field(default=None, metadata={"help": "custom task: dev file."})
     test_file: str | None = field(default=None, metadata={"help": "custom task: test file (optional)."})
     text_column: str = field(default="text", metadata={"help": "custom classification: text field."})
@@ -54,9 +55,19 @@ class CustomData:
                 "header's number of tabs, else csv."})
     token_column: int = field(default=0, metadata={"help": "custom tagging: column of the token."})
     tag_column: int = field(default=-1, metadata={"help": "custom tagging: column of the tag."})
+    prompt_column: str = field(default="prompt", metadata={
+        "help": "custom generation (decoders): prompt field; the model learns to continue it with the completion."})
+    completion_column: str = field(default="completion", metadata={
+        "help": "custom generation: completion field (the loss counts its tokens and an appended EOS only; dev is "
+                "scored by exact match of greedy generations)."})
+    kind: str = field(default="auto", metadata={
+        "help": f"custom task: what the files hold, one of {', '.join(DATA_KINDS)}. auto: tagging for CoNLL "
+                "columns, generation when the train file's first record has the prompt and completion fields, "
+                "classification otherwise; the run records the kind used."})
 
     def __post_init__(self) -> None:
         _check(self.format in FORMAT_CHOICES, "format", f"one of {', '.join(FORMAT_CHOICES)}", self.format)
+        _check(self.kind in DATA_KINDS, "kind", f"one of {', '.join(DATA_KINDS)}", self.kind)
         _check(self.tsv_quoting in TSV_QUOTING, "tsv_quoting", f"one of {', '.join(TSV_QUOTING)}", self.tsv_quoting)
 
 
@@ -89,7 +100,8 @@ class TrainConfig:
     exp_decay: float = field(default=0.95, metadata={"help": "Per-epoch factor of the exponential schedule."})
     max_length: int | None = field(default=None, metadata={
         "help": "Longer inputs are truncated (and counted). Default: the task's, 128 for SuperGLUE and "
-                "classification, the tokenizer's limit for NER (as P-tuning v2). With shift_positions it is capped "
+                "classification, 256 for generation (prompt + completion), the tokenizer's limit for NER (as "
+                "P-tuning v2). With shift_positions it is capped "
                 "so that prefix + input fit the position table."})
     hidden_dropout: float | None = field(default=None, metadata={
         "help": "Override the backbone's hidden dropout (BERT's hidden_dropout_prob, DistilBERT's dropout, GPT-2's "

@@ -26,6 +26,7 @@ from .build import (build_model, build_optimizer, build_task, exponential_schedu
 from .callbacks import CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, sealed_checkpoints
 from .config import TrainConfig, TrainConfigError
 from .display import VERBOSITIES, RunDisplay, library_output
+from .generation import GenerationScorer, write_generation_settings
 from .run_dir import RUN_FILES, RunExistsError, is_main_process, prepare_run_dir, restore_for_resume
 
 __all__ = ["RunExistsError", "RunResult", "resolve_max_length", "train"]
@@ -104,6 +105,8 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_json(run / "labels.json", labels)
         tokenizer.save_pretrained(run / "tokenizer")
+        if task.kind == "generation":
+            write_generation_settings(run, task, tokenizer, splits["train"] + splits["dev"])
 
     checkpoints = run / "checkpoints"
     resume_from, history = restore_for_resume(run) if resume else (None, [])
@@ -139,6 +142,9 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
     )
     eval_sets = {name: encoded[name].dataset for name in ("dev", "test") if name in encoded}
     main_key = f"dev_{task.main_metric}"
+    # Generation tasks: exact match needs generating, which the Trainer's evaluation (the loss) does not do.
+    scorer = GenerationScorer(task, tokenizer, {name: splits[name] for name in eval_sets}, max_length,
+                              cfg.eval_batch_size) if task.kind == "generation" else None
 
     def save_best() -> None:
         if cfg.method == "ft":
@@ -148,7 +154,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
 
     display = RunDisplay(main_key, cfg.epochs) if verbosity == "normal" else None
     recorder = EpochRecorder(run, list(eval_sets), main_key, save_best, history,
-                             on_record=display.on_record if display is not None else None)
+                             on_record=display.on_record if display is not None else None, extra_metrics=scorer)
     callbacks = [recorder, NonFiniteLossGuard(), CheckpointSealer(run, RUN_FILES)]
     if display is not None:
         callbacks.append(display)
@@ -161,6 +167,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         eval_dataset=eval_sets,
         data_collator=task.collator(tokenizer),
         compute_metrics=task.compute_metrics,
+        preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
         optimizers=(optimizer, scheduler),
         callbacks=callbacks + list(extra_callbacks or []),
     )

@@ -5,6 +5,7 @@ Run folder:
     adapter/ | model/    best-dev adapter (ft: model)  final_metrics.json written last: the run is finished
     tokenizer/           tokenizer used                tb/               TensorBoard logs
     checkpoints/         latest sealed Trainer checkpoint, for --resume
+    labels.json          the head's label order        generation.json   generation tasks: tokens predict generates
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +18,7 @@ from .config import TrainConfig, load_train_config
 from ..files import atomic_write_json
 from .build import build_model, build_task, resolve_max_length
 from .display import library_output, load_pretrained
+from .generation import GenerationScorer, predict_completions, read_generation_settings
 
 
 class RunNotFoundError(AdaprefixError, FileNotFoundError):
@@ -26,13 +27,15 @@ class RunNotFoundError(AdaprefixError, FileNotFoundError):
 
 @dataclass
 class LoadedRun:
-    """A run reloaded for use: its settings, task, tokenizer, best model (in eval mode) and label names."""
+    """A run reloaded for use: its settings, task, tokenizer, best model (in eval mode) and label names; for a
+    generation task, also what it recorded about generating (``max_new_tokens``)."""
 
     config: TrainConfig
     task: Task
     tokenizer: Any
     model: torch.nn.Module
     labels: list[str]
+    generation: dict[str, int] = field(default_factory=dict)
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -54,7 +57,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             saved_labels = run / "labels.json"  # the label order the head was trained with
             labels = json.loads(saved_labels.read_text()) if saved_labels.is_file() else task.labels_for(cfg.data_dir)
             model = load_adapter(build_model(cfg, task, labels, tokenizer, attach_adapter=False), weights)
-    return LoadedRun(cfg, task, tokenizer, model.eval(), labels)
+    return LoadedRun(cfg, task, tokenizer, model.eval(), labels, read_generation_settings(run))
 
 
 def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None = None) -> dict[str, float]:
@@ -69,20 +72,34 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None =
     args = TrainingArguments(output_dir=str(Path(run_dir) / "eval"), per_device_eval_batch_size=cfg.eval_batch_size,
                              report_to="none", use_cpu=not torch.cuda.is_available(), label_names=["labels"])
     trainer = Trainer(model=loaded.model, args=args, data_collator=task.collator(loaded.tokenizer),
-                      compute_metrics=task.compute_metrics)
+                      compute_metrics=task.compute_metrics,
+                      preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None))
     metrics = trainer.evaluate(encoded.dataset, metric_key_prefix=split)
+    if task.kind == "generation":  # exact match (or accuracy) from greedy generation, as in training
+        scorer = GenerationScorer(task, loaded.tokenizer, {split: examples},
+                                  resolve_max_length(cfg, task, loaded.tokenizer), cfg.eval_batch_size)
+        metrics.update({f"{split}_{k}": v for k, v in scorer(split, loaded.model).items()})
     metrics[f"{split}_truncated"] = encoded.num_truncated
     atomic_write_json(Path(run_dir) / f"eval_{split}.json", metrics)
     return metrics
 
 
 @torch.no_grad()
-def predict(loaded: LoadedRun, inputs: Sequence[dict[str, Any]], batch_size: int = 32) -> list[dict[str, Any]]:
+def predict(loaded: LoadedRun, inputs: Sequence[dict[str, Any]], batch_size: int = 32,
+            max_new_tokens: int | None = None) -> list[dict[str, Any]]:
     """Predict raw inputs given as examples in the task's own format (what ``task.load`` returns, labels optional):
     e.g. {"premise", "hypothesis"} for RTE, {"text", "text_pair"} for custom classification, {"tokens": [...]} for
-    tagging. Returns one dict per input with the label and class probabilities, or the tags.
+    tagging, {"prompt"} for custom generation. Returns one dict per input with the label and class probabilities,
+    the tags, or the greedy completion (``prediction``; text-to-text tasks also the ``label`` it names).
+
+    Generation tasks generate up to ``max_new_tokens`` (default: what the run recorded, the longest train/dev
+    completion + EOS + a margin).
     """
     task, tokenizer, model = loaded.task, loaded.tokenizer, loaded.model
+    if task.kind == "generation":
+        limit = max_new_tokens or loaded.generation.get("max_new_tokens") or task.max_new_tokens([], tokenizer)
+        return predict_completions(task, tokenizer, model, inputs, resolve_max_length(loaded.config, task, tokenizer),
+                                   limit, batch_size)
     examples = [dict(ex, label=None) if task.kind != "token-classification"
                 else dict(ex, tags=["O"] * len(ex["tokens"]), tag_ids=[-100] * len(ex["tokens"])) for ex in inputs]
     encoded = task.encode(examples, tokenizer, resolve_max_length(loaded.config, task, tokenizer))

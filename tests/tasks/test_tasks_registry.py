@@ -19,7 +19,8 @@ from adaprefix.tasks import (
     resolve_data_dir,
 )
 
-NAMES = ["boolq", "cb", "copa", "rte", "wic", "wsc", "conll03", "conll04", "ontonotes"]
+SUPERGLUE = ["boolq", "cb", "copa", "rte", "wic", "wsc"]
+NAMES = [*SUPERGLUE, "conll03", "conll04", "ontonotes", *(f"{name}-t2t" for name in SUPERGLUE)]
 
 
 def test_registry_names_and_kinds():
@@ -30,6 +31,7 @@ def test_registry_names_and_kinds():
         assert task.main_metric in task.metric_names
     assert get_task("CoNLL2003").name == "conll03"
     assert get_task("copa").kind == "multiple-choice"
+    assert get_task("copa-t2t").kind == "generation"
 
 
 def test_unknown_task_lists_known():

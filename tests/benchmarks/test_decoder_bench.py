@@ -1,0 +1,26 @@
+"""benchmarks/decoder/run.py runs end to end (--dry-run: a tiny random decoder, made-up CB data) and writes its JSON,
+with run metadata and every method's epoch records, and the markdown table."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decoder" / "run.py"
+
+
+def test_decoder_benchmark_dry_run_writes_json_and_table(tmp_path):
+    spec = importlib.util.spec_from_file_location("decoder_bench", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--dry-run", "--out", str(tmp_path), "--epochs", "1", "--prefix-length", "4"])
+    result = json.loads((tmp_path / "cb-t2t.json").read_text())
+    assert list(result["runs"]) == ["pt2", "apt", "lora"]
+    assert {"command", "commit", "date", "torch", "transformers", "peft"} <= set(result["metadata"])
+    for run in result["runs"].values():
+        assert len(run["epochs"]) == 1 and run["best_epoch"] == 1 and run["train_examples"] == 4
+        assert {"accuracy", "invalid", "completion_loss", "perplexity"} <= set(run["dev"])
+        assert 0 < run["trainable_parameters"] < run["total_parameters"]
+    # LoRA r=8 on q_proj (32 -> 32) and v_proj (32 -> 16: 2 of 4 heads' width) in 2 layers: 8 * (64 + 48) * 2.
+    assert result["runs"]["lora"]["trainable_parameters"] == 8 * (32 + 32 + 32 + 16) * 2
+    table = (tmp_path / "cb-t2t.md").read_text()
+    assert all(f"| {method} |" in table for method in ("pt2", "apt", "lora"))
