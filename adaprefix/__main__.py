@@ -7,8 +7,9 @@ deep inside an import.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
+
+from .extras import missing_distributions
 
 # Import name -> distribution: the "train" extra of pyproject.toml (tests/test_packaging.py keeps the two in step).
 TRAIN_MODULES = {"accelerate": "accelerate", "datasets": "datasets", "seqeval": "seqeval", "typer": "typer",
@@ -18,13 +19,7 @@ INSTALL = 'pip install "adaprefix[train]"'
 
 def missing_train_modules() -> list[str]:
     """The distributions of the ``train`` extra that cannot be imported here."""
-    def found(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            return False
-
-    return [dist for module, dist in TRAIN_MODULES.items() if not found(module)]
+    return missing_distributions(TRAIN_MODULES)
 
 
 def main() -> None:

@@ -122,13 +122,18 @@ def _reference_bert_apt(model, ids, mask, past, weight, bias, lam):
     return model.classifier(bert.pooler(h))
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_apt_with_random_gates_matches_a_hand_written_reference(impl):
-    model = tiny_model("bert", impl)
+def _with_random_gates(model):
+    """APT attached with gates far from their init (random bias, lambda in [0.3, 2]), so a wrong gate shows."""
     attach(model, AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=0.5, prefix_dropout=0.0))
     with torch.no_grad():
         model.adaprefix.token_gate.bias.normal_()
         model.adaprefix.layer_gate.scale.uniform_(0.3, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_apt_with_random_gates_matches_a_hand_written_reference(impl):
+    model = _with_random_gates(tiny_model("bert", impl))
     ids, mask = tiny_batch()
     a = model.adaprefix
     past = _p_tuning_v2_past_key_values(a.prefix.embedding.detach(), model)
@@ -244,11 +249,7 @@ def test_mpnet_with_gates_at_one_equals_a_hand_written_prefix_attention_bit_for_
 
 
 def test_mpnet_apt_with_random_gates_matches_the_hand_written_reference():
-    model = tiny_model("mpnet")
-    attach(model, AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=0.5, prefix_dropout=0.0))
-    with torch.no_grad():
-        model.adaprefix.token_gate.bias.normal_()
-        model.adaprefix.layer_gate.scale.uniform_(0.3, 2.0)
+    model = _with_random_gates(tiny_model("mpnet"))
     ids, mask = tiny_batch()
     a = model.adaprefix
     weight, bias, lam = a.token_gate.weight.detach(), a.token_gate.bias.detach(), a.layer_gate.scale.detach()

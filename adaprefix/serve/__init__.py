@@ -7,7 +7,7 @@ when fastapi or uvicorn is missing instead of failing inside an import.
 
 from __future__ import annotations
 
-import importlib.util
+from ..extras import missing_distributions
 
 # Import name -> distribution: the "serve" extra of pyproject.toml (tests/test_packaging.py keeps the two in step).
 SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn"}
@@ -16,10 +16,4 @@ INSTALL = 'pip install "adaprefix[serve]"'
 
 def missing_serve_modules() -> list[str]:
     """The distributions of the ``serve`` extra that cannot be imported here."""
-    def found(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            return False
-
-    return [dist for module, dist in SERVE_MODULES.items() if not found(module)]
+    return missing_distributions(SERVE_MODULES)
