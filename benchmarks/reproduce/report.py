@@ -38,12 +38,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def cell(values: list[float], expected: int | None = None) -> str:
-    """'mean ± std (n)'; n is shown when fewer seeds than planned have finished."""
+    """'mean ± std (n)'; n is shown when fewer seeds than planned have finished. One seed has no spread to show."""
     if not values:
         return "–"
     m, s = mean_std(values)
     partial = f" ({len(values)}/{expected})" if expected and len(values) < expected else ""
-    return f"{m:.1f} ± {s:.1f}{partial}"
+    spread = f" ± {s:.1f}" if len(values) > 1 else ""
+    return f"{m:.1f}{spread}{partial}"
 
 
 def _method_key(method: str) -> int:

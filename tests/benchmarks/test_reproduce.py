@@ -98,6 +98,7 @@ def test_report_cells_are_mean_and_sample_std_with_missing_seeds_marked():
     assert R.cell([70.0, 72.0, 74.0], 3) == "72.0 ± 2.0"
     assert R.cell([70.0, 74.0], 3) == "72.0 ± 2.8 (2/3)"
     assert R.cell([]) == "–"
+    assert R.cell([71.43], 3) == "71.4 (1/3)" and R.cell([71.43]) == "71.4"  # one seed: no spread to show
 
 
 def test_report_tables_follow_the_records():
