@@ -65,9 +65,11 @@ def planned_seeds(grid: dict[str, Any]) -> dict[tuple[str, str, str, str], int]:
     return counts
 
 
-def variant_table(records: list[dict[str, Any]], experiment: str, plan: dict) -> str:
-    """Rows task x method, one column per variant."""
-    rows = [r for r in records if r["experiment"] == experiment]
+def variant_table(records: list[dict[str, Any]], experiment: str, plan: dict, dev_metric: str | None = None) -> str:
+    """Rows task x method, one column per variant: the headline value, or the dev metric ``dev_metric`` where a
+    record has it (e.g. CB's macro-F1)."""
+    rows = [r for r in records if r["experiment"] == experiment
+            and (dev_metric is None or dev_metric in r.get("dev_metrics", {}))]
     if not rows:
         return "_No runs recorded yet._\n"
     variants = list(dict.fromkeys(v for (e, _, _, v) in plan if e == experiment))
@@ -75,9 +77,9 @@ def variant_table(records: list[dict[str, Any]], experiment: str, plan: dict) ->
              "|---|---|---|" + "---:|" * len(variants)]
     by = group(rows, "task", "method", "variant")
     for task, method in sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (k[0], _method_key(k[1]))):
-        metric = next(r for r in rows if r["task"] == task)["reported"]
-        cells = [cell([r["value"] for r in by.get((task, method, v), [])], plan.get((experiment, task, method, v)))
-                 for v in variants]
+        metric = f"dev {dev_metric}" if dev_metric else next(r for r in rows if r["task"] == task)["reported"]
+        cells = [cell([r["dev_metrics"][dev_metric] if dev_metric else r["value"] for r in by.get((task, method, v), [])],
+                      plan.get((experiment, task, method, v))) for v in variants]
         lines.append(f"| {task} | {method} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -240,6 +242,9 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             variant_table(records, "parity", plan)]
     if plot_variants(records, "parity", plots / "parity.png"):
         out.append("![parity](results/parity.png)\n")
+    out += ["CB's second metric, dev macro-F1 at the best epoch (about 50 means a class, usually `neutral`, is "
+            "never predicted):\n", variant_table([r for r in records if r["task"] == "cb"], "parity", plan,
+                                                 dev_metric="macro_f1")]
     out += ["APT − P-tuning v2 per setting:\n", margins(records, "parity", "apt", "pt2")]
     for experiment, title in (("main", "2. Main comparison (paper layout)"), ("ablation", "3. Ablations"),
                               ("low-resource", "4. Low-resource"), ("pt2-star", "5. PT-2*")):

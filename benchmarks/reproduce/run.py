@@ -2,6 +2,7 @@
 
     python benchmarks/reproduce/run.py                      # everything missing, in grid order
     python benchmarks/reproduce/run.py --only parity        # one experiment (repeatable)
+    python benchmarks/reproduce/run.py --task cb            # one task's runs first (repeatable)
     python benchmarks/reproduce/run.py --list               # what is done, waiting and missing
     python benchmarks/reproduce/run.py --commit             # git-commit results/runs.jsonl after every record
 
@@ -72,6 +73,8 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
         "variant": run.variant, "seed": run.seed, "model": config.get("model"), "metric": metric,
         "reported": "test at best dev" if test is not None else "best dev",
         "value": test if test is not None else dev, "dev_value": dev, "test_value": test,
+        # every dev metric at the best epoch, in percent: CB's macro-F1 shows a run that never predicts a class
+        "dev_metrics": {k: round(100 * v, 2) for k, v in final["dev"].items() if k != "loss"},
         "best_epoch": final["best_epoch"], "epochs": config["epochs"], "batch_size": config["batch_size"],
         "learning_rate": float(settings["learning_rate"]),
         "prefix_length": adapter.get("prefix_length") if run.train_method != "ft" else None,
@@ -132,6 +135,8 @@ def train_one(run: Run, settings: dict[str, Any]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", help="Run only this experiment (repeatable).")
+    parser.add_argument("--task", action="append", help="Run only this task's runs (repeatable), e.g. the cheap "
+                        "CB cells before CoNLL04's.")
     parser.add_argument("--list", action="store_true", help="List done / waiting / missing runs and exit.")
     parser.add_argument("--commit", action="store_true", help="git-commit runs.jsonl after each record.")
     parser.add_argument("--max-runs", type=int, help="Stop after this many runs.")
@@ -139,7 +144,8 @@ def main() -> None:
     args = parser.parse_args()
 
     grid = load_grid()
-    runs = [r for r in expand(grid) if not args.only or r.experiment in args.only]
+    runs = [r for r in expand(grid)
+            if (not args.only or r.experiment in args.only) and (not args.task or r.task in args.task)]
     done_runs = 0
     failed_now: set[str] = set()  # never tried twice in one sitting, even with --retry-failed
     while True:

@@ -207,9 +207,22 @@ def test_a_record_names_the_backbone_its_run_trained(tmp_path):
     (run_dir / "config.yaml").write_text("task: cb\nmethod: apt\nmodel: mpnet\nepochs: 2\nbatch_size: 16\n"
                                          "adapter: {prefix_length: 20}\n")
     (run_dir / "final_metrics.json").write_text(json.dumps({
-        "main_metric": "accuracy", "dev": {"accuracy": 0.75}, "test": {}, "best_epoch": 2, "train_examples": 250,
+        "main_metric": "accuracy", "dev": {"loss": 0.6, "accuracy": 0.75, "macro_f1": 0.5123}, "test": {}, "best_epoch": 2, "train_examples": 250,
         "train_examples_full": 250, "trainable_parameters": 10, "max_length": 128}))
     (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "dev_accuracy": 0.5}) + "\n")
     run = G.Run("mpnet", "cb", "apt", "apt", "", 1, {"model": "mpnet", "learning_rate": 0.01})
     made = RUN.make_record(run, run.settings, run_dir, 1.0, "abc")
     assert made["model"] == "mpnet" and made["value"] == 75.0 and made["run_id"] == "mpnet/cb-apt-s1"
+    assert made["dev_metrics"] == {"accuracy": 75.0, "macro_f1": 51.23}  # no loss, percent like the value
+
+
+def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():
+    records = [{**record(f"parity/cb-pt2-std1-shift-s{s}", 71.43, 0.01, experiment="parity", method="pt2", seed=s,
+                         variant="std1-shift"), "dev_metrics": {"accuracy": 71.43, "macro_f1": f1}}
+               for s, f1 in ((1, 50.0), (2, 54.0))]
+    table = R.variant_table(records + [record("parity/cb-apt-std1-shift-s1", 75.0, 0.01, experiment="parity",
+                                              method="apt", variant="std1-shift")],  # an old record: no dev_metrics
+                            "parity", {("parity", "cb", m, "std1-shift"): 3 for m in ("pt2", "apt")},
+                            dev_metric="macro_f1")
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == 1 and "| cb | pt2 | dev macro_f1 |" in rows[0] and "| 52.0 ± 2.8 (2/3) |" in rows[0]
