@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +24,8 @@ from ..errors import AdaprefixError
 from ..inject import load_adapter
 from ..persistence import AdapterLoadError
 from ..tasks import DataError, Task
-from ..tasks.inputs import input_view, parse_inputs, read_jsonl_inputs
+from ..tasks.answers import answer, unlabelled, word_starts
+from ..tasks.inputs import examples_from_records, input_view, parse_inputs
 from ..training.build import build_model, build_task, resolve_max_length
 from ..training.config import load_train_config
 from ..training.display import library_output
@@ -226,25 +226,20 @@ class Engine:
             raise InputError(f"adapter {name!r} is a language-model adapter: POST /v1/generate")
         task = served.task
         examples = _examples(task, inputs)
-        prepared = [dict(ex, label=None) if task.kind != "token-classification"
-                    else dict(ex, tags=["O"] * len(ex["tokens"]), tag_ids=[-100] * len(ex["tokens"]))
-                    for ex in examples]
+        prepared = unlabelled(task, examples)
         limit = served.max_length
-        rows = list(task.encode(prepared, served.tokenizer, UNBOUNDED).dataset)
-        over = [i for i, row in enumerate(rows) if _length(row["input_ids"]) > limit]
+        encoded = task.encode(prepared, served.tokenizer, limit)  # over-long inputs cut as `adaprefix predict` cuts
+        over = [i for i, cut in enumerate(encoded.truncated) if cut]
         if over and self.settings.on_overflow == "refuse":
-            details = ", ".join(f"inputs[{i}] ({_length(rows[i]['input_ids'])} tokens)" for i in over)
+            full = task.encode([prepared[i] for i in over], served.tokenizer, UNBOUNDED).rows
+            details = ", ".join(f"inputs[{i}] ({_length(row['input_ids'])} tokens)" for i, row in zip(over, full))
             raise InputError(f"over the {limit}-token limit of adapter {name!r}: {details}; shorten them, or start "
                              "the server with --on-overflow truncate")
-        if over:  # truncated as `adaprefix predict` truncates them
-            cut = list(task.encode([prepared[i] for i in over], served.tokenizer, limit).dataset)
-            for i, row in zip(over, cut):
-                rows[i] = row
         result = []
-        for i, (example, row) in enumerate(zip(examples, rows)):
+        for example, row, cut in zip(examples, encoded.rows, encoded.truncated):
             labels = row.pop("labels", None)
-            starts = [t != -100 for t in labels] if task.kind == "token-classification" else None
-            result.append(Row(name, row, input_view(example), truncated=i in over, word_starts=starts))
+            starts = word_starts(labels) if task.kind == "token-classification" else None
+            result.append(Row(name, row, input_view(example), truncated=cut, word_starts=starts))
         return result
 
     @torch.no_grad()
@@ -263,18 +258,11 @@ class Engine:
                              adapter_names=[row.adapter for row in rows]).logits.float().cpu()
         results = []
         for i, (row, adapter) in enumerate(zip(rows, served)):
-            # Columns past this adapter's labels are -inf (a wider head shares the batch): softmax gives them 0.
+            # Columns past this adapter's labels are -inf (a wider head shares the batch): cut them off.
             width = len(adapter.labels) if adapter.task.kind != "multiple-choice" else logits.shape[-1]
-            if adapter.task.kind == "token-classification":
-                ids = logits[i, : len(row.word_starts), :width].argmax(-1)
-                tags = [adapter.labels[j] for j, start in zip(ids.tolist(), row.word_starts) if start]
-                answer = {"tags": tags}
-            else:
-                probs = logits[i, :width].softmax(-1)
-                j = int(probs.argmax())
-                answer = {"label": adapter.labels[j] if j < len(adapter.labels) else str(j),
-                          "scores": [round(float(p), 6) for p in probs]}
-            results.append({**row.view, **answer, **({"truncated": True} if row.truncated else {})})
+            logit = logits[i, : len(row.word_starts)] if row.word_starts is not None else logits[i]
+            results.append({**row.view, **answer(adapter.task, adapter.labels, logit[..., :width], row.word_starts),
+                            **({"truncated": True} if row.truncated else {})})
         return results
 
     @torch.no_grad()
@@ -305,15 +293,12 @@ def _length(ids) -> int:
 
 
 def _examples(task: Task, inputs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Examples in the task's format from JSON inputs, read by the code `adaprefix predict` reads its inputs with."""
+    """Examples in the task's format from JSON inputs, checked by the code `adaprefix predict` reads its inputs with."""
     examples = []
     for i, item in enumerate(inputs):
         try:
             if isinstance(item, dict):
-                with tempfile.TemporaryDirectory() as folder:  # the jsonl reader checks the task's own fields
-                    file = Path(folder) / "input.jsonl"
-                    file.write_text(json.dumps(item) + "\n")
-                    examples += read_jsonl_inputs(task, file)
+                examples += examples_from_records(task, [(None, item)], f"inputs[{i}]")
             elif isinstance(item, str):
                 examples += parse_inputs(task, item)
             elif isinstance(item, list) and len(item) == 2 and all(isinstance(t, str) for t in item):
@@ -322,6 +307,6 @@ def _examples(task: Task, inputs: Sequence[Any]) -> list[dict[str, Any]]:
                 raise DataError(f"expected an object in the task's format, a text or [text, text_pair], got "
                                 f"{json.dumps(item)[:80]}")
         except DataError as err:
-            message = str(err).replace(f"{file}:1: ", "") if isinstance(item, dict) else str(err)
-            raise InputError(f"inputs[{i}]: {message}") from None
+            message = str(err)
+            raise InputError(message if message.startswith(f"inputs[{i}]") else f"inputs[{i}]: {message}") from None
     return examples

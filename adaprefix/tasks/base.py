@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,15 +42,31 @@ def canonical_split(split: str) -> str:
 class EncodedSplit:
     """Model features of one split, ready for the task's collator.
 
-    ``dataset`` is a ``datasets.Dataset`` whose rows hold ``input_ids``, ``attention_mask``
-    (``token_type_ids`` where the tokenizer makes them) and ``labels`` (-100 where unlabelled).
-    ``num_truncated`` counts examples that were longer than ``max_length`` and were cut.
+    ``rows`` hold ``input_ids``, ``attention_mask`` (``token_type_ids`` where the tokenizer makes them) and
+    ``labels`` (-100 where unlabelled), one per example. ``truncated[i]`` says whether example ``i`` was longer than
+    ``max_length`` and was cut. ``dataset`` wraps the rows in a ``datasets.Dataset`` (for the Trainer) on first use;
+    prediction and serving read ``rows`` and skip that cost.
     """
 
-    dataset: Any
-    num_examples: int
-    num_truncated: int
+    rows: list[dict[str, Any]]
+    truncated: list[bool]
     has_labels: bool
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.rows)
+
+    @property
+    def num_truncated(self) -> int:
+        """Examples that were longer than ``max_length`` and were cut."""
+        return sum(self.truncated)
+
+    @cached_property
+    def dataset(self) -> Any:
+        """The rows as a ``datasets.Dataset``."""
+        import datasets
+
+        return datasets.Dataset.from_list(self.rows)
 
     def __len__(self) -> int:
         return self.num_examples

@@ -16,7 +16,7 @@ from .base import Example
 from .custom import _given_path, _split_paths, read_records
 from .errors import DataError
 from .kinds.generation import GenerationTask
-from .readers import get_field, read_json_or_jsonl
+from .readers import get_field
 
 COLUMN_FLAGS = "--prompt-column / --completion-column"
 
@@ -70,15 +70,15 @@ class CustomGenerationTask(GenerationTask):
         records = read_records(path, self.file_format, self.tsv_quoting, "generation")
         return [self._example(rec, path, line, required=split != "test") for line, rec in records]
 
-    def load_file(self, path: str | Path) -> list[Example]:
-        """Prompts (completions optional) from a jsonl file of this task's records, e.g. for prediction."""
-        path = Path(path)
-        return [self._example(rec, path, line, required=False) for line, rec in read_json_or_jsonl(path)]
+    def example_from_record(self, rec: dict[str, Any], where: Any, line: int | None) -> Example:
+        """One input record of this task (a prompt, completion optional), e.g. for prediction."""
+        return self._example(rec, where, line, required=False)
 
-    def _example(self, rec: dict[str, Any], path: Path, line: int, required: bool) -> Example:
+    def _example(self, rec: dict[str, Any], path: Any, line: int | None, required: bool) -> Example:
         prompt = self._text(rec, self.prompt_column, path, line, required=True)
         completion = self._text(rec, self.completion_column, path, line, required=required)
-        return {"prompt": prompt, "completion": completion, "source": f"{path}:{line}"}
+        source = f"{path}:{line}" if line is not None else str(path)
+        return {"prompt": prompt, "completion": completion, "source": source}
 
     @staticmethod
     def _text(rec: dict[str, Any], column: str, path: Path, line: int, required: bool) -> str | None:

@@ -3,13 +3,12 @@ per line (a tab between text and pair), or jsonl records in the task's format.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .base import Example, Task
-from .errors import DataError
-from .readers import numbered_lines, read_text
+from .errors import DataError, Verbatim
+from .readers import numbered_lines, read_jsonl, read_text
 
 #: Fields of a loaded example that are bookkeeping or gold labels, not part of the input.
 NOT_INPUT = ("label", "source", "tags", "tag_ids")
@@ -32,8 +31,15 @@ def input_view(example: Example) -> dict[str, Any]:
 def read_jsonl_inputs(task: Task, file: str | Path) -> list[Example]:
     """Records of a jsonl file in the task's own format, checked for the fields the task reads."""
     file = Path(file)
-    if hasattr(task, "load_file"):
-        return task.load_file(file)
+    return examples_from_records(task, read_jsonl(file), file)  # a byte-order mark and CRLF line ends are fine
+
+
+def examples_from_records(task: Task, records: Sequence[tuple[int | None, dict[str, Any]]],
+                          where: str | Path) -> list[Example]:
+    """Input records (``(line, record)`` pairs, line None where there is none) in the task's own format as examples,
+    checked for the fields the task reads; a bad record's error names ``where`` and its line."""
+    if hasattr(task, "example_from_record"):  # the task's own format and checks (SuperGLUE, generation)
+        return [task.example_from_record(record, where, line) for line, record in records]
     if task.kind == "token-classification":
         columns = {"tokens": "tokens"}
     else:
@@ -41,16 +47,13 @@ def read_jsonl_inputs(task: Task, file: str | Path) -> list[Example]:
         if task.text_pair_column:
             columns["text_pair"] = task.text_pair_column
     examples = []
-    for number, line in numbered_lines(read_text(file)):  # a byte-order mark and CRLF line ends are fine
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{file}:{number}: not valid JSON ({err})") from None
+    for line, record in records:
+        if not isinstance(record, dict):
+            raise DataError(path=where, line=line, expected="a JSON object", got=Verbatim(type(record).__name__))
         missing = [c for c in columns.values() if c not in record]
         if missing:
-            raise DataError(f"{file}:{number}: missing field(s) {', '.join(missing)}; present: {', '.join(record)}")
+            raise DataError(f"missing field(s) {', '.join(missing)}; present: {', '.join(record) or 'none'}",
+                            path=where, line=line)
         examples.append({key: record[column] for key, column in columns.items()})
     return examples
 

@@ -58,9 +58,9 @@ class SuperGlueTask(Task):
         records, _, where = hub_fallback(missing, HUB_PATH, self.hub_config, split)
         return [self._example(hub_record_to_jsonl(rec), split, where, i + 1) for i, rec in enumerate(records)]
 
-    def load_file(self, path: str | Path) -> list[Example]:
-        """Examples from any jsonl file in this task's official format (labels optional), e.g. for prediction."""
-        return [self._example(rec, "test", path, line) for line, rec in read_jsonl(Path(path))]
+    def example_from_record(self, rec: dict[str, Any], where: Any, line: int | None) -> Example:
+        """One input record in this task's official format (label optional), e.g. for prediction."""
+        return self._example(rec, "test", where, line)
 
     def _example(self, rec: dict[str, Any], split: str, path: Any, line: int) -> Example:
         for field in self.text_fields:
@@ -68,7 +68,7 @@ class SuperGlueTask(Task):
         raw = get_field(rec, "label", path=path, line=line, required=split != "test")
         ex = dict(rec)
         ex["label"] = None if raw is None else self._label_id(raw, path, line)
-        ex["source"] = f"{path}:{line}"
+        ex["source"] = f"{path}:{line}" if line is not None else str(path)
         return ex
 
     def _label_id(self, raw: Any, path: Any, line: int) -> int:

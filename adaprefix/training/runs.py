@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from ..errors import AdaprefixError
 from ..inject import load_adapter
 from ..tasks import DataError, Task
+from ..tasks.answers import answer, unlabelled, word_starts
 from .config import TrainConfig, load_train_config
 from ..files import atomic_write_json
 from .build import build_model, build_task, resolve_max_length
@@ -100,25 +100,15 @@ def predict(loaded: LoadedRun, inputs: Sequence[dict[str, Any]], batch_size: int
         limit = max_new_tokens or loaded.generation.get("max_new_tokens") or task.max_new_tokens([], tokenizer)
         return predict_completions(task, tokenizer, model, inputs, resolve_max_length(loaded.config, task, tokenizer),
                                    limit, batch_size)
-    examples = [dict(ex, label=None) if task.kind != "token-classification"
-                else dict(ex, tags=["O"] * len(ex["tokens"]), tag_ids=[-100] * len(ex["tokens"])) for ex in inputs]
-    encoded = task.encode(examples, tokenizer, resolve_max_length(loaded.config, task, tokenizer))
+    encoded = task.encode(unlabelled(task, inputs), tokenizer, resolve_max_length(loaded.config, task, tokenizer))
     collate = task.collator(tokenizer)
-    rows = list(encoded.dataset)
     device = next(model.parameters()).device
     results = []
-    for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start:start + batch_size])
-        labels = batch.pop("labels", None)
+    for start in range(0, len(encoded.rows), batch_size):
+        rows = encoded.rows[start:start + batch_size]
+        starts = [word_starts(row["labels"]) if task.kind == "token-classification" else None for row in rows]
+        batch = collate(rows)
+        batch.pop("labels", None)
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-        probs = logits.softmax(-1)
-        for i in range(logits.shape[0]):
-            if task.kind == "token-classification":
-                keep = (labels[i] != -100).numpy() if labels is not None else np.ones(logits.shape[1], bool)
-                ids = logits[i].argmax(-1).numpy()[keep]
-                results.append({"tags": [loaded.labels[j] for j in ids]})
-            else:
-                j = int(logits[i].argmax())
-                label = loaded.labels[j] if j < len(loaded.labels) else str(j)
-                results.append({"label": label, "scores": [round(float(p), 6) for p in probs[i]]})
+        results += [answer(task, loaded.labels, logits[i], starts[i]) for i in range(len(rows))]
     return results

@@ -10,7 +10,7 @@ import numpy as np
 from ..base import EncodedSplit, Example, Task
 from ..errors import DataError
 from ..metrics import accuracy, logits_of, macro_f1
-from .encoding import label_of, resolve_length, to_dataset, tokenize_texts
+from .encoding import label_of, resolve_length, tokenize_texts
 
 
 class SequenceClassificationTask(Task):
@@ -34,12 +34,7 @@ class SequenceClassificationTask(Task):
         feats, flags = tokenize_texts(tokenizer, texts, pairs, max_length)
         for f, ex in zip(feats, examples):
             f["labels"] = label_of(ex)
-        return EncodedSplit(
-            dataset=to_dataset(feats),
-            num_examples=len(feats),
-            num_truncated=sum(flags),
-            has_labels=any(ex.get("label") is not None for ex in examples),
-        )
+        return EncodedSplit(feats, flags, has_labels=any(ex.get("label") is not None for ex in examples))
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import DataCollatorWithPadding

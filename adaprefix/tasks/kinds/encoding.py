@@ -45,9 +45,3 @@ def tokenize_texts(
         flags[i] = True
     return feats, flags
 
-
-def to_dataset(rows: list[dict[str, Any]]) -> Any:
-    """A ``datasets.Dataset`` of encoded rows."""
-    import datasets
-
-    return datasets.Dataset.from_list(rows)

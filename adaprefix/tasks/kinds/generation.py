@@ -40,7 +40,7 @@ import numpy as np
 from ..base import EncodedSplit, Example, Task
 from ..errors import TokenizerError
 from ..metrics import IGNORE_INDEX, logits_of
-from .encoding import resolve_length, to_dataset
+from .encoding import resolve_length
 
 #: Tokens generated beyond the longest reference completion (+ its EOS): room to see a model that runs on.
 GENERATION_MARGIN = 8
@@ -167,19 +167,18 @@ class GenerationTask(Task):
                 completions[i] = tokenizer(pairs[i][1], add_special_tokens=False)["input_ids"]
         lead = leading_specials(tokenizer)
         eos = tokenizer.eos_token_id
-        rows, truncated = [], 0
+        rows, truncated = [], []
         for prompt, completion in zip(prompts, completions):
             target = (completion or []) + [eos] if completion is not None else []
-            if len(prompt) + len(target) > max_length:
-                truncated += 1
+            truncated.append(len(prompt) + len(target) > max_length)
+            if truncated[-1]:
                 keep = max(max_length - len(target), min(len(prompt), max_length // 2))
                 prompt = cut_prompt(prompt, keep, lead)
                 target = target[: max_length - len(prompt)]
             ids = prompt + target
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
                          "labels": [IGNORE_INDEX] * len(prompt) + target})
-        return EncodedSplit(dataset=to_dataset(rows), num_examples=len(rows), num_truncated=truncated,
-                            has_labels=bool(labelled))
+        return EncodedSplit(rows, truncated, has_labels=bool(labelled))
 
     def prompt_ids(self, examples: Sequence[Example], tokenizer: Any, max_length: int,
                    max_new_tokens: int) -> list[list[int]]:

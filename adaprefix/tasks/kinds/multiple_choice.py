@@ -10,7 +10,7 @@ import numpy as np
 from ..base import EncodedSplit, Example, Task
 from ..collators import MultipleChoiceCollator
 from ..metrics import accuracy, logits_of
-from .encoding import label_of, resolve_length, to_dataset, tokenize_texts
+from .encoding import label_of, resolve_length, tokenize_texts
 
 
 class MultipleChoiceTask(Task):
@@ -30,20 +30,15 @@ class MultipleChoiceTask(Task):
         feats, flags = tokenize_texts(
             tokenizer, [a for a, _ in flat], [b if b is not None else "" for _, b in flat], max_length
         )
-        rows, truncated, pos = [], 0, 0
+        rows, truncated, pos = [], [], 0
         for ex, choices in zip(examples, per_ex):
             chunk = feats[pos : pos + len(choices)]
-            truncated += any(flags[pos : pos + len(choices)])
+            truncated.append(any(flags[pos : pos + len(choices)]))
             pos += len(choices)
             row = {k: [c[k] for c in chunk] for k in chunk[0]}
             row["labels"] = label_of(ex)
             rows.append(row)
-        return EncodedSplit(
-            dataset=to_dataset(rows),
-            num_examples=len(rows),
-            num_truncated=truncated,
-            has_labels=any(ex.get("label") is not None for ex in examples),
-        )
+        return EncodedSplit(rows, truncated, has_labels=any(ex.get("label") is not None for ex in examples))
 
     def collator(self, tokenizer: Any) -> Any:
         return MultipleChoiceCollator(tokenizer)

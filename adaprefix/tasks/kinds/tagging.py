@@ -10,7 +10,7 @@ import numpy as np
 from ..base import EncodedSplit, Example, Task
 from ..errors import SlowTokenizerError, TokenizerError
 from ..metrics import IGNORE_INDEX, logits_of, seqeval_scores, tag_sequences
-from .encoding import resolve_length, to_dataset
+from .encoding import resolve_length
 
 #: Model types whose byte-level BPE tokenizers need ``add_prefix_space=True`` for pre-split words.
 BYTE_LEVEL_BPE = ("roberta", "gpt2", "qwen2", "deberta")
@@ -91,12 +91,8 @@ class TokenClassificationTask(Task):
                 prev = wid
             row["labels"] = labels
             rows.append(row)
-        return EncodedSplit(
-            dataset=to_dataset(rows),
-            num_examples=len(rows),
-            num_truncated=len(over),
-            has_labels=any(ex.get("tags") is not None for ex in examples),
-        )
+        return EncodedSplit(rows, [i in where for i in range(len(rows))],
+                            has_labels=any(ex.get("tags") is not None for ex in examples))
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import DataCollatorForTokenClassification
