@@ -9,6 +9,16 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
 
+# Prompt -> completion data for generation runs: yes/no questions, and RTE records for its text-to-text task.
+QA = [("Is the sky blue? Answer:", " yes"), ("Is fire cold? Answer:", " no"), ("Is water wet? Answer:", " yes"),
+      ("Is ice hot? Answer:", " no"), ("Do fish swim? Answer:", " yes"), ("Do rocks fly? Answer:", " no")]
+RTE = [{"premise": "A dog barks loudly.", "hypothesis": "An animal makes noise.", "label": "entailment"},
+       {"premise": "A cat sleeps on the mat.", "hypothesis": "A cat runs.", "label": "not_entailment"},
+       {"premise": "It rained all day.", "hypothesis": "The ground is wet.", "label": "entailment"},
+       {"premise": "The shop is closed.", "hypothesis": "The shop is open.", "label": "not_entailment"}]
+#: What a tiny decoder's BPE is trained on, so that the data above tokenizes into few tokens.
+QA_CORPUS = ([p + c for p, c in QA] + [f"{r['premise']} {r['hypothesis']} Yes or no? Answer: yes no" for r in RTE]) * 3
+
 
 def bpe_tokenizer(corpus: list[str], vocab_size: int = 400, bos: bool = True) -> PreTrainedTokenizerFast:
     """A GPT-2-style byte-level BPE trained on ``corpus``, with BOS added before every text (as Llama's) unless

@@ -11,22 +11,13 @@ from typer.testing import CliRunner
 
 from adaprefix.cli import app
 from adaprefix.training import load_run, load_train_config, train
-from decoder_helpers import save_tiny_decoder
+from decoder_helpers import QA, QA_CORPUS, RTE, save_tiny_decoder
 
 runner = CliRunner()
 
-QA = [("Is the sky blue? Answer:", " yes"), ("Is fire cold? Answer:", " no"), ("Is water wet? Answer:", " yes"),
-      ("Is ice hot? Answer:", " no"), ("Do fish swim? Answer:", " yes"), ("Do rocks fly? Answer:", " no")]
-RTE = [{"premise": "A dog barks loudly.", "hypothesis": "An animal makes noise.", "label": "entailment"},
-       {"premise": "A cat sleeps on the mat.", "hypothesis": "A cat runs.", "label": "not_entailment"},
-       {"premise": "It rained all day.", "hypothesis": "The ground is wet.", "label": "entailment"},
-       {"premise": "The shop is closed.", "hypothesis": "The shop is open.", "label": "not_entailment"}]
-
-
 @pytest.fixture(scope="module")
 def tiny_decoder(tmp_path_factory):
-    corpus = [p + c for p, c in QA] + [f"{r['premise']} {r['hypothesis']} Yes or no? Answer: yes no" for r in RTE]
-    return save_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), corpus * 3)
+    return save_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), QA_CORPUS)
 
 
 def _jsonl(path, records):

@@ -4,6 +4,8 @@ The reference for every row is a fresh model with that adapter alone, loaded by 
 (``load_adapter`` on an unadapted model), run on the same padded batch.
 """
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForMultipleChoice, AutoModelForTokenClassification
@@ -239,3 +241,52 @@ def test_routing_and_loading_errors_name_the_problem(tmp_path):
     with pytest.raises(AdapterLoadError, match=r"task head lives in no module, the model's adapters' in \['classifier'\]"):
         model.load_adapter(tmp_path / "headless", adapter_name="headless")
     assert list_adapters(model) == ["apt4", "pt7"]
+
+
+def test_a_deepcopy_routes_like_the_original_and_owns_its_adapters(tmp_path):
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    model = _multi(build, paths)
+    ids, mask = tiny_batch(len(ROWS), 9, pad_last=2)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask, adapter_names=ROWS).logits
+        twin = copy.deepcopy(model)
+        assert list_adapters(twin) == list_adapters(model) and twin.active_adapter == model.active_adapter
+        torch.testing.assert_close(twin(input_ids=ids, attention_mask=mask, adapter_names=ROWS).logits, before,
+                                   rtol=0, atol=0)
+        for name, p in twin.named_parameters():
+            if name.startswith("adaprefix."):
+                p.add_(1.0)
+        twin.delete_adapter("pt7")
+        assert list_adapters(model) == ["apt4", "pt7", "tok2"]  # the copy's changes stay in the copy
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask, adapter_names=ROWS).logits, before,
+                                   rtol=0, atol=0)
+
+
+def test_two_routed_forwards_before_one_backward_give_the_sum_of_their_gradients(tmp_path):
+    """Routing is per forward: a second forward with other names must not change what the first one's backward
+    differentiates (its routing is over by then)."""
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    model = _multi(build, paths)
+    ids, mask = tiny_batch(len(ROWS), 9, pad_last=2)
+    others = ["apt4"] * 3 + ["tok2"] * 3
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss(names):
+        return model(input_ids=ids, attention_mask=mask, adapter_names=names).logits.nan_to_num(neginf=0.0).square().sum()
+
+    def grads(*names_list):
+        for p in trainable:
+            p.grad = None
+        sum(loss(names) for names in names_list).backward()
+        return [p.grad.clone() for p in trainable]
+
+    first, second, both = grads(ROWS), grads(others), grads(ROWS, others)
+    assert all(g.abs().sum() > 0 for g in first) and not all(torch.equal(a, b) for a, b in zip(first, second))
+    for a, b, ab in zip(first, second, both):
+        torch.testing.assert_close(ab, a + b, rtol=1e-5, atol=1e-6)

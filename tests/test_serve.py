@@ -260,3 +260,48 @@ def test_generate_mixes_decoder_adapters_in_one_batch(tmp_path):
             ids = tokenizer(text, return_tensors="pt", return_token_type_ids=False)
             out = alone.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             assert answer == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_generation_runs_are_served_as_adaprefix_predict_answers_them(tmp_path):
+    """A prompt -> completion run and a text-to-text RTE run, trained by `adaprefix train` on one tiny decoder: mixed
+    concurrent /v1/predict requests answer as `adaprefix predict` does on each run, and /v1/generate takes raw
+    prompts for either."""
+    from decoder_helpers import QA, QA_CORPUS, RTE, save_tiny_decoder
+
+    decoder = save_tiny_decoder(tmp_path / "decoder", QA_CORPUS)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in QA * 2))
+    rte = tmp_path / "data" / "superglue" / "RTE"
+    rte.mkdir(parents=True)
+    for split in ("train", "val"):
+        (rte / f"{split}.jsonl").write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(RTE)))
+    common = {"model": decoder, "epochs": 1, "batch_size": 4, "learning_rate": 1.0}
+    _train({**common, "task": "custom", "train_file": qa, "dev_file": qa, "output_dir": tmp_path / "qa",
+            "prefix_length": 8})
+    _train({**common, "task": "rte-t2t", "data_dir": tmp_path / "data", "output_dir": tmp_path / "rte",
+            "method": "pt2", "prefix_length": 5, "max_length": 96})
+    requests = [("qa", ["Is the sky blue? Answer:", {"prompt": "Do rocks fly? Answer:"}]),
+                ("rte", [{"premise": r["premise"], "hypothesis": r["hypothesis"]} for r in RTE[:3]]),
+                ("qa", ["Is ice hot? Answer:"])]
+    engine = Engine.from_runs([str(tmp_path / "qa"), str(tmp_path / "rte")], Settings(max_wait_ms=100))
+    with TestClient(create_app(engine)) as client:
+        assert {a["name"]: a["kind"] for a in client.get("/v1/adapters").json()["adapters"]} == {
+            "qa": "generation", "rte": "generation"}
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = [pool.submit(client.post, "/v1/predict", json={"adapter": name, "inputs": inputs})
+                       for name, inputs in requests]
+            answers = [f.result() for f in futures]
+        raw = client.post("/v1/generate", json={"adapter": "qa", "inputs": ["Is fire cold? Answer:"],
+                                                "max_new_tokens": 10})
+        wrong = client.post("/v1/generate", json={"adapter": "nope", "inputs": ["x"], "max_new_tokens": 10**6})
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    for (name, inputs), response in zip(requests, answers):
+        loaded = load_run(tmp_path / name)
+        examples = [parse_inputs(loaded.task, i)[0] if isinstance(i, str) else i for i in inputs]
+        reference = [{**input_view(ex), **res} for ex, res in zip(examples, predict(loaded, examples))]
+        assert response.json()["predictions"] == reference
+        if name == "rte":
+            assert all(set(a) == {"premise", "hypothesis", "prediction", "label"} for a in reference)
+    alone = predict(load_run(tmp_path / "qa"), [{"prompt": "Is fire cold? Answer:"}], max_new_tokens=10)
+    assert raw.status_code == 200 and raw.json()["completions"] == [alone[0]["prediction"]]
+    assert wrong.status_code == 404 and "no adapter named 'nope'" in wrong.json()["error"]

@@ -40,8 +40,9 @@ class PredictResponse(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    adapter: str = Field(description="A language-model (decoder) adapter's name.")
-    inputs: list[str] = Field(min_length=1, description="Prompts.")
+    adapter: str = Field(description="A decoder adapter's name: a language-model adapter, or a run of a generation "
+                                     "task (whose /v1/predict also answers inputs in the task's own format).")
+    inputs: list[str] = Field(min_length=1, description="Prompts, as given (no task template applied).")
     max_new_tokens: int = Field(32, ge=1, description="Tokens to generate per prompt (greedy).")
 
 
@@ -107,14 +108,13 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/generate", response_model=GenerateResponse)
     async def generate(body: GenerateRequest) -> dict[str, Any]:
-        """Greedy completions from a language-model adapter, batched with concurrent prompts for any adapter."""
-        served = engine.adapter(body.adapter)
-        if served.task is not None:
-            raise InputError(f"adapter {body.adapter!r} serves task {served.task.name!r} ({served.task.kind}), not "
-                             "generation: POST /v1/predict")
+        """Greedy completions of raw prompts from a language-model adapter or a generation run, batched with
+        concurrent prompts for any of them."""
+        engine.adapter(body.adapter)  # an unknown name is a 404 whatever else is wrong
         if body.max_new_tokens > engine.settings.max_new_tokens:
             raise InputError(f"max_new_tokens: {body.max_new_tokens} is over this server's limit of "
                              f"{engine.settings.max_new_tokens}")
-        return {"completions": await batcher.generate(body.adapter, body.inputs, body.max_new_tokens)}
+        rows = await asyncio.get_running_loop().run_in_executor(None, engine.prompts, body.adapter, body.inputs)
+        return {"completions": await batcher.generate(rows, body.max_new_tokens)}
 
     return app

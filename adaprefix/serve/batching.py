@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from .engine import Engine, Row
+from .engine import GENERATION, Engine, Row
 
 
 @dataclass
@@ -51,18 +51,27 @@ class Batcher:
         self.executor.shutdown(wait=True)
 
     async def predict(self, rows: list[Row]) -> list[dict[str, Any]]:
-        """Answers for a request's rows (one forward for them and whatever else waits)."""
+        """Answers for a request's rows (one forward for them and whatever else waits). A generation task's rows
+        generate, batched with other prompts of the same budget."""
         per_adapter = self.settings.batching == "per-adapter"
-        items = [self._item((self.engine.adapters[row.adapter].group, row.adapter if per_adapter else None), row,
-                            self.engine.run) for row in rows]
+        items = []
+        for row in rows:
+            served = self.engine.adapters[row.adapter]
+            adapter = row.adapter if per_adapter else None
+            if served.generative:
+                budget = served.max_new_tokens
+                run = lambda payloads, budget=budget: self.engine.run_generation(payloads, budget)  # noqa: E731
+                items.append(self._item((GENERATION, "predict", budget, adapter), row, run))
+            else:
+                items.append(self._item((served.group, adapter), row, self.engine.run))
         return list(await asyncio.gather(*(item.future for item in items)))
 
-    async def generate(self, adapter: str, prompts: list[str], max_new_tokens: int) -> list[str]:
-        """Completions of a request's prompts, batched with other prompts of the same ``max_new_tokens``."""
+    async def generate(self, rows: list[Row], max_new_tokens: int) -> list[str]:
+        """Completions of a request's prompt rows, batched with other prompts of the same ``max_new_tokens``."""
         per_adapter = self.settings.batching == "per-adapter"
-        key = ("generation", max_new_tokens, adapter if per_adapter else None)
         run = lambda payloads: self.engine.generate(payloads, max_new_tokens)  # noqa: E731
-        items = [self._item(key, (adapter, prompt), run) for prompt in prompts]
+        items = [self._item((GENERATION, "generate", max_new_tokens, row.adapter if per_adapter else None), row, run)
+                 for row in rows]
         return list(await asyncio.gather(*(item.future for item in items)))
 
     def _item(self, key, payload, run) -> _Item:

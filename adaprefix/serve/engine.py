@@ -26,11 +26,14 @@ from ..persistence import AdapterLoadError
 from ..tasks import DataError, Task
 from ..tasks.answers import answer, unlabelled, word_starts
 from ..tasks.inputs import examples_from_records, input_view, parse_inputs
+from ..tasks.kinds.generation import generate_completions, prepare_tokenizer
 from ..training.build import build_model, build_task, resolve_max_length
 from ..training.config import load_train_config
 from ..training.display import library_output
+from ..training.generation import read_generation_settings
 
 OVERFLOW = ("truncate", "refuse")
+GENERATION = "generation"  # the model group of decoder adapters (language-model adapters and generation runs)
 BATCHING = ("mixed", "per-adapter")
 UNBOUNDED = 10**9  # a max_length no input reaches: encode without truncation to see which inputs are over
 
@@ -81,6 +84,12 @@ class ServedAdapter:
     tokenizer: Any = None
     labels: list[str] = field(default_factory=list)
     max_length: int | None = None
+    max_new_tokens: int | None = None  # a generation run's budget for /v1/predict, as `adaprefix predict` uses
+
+    @property
+    def generative(self) -> bool:
+        """Served by generating: a language-model adapter or a run of a generation task."""
+        return self.task is None or self.task.kind == "generation"
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task.name if self.task else None,
@@ -97,6 +106,7 @@ class Row:
     view: dict[str, Any]  # the input as `adaprefix predict` echoes it
     truncated: bool = False
     word_starts: list[bool] | None = None  # tagging: the sub-tokens that carry a word's tag
+    example: dict[str, Any] | None = None  # a generation task's input, which its answer describes
 
     @property
     def key(self) -> str:
@@ -176,7 +186,10 @@ class Engine:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
-        group = task.auto_model_class().__name__
+        generative = task.kind == "generation"
+        if generative:
+            tokenizer = prepare_tokenizer(tokenizer)
+        group = GENERATION if generative else task.auto_model_class().__name__
         try:
             with library_output("normal"):
                 if group not in self.groups:
@@ -184,13 +197,16 @@ class Engine:
                     if self.groups:  # another head class around the backbone already in memory
                         _share_backbone(model, next(iter(self.groups.values())).model)
                     load_adapter(model, weights, adapter_name=name)
-                    self.groups[group] = _Group(model.eval(), tokenizer, generative=False)
+                    self.groups[group] = _Group(model.eval(), tokenizer, generative=generative)
                 else:
                     self.groups[group].model.load_adapter(weights, adapter_name=name)
         except AdapterLoadError as err:
             raise ServeError(f"{run}: its adapter does not fit the served backbone: {err}") from err
-        served = ServedAdapter(name, str(run), group, cfg.method, task, tokenizer, labels,
-                               resolve_max_length(cfg, task, tokenizer))
+        max_length = resolve_max_length(cfg, task, tokenizer)
+        budget = None
+        if generative:  # what `adaprefix predict` generates for this run
+            budget = read_generation_settings(run).get("max_new_tokens") or task.max_new_tokens([], tokenizer)
+        served = ServedAdapter(name, str(run), group, cfg.method, task, tokenizer, labels, max_length, budget)
         self.adapters[name] = served
         return served
 
@@ -198,7 +214,7 @@ class Engine:
                                    tokenizer: Any = None) -> ServedAdapter:
         """Serve a decoder language-model adapter (saved with ``save_adapter``) for /v1/generate. The first one
         brings its ``model`` (a causal LM, unadapted) and ``tokenizer``; later ones are loaded onto it."""
-        group = "generation"
+        group = GENERATION
         if group not in self.groups:
             if model is None or tokenizer is None:
                 raise ServeError(f"{adapter_dir}: the first language-model adapter needs its model and tokenizer")
@@ -226,6 +242,8 @@ class Engine:
             raise InputError(f"adapter {name!r} is a language-model adapter: POST /v1/generate")
         task = served.task
         examples = _examples(task, inputs)
+        if served.generative:
+            return self._prompt_rows(served, unlabelled(task, examples))
         prepared = unlabelled(task, examples)
         limit = served.max_length
         encoded = task.encode(prepared, served.tokenizer, limit)  # over-long inputs cut as `adaprefix predict` cuts
@@ -265,22 +283,42 @@ class Engine:
                             **({"truncated": True} if row.truncated else {})})
         return results
 
-    @torch.no_grad()
-    def generate(self, items: Sequence[tuple[str, str]], max_new_tokens: int) -> list[str]:
-        """Greedy completions of (adapter, prompt) pairs, in one generate() call whatever their adapters."""
-        group = self.groups["generation"]
-        tokenizer = group.tokenizer
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # prompts end where generation starts
-        try:
-            batch = tokenizer([prompt for _, prompt in items], padding=True, return_tensors="pt")
-        finally:
-            tokenizer.padding_side = side
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        batch = {k: batch[k] for k in ("input_ids", "attention_mask")}  # not a BERT-style tokenizer's token types
-        out = group.model.generate(**batch, adapter_names=[name for name, _ in items], max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=pad)
-        new = out[:, batch["input_ids"].shape[1]:]
-        return tokenizer.batch_decode(new, skip_special_tokens=True)
+    def _prompt_rows(self, served: ServedAdapter, examples: list[dict[str, Any]]) -> list[Row]:
+        """A generation task's inputs as prompts, cut as `adaprefix predict` cuts them to leave room for the
+        generation."""
+        task, tokenizer = served.task, served.tokenizer
+        prompts = task.prompt_ids(examples, tokenizer, served.max_length, served.max_new_tokens)
+        full = task.prompt_ids(examples, tokenizer, UNBOUNDED, served.max_new_tokens)
+        over = [i for i, (cut, whole) in enumerate(zip(prompts, full)) if len(cut) < len(whole)]
+        if over and self.settings.on_overflow == "refuse":
+            room = max(served.max_length - served.max_new_tokens, served.max_length // 2, 1)
+            details = ", ".join(f"inputs[{i}] ({len(full[i])} tokens)" for i in over)
+            raise InputError(f"over the {room}-token prompt limit of adapter {served.name!r} ({served.max_length} "
+                             f"tokens less the {served.max_new_tokens} it generates): {details}; shorten them, or "
+                             "start the server with --on-overflow truncate")
+        return [Row(served.name, {"input_ids": ids}, input_view(example), truncated=i in over, example=example)
+                for i, (ids, example) in enumerate(zip(prompts, examples))]
+
+    def prompts(self, name: str, texts: Sequence[str]) -> list[Row]:
+        """The prompts of a /v1/generate request as rows for ``name`` (a generative adapter), as given."""
+        served = self.adapter(name)
+        if not served.generative:
+            raise InputError(f"adapter {name!r} serves task {served.task.name!r} ({served.task.kind}), not "
+                             "generation: POST /v1/predict")
+        ids = served.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        return [Row(name, {"input_ids": row}, {"prompt": text}) for row, text in zip(ids, texts)]
+
+    def generate(self, rows: Sequence[Row], max_new_tokens: int) -> list[str]:
+        """Greedy completions of prompt rows, in one generate() call whatever their adapters."""
+        group = self.groups[GENERATION]
+        return generate_completions(group.model, group.tokenizer, [row.features["input_ids"] for row in rows],
+                                    max_new_tokens, batch_size=len(rows), adapter_names=[row.adapter for row in rows])
+
+    def run_generation(self, rows: Sequence[Row], max_new_tokens: int) -> list[dict[str, Any]]:
+        """/v1/predict answers of a generation task's rows: each completion as `adaprefix predict` describes it."""
+        texts = self.generate(rows, max_new_tokens)
+        return [{**row.view, **self.adapters[row.adapter].task.describe(row.example, text),
+                 **({"truncated": True} if row.truncated else {})} for row, text in zip(rows, texts)]
 
 
 def _same_path(path: str) -> str:

@@ -15,6 +15,8 @@ def unlabelled(task: Task, examples: Sequence[Example]) -> list[Example]:
     that its encoding marks the sub-tokens that start a word (the ones whose tag is read off)."""
     if task.kind == "token-classification":
         return [dict(ex, tags=["O"] * len(ex["tokens"])) for ex in examples]
+    if task.kind == "generation":  # a custom task's prompt records carry no label field
+        return [dict(ex, label=None) if "label" in ex else dict(ex) for ex in examples]
     return [dict(ex, label=None) for ex in examples]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..files import atomic_write_json
+from ..tasks.answers import unlabelled
 from ..tasks.base import Example
 from ..tasks.kinds.generation import GenerationTask, generate_completions
 
@@ -63,7 +64,7 @@ def predict_completions(task: GenerationTask, tokenizer: Any, model: Any, inputs
                         max_length: int, max_new_tokens: int, batch_size: int = 32) -> list[dict[str, Any]]:
     """Greedy completions of ``inputs`` (examples in the task's own format), each as the task describes it
     (``prediction``, and a text-to-text task's ``label``)."""
-    examples = [dict(ex, label=None) if "label" in ex else dict(ex) for ex in inputs]
+    examples = unlabelled(task, inputs)
     prompts = task.prompt_ids(examples, tokenizer, max_length, max_new_tokens)
     texts = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
     return [task.describe(ex, text) for ex, text in zip(examples, texts)]

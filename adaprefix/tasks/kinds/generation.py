@@ -237,8 +237,9 @@ class GenerationTask(Task):
 
 
 def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int,
-                         batch_size: int = 32) -> list[str]:
+                         batch_size: int = 32, adapter_names: Sequence[str] | None = None) -> list[str]:
     """Greedy completions of tokenized prompts, decoded without special tokens, in the prompts' order.
+    ``adapter_names`` (one per prompt) routes each prompt through its own adapter of a multi-adapter model.
 
     Prompts are batched by length (fewer pad tokens), left-padded, and generated with the KV cache; each completion
     ends at the first EOS (or after ``max_new_tokens``). The model's own generation config (sampling, penalties) is
@@ -247,8 +248,11 @@ def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[list[int]
     import torch
     from transformers import GenerationConfig
 
-    tokenizer = prepare_tokenizer(tokenizer)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos = tokenizer.eos_token_id  # None (a raw language-model adapter's tokenizer may have none): run to the budget
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if pad is None:
+        raise TokenizerError(f"{type(tokenizer).__name__} has neither a pad nor an EOS token, so prompts of "
+                             "different lengths cannot share a batch; set tokenizer.pad_token")
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
                               pad_token_id=pad, use_cache=True)
     collate = CompletionCollator(pad, side="left")
@@ -262,9 +266,11 @@ def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[list[int]
             for start in range(0, len(order), batch_size):
                 chosen = order[start:start + batch_size]
                 batch = collate([{"input_ids": prompts[i], "attention_mask": [1] * len(prompts[i])} for i in chosen])
-                out = model.generate(**{k: v.to(device) for k, v in batch.items()}, generation_config=config)
+                routing = {"adapter_names": [adapter_names[i] for i in chosen]} if adapter_names is not None else {}
+                out = model.generate(**{k: v.to(device) for k, v in batch.items()}, generation_config=config,
+                                     **routing)
                 for i, row in zip(chosen, out[:, batch["input_ids"].shape[1]:].tolist()):
-                    if eos in row:
+                    if eos is not None and eos in row:
                         row = row[:row.index(eos)]
                     texts[i] = tokenizer.decode(row, skip_special_tokens=True)
     finally:
