@@ -305,3 +305,14 @@ def test_generation_runs_are_served_as_adaprefix_predict_answers_them(tmp_path):
     alone = predict(load_run(tmp_path / "qa"), [{"prompt": "Is fire cold? Answer:"}], max_new_tokens=10)
     assert raw.status_code == 200 and raw.json()["completions"] == [alone[0]["prediction"]]
     assert wrong.status_code == 404 and "no adapter named 'nope'" in wrong.json()["error"]
+
+
+def test_runs_with_identical_tokenizer_files_share_one_tokenizer(runs, tmp_path):
+    changed = tmp_path / "topics"
+    shutil.copytree(runs["topics"], changed)
+    config = json.loads((changed / "tokenizer" / "tokenizer_config.json").read_text())
+    (changed / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 77}))
+    engine = Engine.from_runs([str(runs["sentiment"]), str(runs["topics"]), f"other={changed}"])
+    held = {name: served.tokenizer for name, served in engine.adapters.items()}
+    assert held["sentiment"] is held["topics"] and held["other"] is not held["topics"]
+    assert held["other"].model_max_length == 77
