@@ -147,6 +147,10 @@ else:  # one model per run, as separate single-adapter servers would hold them
     model = held[0].model
 backbone = sum(p.numel() * p.element_size() for p in model.base_model.parameters())
 models = [group.model for group in held.groups.values()] if mode == "engine" else [run.model for run in held]
+import torch
+with torch.no_grad():  # one forward each, so that every weight is resident (not just memory-mapped) when measured
+    for m in models:
+        m(input_ids=torch.tensor([[101, 2023, 102]]))
 storages = {}  # every parameter and buffer tensor held, counted once per storage (shared tensors once)
 for m in models:
     for t in [*m.parameters(), *m.buffers()]:
@@ -167,9 +171,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=192, help="requests per configuration (one input each)")
     parser.add_argument("--concurrency", type=int, default=32, help="clients sending at once")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each configuration; medians are reported")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--note", default="2-core CPU, possibly shared with other work: seconds are noisy, ratios from "
+                        "one side-by-side run are the figures to read", help="machine conditions, for the report")
     args = parser.parse_args()
 
     import torch
@@ -180,22 +187,27 @@ def main() -> None:
     started = time.perf_counter()
     meta = run_metadata(packages=("torch", "transformers", "fastapi", "uvicorn", "httpx"))
     meta.update(machine_metadata(), torch_threads=torch.get_num_threads())
-    meta["note"] = ("2-core CPU shared with a background training job and other work: seconds are noisy, ratios "
-                    "from one side-by-side run are the figures to read")
+    meta["note"] = args.note
     with tempfile.TemporaryDirectory() as folder:
         runs = make_runs(Path(folder), 8)
         settings = Settings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
         engine = Engine.from_runs(list(map(str, runs)), settings)
         names = list(engine.adapters)
-        throughput = []
-        for count in (1, 2, 4, 8):
-            for batching in (("mixed", "per-adapter") if count % 4 else ("per-adapter", "mixed")):
-                if count == 1 and batching == "per-adapter":
-                    continue  # one adapter: the two are the same server
-                engine.settings.batching = batching
-                result = serve_and_measure(engine, names[:count], args.requests, args.concurrency, seed=count)
-                throughput.append({"adapters": count, "batching": batching, **result})
-                print(json.dumps(throughput[-1]), flush=True)
+        trials: dict[tuple[int, str], list[dict]] = {}
+        for repeat in range(args.repeats):  # configurations interleaved, so a slow spell of the machine hits them all
+            for count in (1, 2, 4, 8):
+                for batching in (("mixed", "per-adapter") if (count + repeat) % 2 else ("per-adapter", "mixed")):
+                    if count == 1 and batching == "per-adapter":
+                        continue  # one adapter: the two are the same server
+                    engine.settings.batching = batching
+                    result = serve_and_measure(engine, names[:count], args.requests, args.concurrency,
+                                               seed=count + 100 * repeat)
+                    trials.setdefault((count, batching), []).append(result)
+                    print(json.dumps({"repeat": repeat, "adapters": count, "batching": batching, **result}), flush=True)
+        throughput = [{"adapters": count, "batching": batching, "repeats": len(results),
+                       **{key: statistics.median(r[key] for r in results) for key in results[0]},
+                       "throughput_rps_each": [r["throughput_rps"] for r in results]}
+                      for (count, batching), results in trials.items()]
         del engine
         mem = {"one_backbone_one_adapter": memory(runs[:1], "engine"), "engine_8_adapters": memory(runs, "engine"),
                "8_models": memory(runs, "copies")}
@@ -227,15 +239,18 @@ def report(record: dict) -> str:
              f"Command: `{meta.get('command', 'python benchmarks/serve/bench.py')}`  ",
              f"Commit {meta.get('commit')}, {meta.get('cpu', '')}, torch threads {meta['torch_threads']}; "
              f"{meta['note']}.", "",
-             f"{record['settings']['requests']} requests per row (one CB/RTE pair each, adapters drawn at random "
+             f"Each row is the median of {record['settings']['repeats']} runs of "
+             f"{record['settings']['requests']} requests (one CB/RTE pair each, adapters drawn at random "
              f"among the first N), {record['settings']['concurrency']} concurrent clients, max batch "
              f"{record['settings']['max_batch_size']}, max wait {record['settings']['max_wait_ms']} ms. Adapters are "
              "untrained (MiniLM, different seeds, methods, prefix lengths 8-20 and heads of 2 or 3 labels): speed "
              "does not depend on what they learned.", "",
-             "| adapters | batching | req/s | p50 ms | p99 ms | forwards | rows/forward |", "|---|---|---|---|---|---|---|"]
+             "| adapters | batching | req/s (median) | req/s of each run | p50 ms | p99 ms | forwards | rows/forward |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in record["throughput"]:
-        lines.append(f"| {r['adapters']} | {r['batching']} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | "
-                     f"{r['forwards']} | {r['rows_per_forward']} |")
+        each = ", ".join(f"{x:.0f}" for x in r["throughput_rps_each"])
+        lines.append(f"| {r['adapters']} | {r['batching']} | {r['throughput_rps']:.1f} | {each} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['forwards']:g} | {r['rows_per_forward']:.2f} |")
     mem = record["memory"]
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in ratios.items()]
     lines += ["", f"Resident memory: one backbone with one adapter {mib(mem['one_backbone_one_adapter']['rss_bytes'])}, "
@@ -244,8 +259,9 @@ def report(record: dict) -> str:
               f"{mib(mem['one_backbone_one_adapter']['backbone_param_bytes'])}). Model tensors held (parameters and "
               f"buffers, each storage once): {mib(mem['one_backbone_one_adapter']['tensor_bytes'])}, "
               f"{mib(mem['engine_8_adapters']['tensor_bytes'])} and {mib(mem['8_models']['tensor_bytes'])}. "
-              "RSS beyond the tensors is mostly each run's tokenizer and task, and the 8 models' RSS is low "
-              "because their weights are memory-mapped from the same safetensors file until touched.",
+              "Each model ran one forward before it was measured, so its weights are resident. RSS beyond the "
+              "tensors is torch and Python themselves; runs whose tokenizer files are identical share one tokenizer "
+              "(about 10 MiB each).",
               "Targets: mixed throughput with 8 adapters >= 0.9x one adapter's; RSS with 8 adapters <= 1.1x one "
               "backbone's.", ""]
     return "\n".join(lines)
