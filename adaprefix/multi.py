@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -228,7 +228,7 @@ class Routing:
     prefixes: dict[str, object] = field(default_factory=dict)  # name -> its prefix() output for this forward
     masks: dict[str, torch.Tensor | None] = field(default_factory=dict)  # name -> its rows of the padding mask
     owner: str = "forward"  # who ends it: the forward's post-hook, or the routed() block around generate()
-    _rows: dict[tuple, dict[str, torch.Tensor]] = field(default_factory=dict)
+    _rows: dict[tuple, Any] = field(default_factory=dict)  # rows() and inverse() per (batch, device)
 
     def rows(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Row indices per adapter for a tensor of ``batch`` rows: batch may be a multiple k of the examples
@@ -242,6 +242,14 @@ class Routing:
                                           "give one name per example")
             self._rows[key] = {name: (idx.to(device)[:, None] * k + torch.arange(k, device=device)).flatten()
                                for name, idx in self.groups.items()}
+        return self._rows[key]
+
+    def inverse(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Indices that put a tensor whose rows are concatenated group by group (in ``rows()`` order) back in batch
+        order."""
+        key = ("inverse", batch, device)
+        if key not in self._rows:
+            self._rows[key] = torch.argsort(torch.cat(list(self.rows(batch, device).values())))
         return self._rows[key]
 
 
@@ -309,31 +317,35 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
     parts = []
     for name, rows in groups.items():
         config, adapter = _entry_of(runtime, name)
-        part = adapter.layer_prefix(config, routing.prefixes[name], i, layer, hidden[rows], routing.masks[name],
-                                    shared, memo=name)
-        if part is not None:
-            parts.append((rows, part))
-    if not parts:
+        parts.append((rows, adapter.layer_prefix(config, routing.prefixes[name], i, layer, hidden[rows],
+                                                 routing.masks[name], shared, memo=name)))
+    real = [part for _, part in parts if part is not None]
+    if not real:
         return None
+    # Each adapter's prefix, padded to the longest and expanded to its rows, concatenated in group order and put
+    # back in batch order by one gather: a few whole-batch ops per layer rather than a scatter per adapter.
     batch, q_len = hidden.shape[:2]
-    ref = parts[0][1].keys
-    length = max(part.keys.shape[2] for _, part in parts)
-    keys = ref.new_zeros(batch, ref.shape[1], length, ref.shape[3])  # (B, kv_heads, L, head_dim)
-    values = torch.zeros_like(keys)
-    keep = torch.zeros(batch, length, dtype=torch.bool, device=ref.device)  # (B, L): real prefix columns
-    per_query = any(part.query_gate is not None for _, part in parts)
-    # Rows of an adapter without a per-query gate get gate 1: their keys and values are already scaled.
-    gate = ref.new_ones(batch, q_len, length) if per_query else None  # (B, T, L)
+    ref = real[0].keys
+    length = max(part.keys.shape[2] for part in real)
+    per_query = any(part.query_gate is not None for part in real)
+    keys, values, gates, lengths = [], [], [], []
     for rows, part in parts:
-        rows = rows.to(ref.device)
-        n, l = len(rows), part.keys.shape[2]
-        keys[rows, :, :l] = part.keys.expand(n, -1, -1, -1)
-        values[rows, :, :l] = part.values.expand(n, -1, -1, -1)
-        keep[rows, :l] = True
-        if part.query_gate is not None:
-            gate[rows, :, :l] = part.query_gate.to(gate.dtype)
-    return seam.LayerPrefix(keys=keys, values=values, query_gate=gate, shared=shared,
-                            keep=None if bool(keep.all()) else keep)
+        n = len(rows)
+        l = part.keys.shape[2] if part is not None else 0  # None: PT-2*'s layer without a prefix for this adapter
+        pk = part.keys if part is not None else ref.new_zeros(1, ref.shape[1], 0, ref.shape[3])
+        pv = part.values if part is not None else pk
+        keys.append(nn.functional.pad(pk, (0, 0, 0, length - l)).expand(n, -1, -1, -1))  # (n, kv_heads, L, hd)
+        values.append(nn.functional.pad(pv, (0, 0, 0, length - l)).expand(n, -1, -1, -1))
+        if per_query:  # rows of an adapter without a per-query gate get gate 1: their keys are already scaled
+            gate = part.query_gate if part is not None and part.query_gate is not None else ref.new_ones(n, q_len, l)
+            gates.append(nn.functional.pad(gate.to(ref.dtype), (0, length - l), value=1.0))  # (n, T, L)
+        lengths += [l] * n
+    inverse = routing.inverse(batch, ref.device)
+    keep = None
+    if min(lengths) < length:  # (B, L): real prefix columns, in batch order
+        keep = torch.arange(length, device=ref.device) < torch.tensor(lengths, device=ref.device)[inverse, None]
+    return seam.LayerPrefix(keys=torch.cat(keys)[inverse], values=torch.cat(values)[inverse],
+                            query_gate=torch.cat(gates)[inverse] if per_query else None, shared=shared, keep=keep)
 
 
 class RoutedHead(nn.Module):

@@ -194,20 +194,22 @@ def main() -> None:
         engine = Engine.from_runs(list(map(str, runs)), settings)
         names = list(engine.adapters)
         trials: dict[tuple[int, str], list[dict]] = {}
-        for repeat in range(args.repeats):  # configurations interleaved, so a slow spell of the machine hits them all
-            for count in (1, 2, 4, 8):
-                for batching in (("mixed", "per-adapter") if (count + repeat) % 2 else ("per-adapter", "mixed")):
-                    if count == 1 and batching == "per-adapter":
-                        continue  # one adapter: the two are the same server
-                    engine.settings.batching = batching
-                    result = serve_and_measure(engine, names[:count], args.requests, args.concurrency,
-                                               seed=count + 100 * repeat)
-                    trials.setdefault((count, batching), []).append(result)
-                    print(json.dumps({"repeat": repeat, "adapters": count, "batching": batching, **result}), flush=True)
+        # One adapter: mixed and per-adapter batching are the same server.
+        configs = [(1, "mixed")] + [(n, b) for n in (2, 4, 8) for b in ("mixed", "per-adapter")]
+        for repeat in range(args.repeats):
+            # Interleaved, and each repeat starts one configuration later: a slow spell of the machine, or a drift
+            # over the run, hits every configuration alike.
+            shift = repeat % len(configs)
+            for count, batching in configs[shift:] + configs[:shift]:
+                engine.settings.batching = batching
+                result = serve_and_measure(engine, names[:count], args.requests, args.concurrency,
+                                           seed=count + 100 * repeat)
+                trials.setdefault((count, batching), []).append(result)
+                print(json.dumps({"repeat": repeat, "adapters": count, "batching": batching, **result}), flush=True)
         throughput = [{"adapters": count, "batching": batching, "repeats": len(results),
                        **{key: statistics.median(r[key] for r in results) for key in results[0]},
                        "throughput_rps_each": [r["throughput_rps"] for r in results]}
-                      for (count, batching), results in trials.items()]
+                      for (count, batching), results in sorted(trials.items())]
         del engine
         mem = {"one_backbone_one_adapter": memory(runs[:1], "engine"), "engine_8_adapters": memory(runs, "engine"),
                "8_models": memory(runs, "copies")}
