@@ -290,3 +290,52 @@ def test_two_routed_forwards_before_one_backward_give_the_sum_of_their_gradients
     assert all(g.abs().sum() > 0 for g in first) and not all(torch.equal(a, b) for a, b in zip(first, second))
     for a, b, ab in zip(first, second, both):
         torch.testing.assert_close(ab, a + b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_the_stacked_path_equals_the_per_adapter_path_in_outputs_and_gradients(tmp_path, arch, monkeypatch):
+    """A mixed batch of adapters without per-layer lengths runs on stacked tensors (one set of whole-batch ops per
+    layer), pooled gates (encoders) and per-query ones (decoders) alike; the per-adapter loop is the reference, on
+    every row and every gradient."""
+    import adaprefix.multi as multi
+
+    configs = {**CONFIGS, "lam3": dict(method="layer-gate", prefix_length=3, layer_gate_init=0.7)}
+    if arch == "bert":  # one adapter pooling its gate's input on the first token beside ones pooling the mean
+        configs["cls5"] = dict(method="apt", prefix_length=5, gate_pooling="cls", token_gate_weight_std=0.5)
+    labels = {**LABELS, "lam3": 4, "cls5": 2}
+    rows = ROWS + ["lam3", "lam3"] + (["cls5"] if arch == "bert" else ["pt7"])
+
+    def build(n):
+        if arch == "llama":
+            from transformers import LlamaConfig, LlamaForSequenceClassification
+
+            torch.manual_seed(0)
+            config = LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, intermediate_size=48, num_labels=n or 3, pad_token_id=0)
+            return LlamaForSequenceClassification(config).eval()
+        return tiny_model("bert", "sdpa", num_labels=n or 3)
+
+    paths = _save_adapters(tmp_path, build, configs, labels)
+    model = _multi(build, paths)
+    ids, mask = tiny_batch(len(rows), 9, pad_last=3)
+    if arch == "llama":  # left padding, as decoders batch prompts
+        mask = mask.flip(-1)
+    built = []
+    original = multi._build_stack
+    monkeypatch.setattr(multi, "_build_stack", lambda *a: built.append(original(*a)) or built[-1])
+
+    def run():
+        for p in model.parameters():
+            p.grad = None
+        logits = model(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+        logits.nan_to_num(neginf=0.0).square().sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    stacked, stacked_grads = run()
+    assert built and all(isinstance(b, multi._Stack) for b in built)  # the fast path ran
+    monkeypatch.setattr(multi, "_build_stack", lambda *a: None)
+    looped, looped_grads = run()
+    torch.testing.assert_close(stacked, looped, rtol=1e-5, atol=1e-6)
+    assert stacked_grads.keys() == looped_grads.keys() and stacked_grads
+    for name in stacked_grads:
+        torch.testing.assert_close(stacked_grads[name], looped_grads[name], rtol=1e-4, atol=1e-6, msg=name)
