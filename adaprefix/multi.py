@@ -12,6 +12,9 @@ adapter. Where that happens:
 
 - prefix and gates: in each layer's pre-hook (:func:`routed_layer_prefix`): every adapter's gates read its own
   rows of h_{i-1}; their prefixes are stacked into one (B, kv_heads, L, head_dim) tensor, L the longest of them.
+  Usually the adapters' prefixes and gate weights are stacked once per forward and each layer gathers every row's
+  own in a few whole-batch ops (:func:`_stacked_layer_prefix`); per-layer lengths (PT-2*) and models split across
+  devices take a loop over the adapters instead, which gives the same rows.
   A shorter prefix is padded with zero columns that a per-row keep-mask (``LayerPrefix.keep``) hides from
   attention, so they get exactly zero weight (the mask holds the dtype's minimum or -inf there; its exp is 0).
 - head: while the forward runs, each head module is replaced by a :class:`RoutedHead` that runs each adapter's
