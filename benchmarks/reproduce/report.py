@@ -223,6 +223,27 @@ def gate_section(plots: Path | None = None) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(images) + "\n"
 
 
+def progress_table(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
+    """Recorded vs planned runs per experiment and task, with the median wall minutes of the recorded runs (trained
+    here, not reused): how much of the grid is left, and roughly what it costs."""
+    planned: dict[tuple[str, str], int] = defaultdict(int)
+    for run in expand(grid):
+        planned[run.experiment, run.task] += 1
+    have = {r["run_id"] for r in records}
+    done: dict[tuple[str, str], int] = defaultdict(int)
+    for run in expand(grid):
+        done[run.experiment, run.task] += run.run_id in have
+    minutes: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if "reused_from" not in r:
+            minutes[r["task"]].append(r["seconds"] / 60)
+    lines = ["| experiment | task | recorded / planned | median minutes per run so far (task) |", "|---|---|---:|---:|"]
+    for (experiment, task), n in planned.items():
+        spent = f"{statistics.median(minutes[task]):.0f}" if minutes[task] else "–"
+        lines.append(f"| {experiment} | {task} | {done[experiment, task]} / {n} | {spent} |")
+    return "\n".join(lines) + "\n"
+
+
 def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path | None = None) -> str:
     """The report's Markdown; its plots are drawn into ``plots`` (by default results/, where the report links)."""
     plots = PLOTS if plots is None else plots
@@ -258,6 +279,9 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     out += ["## 7. A larger backbone: all-mpnet-base-v2 (MPNet, 12 x 768), CB\n",
             "P-tuning v2's footing at the script's rates (no sweep); see `grid.yaml`.\n",
             paper_table(records, "mpnet", plan)]
+    out += ["## Progress\n", "What the grid still misses (`python benchmarks/reproduce/run.py --list` names each run). "
+            "Minutes are wall time on 2 CPU cores, mostly shared with other work (a resumed run counts its last "
+            "sitting only).\n", progress_table(records, grid)]
     out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
             "ran: seconds are indicative only (a resumed run counts its last sitting only). A run's training loss "
             "counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]

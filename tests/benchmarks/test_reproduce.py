@@ -226,3 +226,15 @@ def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():
                             dev_metric="macro_f1")
     rows = [line for line in table.splitlines()[2:]]
     assert len(rows) == 1 and "| cb | pt2 | dev macro_f1 |" in rows[0] and "| 52.0 ± 2.8 (2/3) |" in rows[0]
+
+
+def test_progress_counts_recorded_runs_per_experiment_and_task():
+    runs = G.expand(GRID)
+    first = runs[0]
+    records = [{**record(first.run_id, 70.0, 0.01, experiment=first.experiment, task=first.task), "seconds": 600.0}]
+    table = R.progress_table(records, GRID)
+    planned = sum(1 for r in runs if (r.experiment, r.task) == (first.experiment, first.task))
+    assert f"| {first.experiment} | {first.task} | 1 / {planned} | 10 |" in table
+    others = [line for line in table.splitlines()[2:] if f"| {first.experiment} | {first.task} |" not in line]
+    assert others and all("| 0 / " in line and line.endswith("| – |") for line in others
+                          if f"| {first.task} |" not in line)
