@@ -322,7 +322,8 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
                                     memo=name)
     if routing.stack is False:
         routing.stack = _build_stack(runtime, layer, hidden)
-    if routing.stack is not None:
+    # Checked per layer: under a device map, a later layer may run on another device than the stack is on.
+    if routing.stack is not None and hidden.device == routing.stack.kv.device == layer_device(layer, hidden):
         return _stacked_layer_prefix(routing.stack, i, hidden, routing.padding_mask, shared)
     parts = []
     for name, rows in groups.items():
@@ -377,8 +378,8 @@ class _Stack:
 
 def _build_stack(runtime: AdapterRuntime, layer: nn.Module, hidden: torch.Tensor) -> _Stack | None:
     """The stacks of this forward's adapters; None where one of them needs its own code path: per-layer lengths
-    (PT-2*), per-query gates beside pooled ones, prefix dropout while training, or adapters on several devices
-    (device_map)."""
+    (PT-2*), per-query gates beside pooled ones, prefix dropout while training, or adapters on another device than
+    the first layer (a layer on another device than the stack falls back on its own: routed_layer_prefix)."""
     routing = runtime.routing
     entries = [(name, *_entry_of(runtime, name)) for name in routing.groups]
     gated = [config.use_token_gate for _, config, _ in entries]

@@ -339,3 +339,34 @@ def test_the_stacked_path_equals_the_per_adapter_path_in_outputs_and_gradients(t
     assert stacked_grads.keys() == looped_grads.keys() and stacked_grads
     for name in stacked_grads:
         torch.testing.assert_close(stacked_grads[name], looped_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_layer_on_another_device_gets_its_mixed_prefix_there(tmp_path):
+    """Under a device map, a later layer runs on another device than the first ("meta" stands in, as in
+    test_inject): the stacked path (built on the first layer's device) must not hand that layer prefixes on the first
+    layer's device; it falls back to the per-adapter loop there, which moves each adapter's slice."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    from adaprefix.adapter import adapter_runtime
+    import adaprefix.multi as multi
+
+    for seed, name in enumerate(("a", "b")):
+        model = tiny_model("bert", "sdpa")
+        torch.manual_seed(seed + 1)
+        attach(model, AdaptivePrefixConfig(method="apt", prefix_length=4, token_gate_weight_std=0.5))
+        model.save_adapter(tmp_path / name)
+    model = load_adapter(tiny_model("bert", "sdpa"), tmp_path / "a", adapter_name="a")
+    model.load_adapter(tmp_path / "b", adapter_name="b")
+    runtime, layers = adapter_runtime(model), model.bert.encoder.layer
+    add_hook_to_module(layers[1], AlignDevicesHook(execution_device=torch.device("meta")))
+    multi._start(model, runtime, multi.make_routing(model, ["a", "b"]))
+    runtime.padding_mask = torch.ones(2, 9, dtype=torch.long)
+    multi.begin_routed_forward(runtime, runtime.padding_mask)
+    hidden = torch.randn(2, 9, 32)
+    devices = []
+    for i in (0, 1):
+        hook = next(h for h in layers[i]._forward_pre_hooks.values() if getattr(h, "site", None) is runtime.sites[i])
+        hook(layers[i], (hidden,), {})
+        devices.append(runtime.sites[i].prefix.keys.device.type)
+    assert isinstance(runtime.routing.stack, multi._Stack)  # layer 0 did run stacked
+    assert devices == ["cpu", "meta"]
