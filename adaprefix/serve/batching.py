@@ -121,13 +121,29 @@ class Batcher:
                 continue
             try:
                 results = await loop.run_in_executor(self.executor, first.run, [item.payload for item in batch])
-            except Exception as err:  # noqa: BLE001 - the error goes to the requests of this batch, the loop goes on
+            except Exception as err:  # noqa: BLE001 - the loop goes on; the error goes to the rows that caused it
+                if len(batch) == 1:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(err)
+                    continue
+                # One bad row must not fail the others that shared its forward: each runs again on its own.
                 for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(err)
+                    await self._run_alone(item)
                 continue
             self.batches += 1
             self.rows += len(batch)
             for item, result in zip(batch, results):
                 if not item.future.done():
                     item.future.set_result(result)
+
+    async def _run_alone(self, item: _Item) -> None:
+        try:
+            result = (await asyncio.get_running_loop().run_in_executor(self.executor, item.run, [item.payload]))[0]
+        except Exception as err:  # noqa: BLE001 - reported to this row's request only
+            if not item.future.done():
+                item.future.set_exception(err)
+            return
+        self.batches += 1
+        self.rows += 1
+        if not item.future.done():
+            item.future.set_result(result)

@@ -28,7 +28,7 @@ from ..persistence import AdapterLoadError
 from ..tasks import DataError, Task
 from ..tasks.answers import answer, unlabelled, word_starts
 from ..tasks.inputs import examples_from_records, input_view, parse_inputs
-from ..tasks.kinds.generation import generate_completions, prepare_tokenizer
+from ..tasks.kinds.generation import cut_prompt, generate_completions, leading_specials, prepare_tokenizer
 from ..training.build import build_model, build_task, resolve_max_length
 from ..training.config import load_train_config
 from ..training.display import library_output
@@ -319,15 +319,33 @@ class Engine:
         return [Row(served.name, {"input_ids": ids}, input_view(example), truncated=i in over, example=example)
                 for i, (ids, example) in enumerate(zip(prompts, examples))]
 
-    def prompts(self, name: str, texts: Sequence[str]) -> list[Row]:
-        """The prompts of a /v1/generate request as rows for ``name`` (a generative adapter), as given."""
+    def prompts(self, name: str, texts: Sequence[str], max_new_tokens: int) -> list[Row]:
+        """The prompts of a /v1/generate request as rows for ``name`` (a generative adapter), as given. A prompt
+        that leaves no room for ``max_new_tokens`` within the model's positions is cut from its start (its leading
+        special tokens kept) and flagged, or refused under ``on_overflow='refuse'``."""
         served = self.adapter(name)
         if not served.generative:
             raise InputError(f"adapter {name!r} serves task {served.task.name!r} ({served.task.kind}), not "
                              "generation: POST /v1/predict")
         with self._tokenizing:
             ids = served.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
-        return [Row(name, {"input_ids": row}, {"prompt": text}) for row, text in zip(ids, texts)]
+            lead = leading_specials(served.tokenizer)
+        limit = getattr(self.groups[GENERATION].model.config, "max_position_embeddings", None)
+        over = []
+        if limit is not None:
+            room = limit - max_new_tokens
+            if room < 1:
+                raise InputError(f"max_new_tokens: {max_new_tokens} leaves no room for a prompt within the "
+                                 f"{limit} positions of adapter {name!r}'s model")
+            over = [i for i, row in enumerate(ids) if len(row) > room]
+            if over and self.settings.on_overflow == "refuse":
+                details = ", ".join(f"inputs[{i}] ({len(ids[i])} tokens)" for i in over)
+                raise InputError(f"over the {room}-token prompt limit of adapter {name!r} ({limit} positions less "
+                                 f"the {max_new_tokens} new tokens): {details}; shorten them, ask for fewer new "
+                                 "tokens, or start the server with --on-overflow truncate")
+            ids = [cut_prompt(row, room, lead) for row in ids]
+        return [Row(name, {"input_ids": row}, {"prompt": text}, truncated=i in over)
+                for i, (row, text) in enumerate(zip(ids, texts))]
 
     def generate(self, rows: Sequence[Row], max_new_tokens: int) -> list[str]:
         """Greedy completions of prompt rows, in one generate() call whatever their adapters."""
