@@ -370,26 +370,26 @@ class _Stack:
     keep: torch.Tensor | None  # (B, L) real prefix columns; None when every adapter has length L
     weight: torch.Tensor | None  # (A, N, d, L) token-gate weights, zero for adapters without a token gate
     bias: torch.Tensor | None  # (A, N, L)
-    gated: torch.Tensor | None  # (A, 1) whether the adapter has a token gate
+    gated: torch.Tensor | None  # (B, 1) whether the row's adapter has a token gate
     poolings: tuple[str, ...]  # the token-gated adapters' poolings: mean and/or cls, or token alone
     pooling: torch.Tensor | None  # (B,) each row's pooling, an index into ``poolings``
-    scale: torch.Tensor | None  # (A, N) lambda, 1 for adapters without a layer gate
+    scale: torch.Tensor | None  # (B, N) the row's adapter's lambda per layer, 1 for adapters without a layer gate
 
 
 def _build_stack(runtime: AdapterRuntime, layer: nn.Module, hidden: torch.Tensor) -> _Stack | None:
     """The stacks of this forward's adapters; None where one of them needs its own code path: per-layer lengths
-    (PT-2*), per-query gates beside pooled ones, prefix dropout while training, or adapters on another device than
-    the first layer (a layer on another device than the stack falls back on its own: routed_layer_prefix)."""
+    (PT-2*), per-query gates beside pooled ones, prefix dropout while training, or prefixes on several devices (a
+    layer on another device than the stack takes the loop on its own: routed_layer_prefix checks every layer)."""
     routing = runtime.routing
     entries = [(name, *_entry_of(runtime, name)) for name in routing.groups]
     gated = [config.use_token_gate for _, config, _ in entries]
     poolings = tuple(sorted({config.gate_pooling for _, config, _ in entries if config.use_token_gate}))
     if (any(config.prefix_lengths is not None for _, config, _ in entries)
-            or ("token" in poolings and len(poolings) > 1) or layer_device(layer, hidden) != hidden.device
+            or ("token" in poolings and len(poolings) > 1)
             or (layer.training and any(config.prefix_dropout for _, config, _ in entries))):
         return None
     kvs = [routing.prefixes[name] for name, _, _ in entries]  # (N, 2, kv_heads, l, head_dim) each
-    if any(kv.device != hidden.device for kv in kvs):
+    if len({kv.device for kv in kvs}) > 1:
         return None
     length = max(kv.shape[3] for kv in kvs)
     kv = torch.stack([nn.functional.pad(kv, (0, 0, 0, length - kv.shape[3])) for kv in kvs])
@@ -410,11 +410,11 @@ def _build_stack(runtime: AdapterRuntime, layer: nn.Module, hidden: torch.Tensor
         bias = torch.stack([nn.functional.pad(adapter.token_gate.bias, (0, length - kvs[a].shape[3]))
                             if adapter.token_gate is not None else kv.new_zeros(layers, length)
                             for a, (_, _, adapter) in enumerate(entries)])
-        flags = torch.tensor(gated, device=hidden.device)[:, None]
+        flags = torch.tensor(gated, device=hidden.device)[index, None]
     scale = None
     if any(adapter.layer_gate is not None for _, _, adapter in entries):
         scale = torch.stack([adapter.layer_gate.scale if adapter.layer_gate is not None
-                             else kv.new_ones(kv.shape[1]) for _, _, adapter in entries])
+                             else kv.new_ones(kv.shape[1]) for _, _, adapter in entries])[index]
     return _Stack(index, kv, keep, weight, bias, flags, poolings, pooling, scale)
 
 
@@ -424,11 +424,11 @@ def _stacked_layer_prefix(stack: _Stack, i: int, hidden: torch.Tensor, padding_m
     (alpha = sigmoid(pool(h) W_i + b_i), times lambda_i; an adapter without a gate gets 1)."""
     kv = stack.kv[:, i][stack.index]  # (B, 2, kv_heads, L, head_dim)
     keys, values = kv[:, 0], kv[:, 1]
-    lam = stack.scale[:, i][stack.index][:, None] if stack.scale is not None else None  # (B, 1)
+    lam = stack.scale[:, i, None] if stack.scale is not None else None  # (B, 1)
     if stack.weight is not None and stack.poolings == ("token",):  # per-query gates, applied inside attention
         weight, bias = stack.weight[:, i][stack.index], stack.bias[:, i][stack.index]  # (B, d, L), (B, L)
         alpha = torch.sigmoid(torch.bmm(hidden, weight) + bias[:, None, :])  # (B, T, L)
-        gated = stack.gated[stack.index]  # (B, 1)
+        gated = stack.gated  # (B, 1)
         gate = alpha if lam is None else lam[:, :, None] * alpha
         gate = torch.where(gated[:, :, None], gate, torch.ones_like(gate)).to(keys.dtype)
         if lam is not None:  # an adapter without a token gate scales its keys and values by lambda; its gate is 1
@@ -447,7 +447,7 @@ def _stacked_layer_prefix(stack: _Stack, i: int, hidden: torch.Tensor, padding_m
             pooled = pooled[stack.pooling, torch.arange(hidden.shape[0], device=hidden.device)]
         logits = torch.bmm(pooled.unsqueeze(1), stack.weight[:, i][stack.index]).squeeze(1)  # (B, L)
         alpha = torch.sigmoid(logits + stack.bias[:, i][stack.index])
-        scale = torch.where(stack.gated[stack.index], alpha, torch.ones_like(alpha))
+        scale = torch.where(stack.gated, alpha, torch.ones_like(alpha))
     if lam is not None:
         scale = lam if scale is None else lam * scale
     if scale is not None:
