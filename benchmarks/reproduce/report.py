@@ -225,21 +225,27 @@ def gate_section(plots: Path | None = None) -> str:
 
 def progress_table(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
     """Recorded vs planned runs per experiment and task, with the median wall minutes of the recorded runs (trained
-    here, not reused): how much of the grid is left, and roughly what it costs."""
+    here, not reused) of the same backbone and task: how much of the grid is left, and roughly what it costs."""
     planned: dict[tuple[str, str], int] = defaultdict(int)
+    backbone: dict[tuple[str, str], str] = {}
     for run in expand(grid):
         planned[run.experiment, run.task] += 1
+        backbone[run.experiment, run.task] = run.settings.get("model", "")
     have = {r["run_id"] for r in records}
     done: dict[tuple[str, str], int] = defaultdict(int)
     for run in expand(grid):
         done[run.experiment, run.task] += run.run_id in have
-    minutes: dict[str, list[float]] = defaultdict(list)
+    # A backbone 8x the size costs 8x a step: MPNet's runs must not borrow MiniLM's minutes, nor the reverse.
+    minutes: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in records:
         if "reused_from" not in r:
-            minutes[r["task"]].append(r["seconds"] / 60)
-    lines = ["| experiment | task | recorded / planned | median minutes per run so far (task) |", "|---|---|---:|---:|"]
+            # the first records kept the backbone under settings only
+            minutes[r.get("model") or r.get("settings", {}).get("model", ""), r["task"]].append(r["seconds"] / 60)
+    lines = ["| experiment | task | recorded / planned | median minutes per run so far (backbone, task) |",
+             "|---|---|---:|---:|"]
     for (experiment, task), n in planned.items():
-        spent = f"{statistics.median(minutes[task]):.0f}" if minutes[task] else "–"
+        spent_so_far = minutes[backbone[experiment, task], task]
+        spent = f"{statistics.median(spent_so_far):.0f}" if spent_so_far else "–"
         lines.append(f"| {experiment} | {task} | {done[experiment, task]} / {n} | {spent} |")
     return "\n".join(lines) + "\n"
 

@@ -231,10 +231,24 @@ def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():
 def test_progress_counts_recorded_runs_per_experiment_and_task():
     runs = G.expand(GRID)
     first = runs[0]
-    records = [{**record(first.run_id, 70.0, 0.01, experiment=first.experiment, task=first.task), "seconds": 600.0}]
+    records = [{**record(first.run_id, 70.0, 0.01, experiment=first.experiment, task=first.task), "model": "minilm",
+                "seconds": 600.0}]
     table = R.progress_table(records, GRID)
     planned = sum(1 for r in runs if (r.experiment, r.task) == (first.experiment, first.task))
     assert f"| {first.experiment} | {first.task} | 1 / {planned} | 10 |" in table
     others = [line for line in table.splitlines()[2:] if f"| {first.experiment} | {first.task} |" not in line]
     assert others and all("| 0 / " in line and line.endswith("| – |") for line in others
                           if f"| {first.task} |" not in line)
+
+
+def test_progress_minutes_come_from_runs_of_the_same_backbone():
+    grid = {**GRID, "experiments": GRID["experiments"] + [
+        {"name": "big", "tasks": ["cb"], "seeds": [1], "methods": ["pt2"], "settings": {"model": "mpnet"}}]}
+    records = [{**record("lr-sweep/cb-pt2-x1-s1", 70.0, 0.01), "model": "minilm", "seconds": 600.0},
+               {**record("big/cb-pt2-s1", 80.0, 0.01, experiment="big"), "model": "mpnet", "seconds": 3000.0},
+               # an early record keeps its backbone under settings only
+               {**record("lr-sweep/cb-ft-x1-s1", 70.0, 2e-5, method="ft"), "settings": {"model": "minilm"},
+                "seconds": 720.0}]
+    table = R.progress_table(records, grid)
+    assert "| big | cb | 1 / 1 | 50 |" in table
+    assert "| lr-sweep | cb | 2 / 6 | 11 |" in table and "| main | cb | 0 / 6 | 11 |" in table
