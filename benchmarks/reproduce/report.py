@@ -113,21 +113,25 @@ def paper_table(records: list[dict[str, Any]], experiment: str, plan: dict) -> s
 
 
 def margins(records: list[dict[str, Any]], experiment: str, better: str, other: str, key: str = "variant") -> str:
-    """better - other per (task, variant) with both seed spreads, and whether the gap exceeds them."""
+    """better - other per (task, ``key``) with both seed spreads, whether the gap exceeds them, and the runs paired
+    by seed: on a 56-example dev set both spreads can be 0, so the pairs say more than the spreads do."""
     rows = [r for r in records if r["experiment"] == experiment]
     by = group(rows, "task", key, "method")
-    lines = [f"| task | {key} | {better} − {other} | std {better} | std {other} | gap > both stds |",
-             "|---|---|---:|---:|---:|---|"]
+    lines = [f"| task | {key} | {better} − {other} | std {better} | std {other} | gap > both stds "
+             f"| paired by seed: {better} above / tie / below |", "|---|---|---:|---:|---:|---|---:|"]
     found = False
     for task, variant in sorted({(r["task"], r[key]) for r in rows}):
-        a = [r["value"] for r in by.get((task, variant, better), [])]
-        b = [r["value"] for r in by.get((task, variant, other), [])]
+        a = {r["seed"]: r["value"] for r in by.get((task, variant, better), [])}
+        b = {r["seed"]: r["value"] for r in by.get((task, variant, other), [])}
         if len(a) < 2 or len(b) < 2:
             continue
         found = True
-        (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+        (ma, sa), (mb, sb) = mean_std(list(a.values())), mean_std(list(b.values()))
+        # values are rounded to 1e-9 before comparing: a tie is the same number of examples right
+        signs = [round(a[seed] - b[seed], 9) for seed in sorted(a.keys() & b.keys())]
+        paired = f"{sum(d > 0 for d in signs)} / {sum(d == 0 for d in signs)} / {sum(d < 0 for d in signs)}"
         lines.append(f"| {task} | {variant or '–'} | {ma - mb:+.1f} | {sa:.1f} | {sb:.1f} | "
-                     f"{'yes' if abs(ma - mb) > max(sa, sb) else 'no'} |")
+                     f"{'yes' if abs(ma - mb) > max(sa, sb) else 'no'} | {paired} |")
     return ("\n".join(lines) + "\n") if found else "_Fewer than two seeds of each side so far._\n"
 
 
@@ -278,13 +282,18 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
         out.append(f"## {title}\n")
         out.append(paper_table(records, experiment, plan) if experiment in ("main", "ablation")
                    else variant_table(records, experiment, plan))
+        if experiment == "main":
+            out += ["APT − P-tuning v2 and APT − fine-tuning per task:\n",
+                    margins(records, "main", "apt", "pt2", key="experiment"),
+                    margins(records, "main", "apt", "ft", key="experiment")]
     lr = [r for r in records if r["experiment"] == "lr-sweep"]
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
             variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n"]
     out += ["## 6. What the gates learn\n", gate_section(plots)]
     out += ["## 7. A larger backbone: all-mpnet-base-v2 (MPNet, 12 x 768), CB\n",
             "P-tuning v2's footing at the script's rates (no sweep); see `grid.yaml`.\n",
-            paper_table(records, "mpnet", plan)]
+            paper_table(records, "mpnet", plan), margins(records, "mpnet", "apt", "pt2", key="experiment"),
+            margins(records, "mpnet", "apt", "ft", key="experiment")]
     out += ["## Progress\n", "What the grid still misses (`python benchmarks/reproduce/run.py --list` names each run). "
             "Minutes are wall time on 2 CPU cores, mostly shared with other work (a resumed run counts its last "
             "sitting only).\n", progress_table(records, grid)]

@@ -110,7 +110,17 @@ def test_report_tables_follow_the_records():
     assert list(rows) == ["ft", "pt2"]  # the paper's method order
     assert "| 71.0 ± 1.4 | 71.0 |" in rows["pt2"] and "| 62.0 ± 2.8 | 62.0 |" in rows["ft"]
     gap = R.margins(records, "main", "pt2", "ft", key="experiment")
-    assert "| cb | main | +9.0 | 1.4 | 2.8 | yes |" in gap
+    assert "| cb | main | +9.0 | 1.4 | 2.8 | yes | 2 / 0 / 0 |" in gap
+
+
+def test_margins_pair_runs_by_seed():
+    values = {"apt": (75.0, 73.2, 71.4), "pt2": (71.4, 73.2, 73.2)}
+    records = [record(f"main/cb-{m}-s{s}", v, 0.01, experiment="main", method=m, seed=s)
+               for m, vs in values.items() for s, v in zip((1, 2, 3), vs)]
+    # runs pair by seed, whatever order the records come in
+    gap = R.margins(list(reversed(records)), "main", "apt", "pt2", key="experiment")
+    assert "| 1 / 1 / 1 |" in gap
+    assert R.margins(records[:4], "main", "apt", "pt2", key="experiment").startswith("_Fewer than two seeds")
 
 
 def test_variants_and_experiment_settings_may_differ_for_ft_and_prefix_methods():
