@@ -37,14 +37,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def cell(values: list[float], expected: int | None = None) -> str:
+def cell(values: list[float], expected: int | None = None, digits: int = 1) -> str:
     """'mean ± std (n)'; n is shown when fewer seeds than planned have finished. One seed has no spread to show."""
     if not values:
         return "–"
     m, s = mean_std(values)
     partial = f" ({len(values)}/{expected})" if expected and len(values) < expected else ""
-    spread = f" ± {s:.1f}" if len(values) > 1 else ""
-    return f"{m:.1f}{spread}{partial}"
+    spread = f" ± {s:.{digits}f}" if len(values) > 1 else ""
+    return f"{m:.{digits}f}{spread}{partial}"
 
 
 def _method_key(method: str) -> int:
@@ -65,21 +65,34 @@ def planned_seeds(grid: dict[str, Any]) -> dict[tuple[str, str, str, str], int]:
     return counts
 
 
-def variant_table(records: list[dict[str, Any]], experiment: str, plan: dict, dev_metric: str | None = None) -> str:
-    """Rows task x method, one column per variant: the headline value, or the dev metric ``dev_metric`` where a
-    record has it (e.g. CB's macro-F1)."""
-    rows = [r for r in records if r["experiment"] == experiment
-            and (dev_metric is None or dev_metric in r.get("dev_metrics", {}))]
+def _final_train_loss(record: dict[str, Any]) -> float | None:
+    losses = record.get("train_loss_by_epoch") or []
+    return losses[-1] if losses else None
+
+
+def variant_table(records: list[dict[str, Any]], experiment: str, plan: dict, dev_metric: str | None = None,
+                  final_train_loss: bool = False) -> str:
+    """Rows task x method, one column per variant: the headline value, the dev metric ``dev_metric`` where a record
+    has it (e.g. CB's macro-F1), or with ``final_train_loss`` the last epoch's training loss (how far a setting
+    trained in the same epochs)."""
+    def value(r: dict[str, Any]) -> float | None:
+        if final_train_loss:
+            return _final_train_loss(r)
+        return r.get("dev_metrics", {}).get(dev_metric) if dev_metric else r["value"]
+
+    rows = [r for r in records if r["experiment"] == experiment and value(r) is not None]
     if not rows:
         return "_No runs recorded yet._\n"
     variants = list(dict.fromkeys(v for (e, _, _, v) in plan if e == experiment))
     lines = ["| task | method | metric | " + " | ".join(variants) + " |",
              "|---|---|---|" + "---:|" * len(variants)]
     by = group(rows, "task", "method", "variant")
+    digits = 3 if final_train_loss else 1
     for task, method in sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (k[0], _method_key(k[1]))):
-        metric = f"dev {dev_metric}" if dev_metric else next(r for r in rows if r["task"] == task)["reported"]
-        cells = [cell([r["dev_metrics"][dev_metric] if dev_metric else r["value"] for r in by.get((task, method, v), [])],
-                      plan.get((experiment, task, method, v))) for v in variants]
+        metric = ("final train loss" if final_train_loss else f"dev {dev_metric}" if dev_metric
+                  else next(r for r in rows if r["task"] == task)["reported"])
+        cells = [cell([value(r) for r in by.get((task, method, v), [])], plan.get((experiment, task, method, v)),
+                      digits) for v in variants]
         lines.append(f"| {task} | {method} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -269,13 +282,15 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
         out += ["## Reading\n", reading.read_text().strip() + "\n"]
     out += ["## 1. P-tuning v2 parity: prefix init std and position shift\n",
             "P-tuning v2 as it ran: prefix N(0, 0.02) and real tokens' positions shifted by the prefix length "
-            "(`std0.02-shift`). adaprefix 0.1's defaults were `std1-noshift`.\n",
+            "(`std0.02-shift`). adaprefix's defaults are `std1-noshift` (0.1's, kept on this evidence).\n",
             variant_table(records, "parity", plan)]
     if plot_variants(records, "parity", plots / "parity.png"):
         out.append("![parity](results/parity.png)\n")
     out += ["CB's second metric, dev macro-F1 at the best epoch (about 50 means a class, usually `neutral`, is "
             "never predicted):\n", variant_table([r for r in records if r["task"] == "cb"], "parity", plan,
                                                  dev_metric="macro_f1")]
+    out += ["Training loss at the last epoch (the same epochs for every setting; lower = trained further):\n",
+            variant_table(records, "parity", plan, final_train_loss=True)]
     out += ["APT − P-tuning v2 per setting:\n", margins(records, "parity", "apt", "pt2")]
     for experiment, title in (("main", "2. Main comparison (paper layout)"), ("ablation", "3. Ablations"),
                               ("low-resource", "4. Low-resource"), ("pt2-star", "5. PT-2*")):

@@ -262,3 +262,13 @@ def test_progress_minutes_come_from_runs_of_the_same_backbone():
     table = R.progress_table(records, grid)
     assert "| big | cb | 1 / 1 | 50 |" in table
     assert "| lr-sweep | cb | 2 / 6 | 11 |" in table and "| main | cb | 0 / 6 | 11 |" in table
+
+
+def test_variant_table_can_show_the_last_epochs_training_loss():
+    grid = {**GRID, "experiments": [{"name": "parity", "tasks": ["cb"], "seeds": [1, 2], "methods": ["pt2"],
+                                     "variants": {"a": {}, "b": {}}}]}
+    records = [record(f"parity/cb-pt2-{v}-s{s}", 70.0, 0.01, experiment="parity", variant=v, seed=s,
+                      train_loss_by_epoch=[0.9, loss]) for v, s, loss in (("a", 1, 0.5), ("a", 2, 0.3), ("b", 1, 0.2))]
+    records.append(record("parity/cb-pt2-b-s2", 70.0, 0.01, experiment="parity", variant="b", seed=2))  # no curve
+    table = R.variant_table(records, "parity", R.planned_seeds(grid), final_train_loss=True)
+    assert "| cb | pt2 | final train loss | 0.400 ± 0.141 | 0.200 (1/2) |" in table
