@@ -140,7 +140,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         disable_tqdm=verbosity != "verbose",  # the run's own display (or none) instead
         **precision_flags(cfg.precision),
     )
-    eval_sets = {name: encoded[name].dataset for name in ("dev", "test") if name in encoded}
+    eval_sets = {name: encoded[name].dataset_by_length for name in ("dev", "test") if name in encoded}
     main_key = f"dev_{task.main_metric}"
     # Generation tasks: exact match needs generating, which the Trainer's evaluation (the loss) does not do.
     scorer = GenerationScorer(task, tokenizer, {name: splits[name] for name in eval_sets}, max_length,

@@ -74,7 +74,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None =
     trainer = Trainer(model=loaded.model, args=args, data_collator=task.collator(loaded.tokenizer),
                       compute_metrics=task.compute_metrics,
                       preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None))
-    metrics = trainer.evaluate(encoded.dataset, metric_key_prefix=split)
+    metrics = trainer.evaluate(encoded.dataset_by_length, metric_key_prefix=split)
     if task.kind == "generation":  # exact match (or accuracy) from greedy generation, as in training
         scorer = GenerationScorer(task, loaded.tokenizer, {split: examples},
                                   resolve_max_length(cfg, task, loaded.tokenizer), cfg.eval_batch_size)

@@ -195,3 +195,28 @@ def test_bpe_tokenizer_needs_add_prefix_space(ner_dir, tmp_path):
         prev = w
     assert row["labels"] == expected
     assert sum(label != -100 for label in row["labels"]) == 2
+
+
+def test_a_split_scored_shortest_first_gives_the_same_metrics(ner_dir, tokenizer, tmp_path):
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from tests.tiny_models import tiny_config
+
+    task = get_task("conll2003")
+    encoded = task.encode(task.load("dev", ner_dir), tokenizer, 64)
+    by_length = list(encoded.dataset_by_length)
+    lengths = [len(row["input_ids"]) for row in by_length]
+    assert lengths == sorted(lengths) and len(set(lengths)) == 3  # the fixture's three lengths, reordered
+    assert sorted(map(str, by_length)) == sorted(map(str, encoded.rows))  # the same rows, none lost or changed
+    torch.manual_seed(0)
+    config = tiny_config("bert", vocab_size=tokenizer.vocab_size, num_labels=len(task.labels))
+    model = AutoModelForTokenClassification.from_config(config).eval()
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2,
+                                                          report_to="none", use_cpu=True),
+                      data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics)
+    in_order = trainer.evaluate(encoded.dataset)
+    shortest_first = trainer.evaluate(encoded.dataset_by_length)
+    for key in ("eval_f1", "eval_precision", "eval_recall"):
+        assert shortest_first[key] == in_order[key]
+    assert shortest_first["eval_loss"] == pytest.approx(in_order["eval_loss"], rel=1e-5)

@@ -293,3 +293,10 @@ def test_records_keep_raw_fields(superglue_dir):
     ex = get_task("wic").load("train", superglue_dir)[0]
     assert ex["start1"] == 25 and ex["word"] == "class"
     json.dumps({k: v for k, v in ex.items()})  # plain JSON-able data
+
+
+def test_multiple_choice_rows_are_ordered_by_their_longest_choice(superglue_dir, tokenizer):
+    task = get_task("copa")
+    encoded = task.encode(task.load("train", superglue_dir), tokenizer, 128)
+    longest = [max(len(choice) for choice in row["input_ids"]) for row in encoded.dataset_by_length]
+    assert longest == sorted(longest) and len(encoded.dataset_by_length) == len(encoded.rows)
