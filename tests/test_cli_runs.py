@@ -140,6 +140,29 @@ def test_ner_reports_test_f1_at_the_best_dev_epoch(tiny_backbone, task_data_dir,
     assert len(json.loads(predicted.stdout.strip().splitlines()[-1])["tags"]) == 5
 
 
+def test_ner_scores_test_only_when_dev_improves_and_reports_the_same_numbers(tiny_backbone, task_data_dir, tmp_path):
+    def train(name, **extra):
+        run = tmp_path / name
+        settings = {"task": "conll04", "model": tiny_backbone, "data_dir": str(task_data_dir), "output_dir": str(run),
+                    "epochs": 6, "batch_size": 2, "prefix_length": 4, "max_length": 32, "learning_rate": 0.05,
+                    "logging_steps": 1, **extra}
+        result = _train(settings)
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return records, json.loads((run / "final_metrics.json").read_text())
+
+    every, every_final = train("every", test_every_epoch=True)
+    assert all("test_f1" in r for r in every)
+    records, final = train("on-improvement")
+    best_so_far, improved = None, []
+    for r in records:
+        improved.append(best_so_far is None or r["dev_f1"] > best_so_far)
+        best_so_far = r["dev_f1"] if improved[-1] else best_so_far
+    assert ["test_f1" in r for r in records] == improved and not all(improved)  # some epoch skipped its test
+    assert [r["dev_f1"] for r in records] == [r["dev_f1"] for r in every]  # scoring test changed no training
+    assert final["test"] == every_final["test"] and final["best_epoch"] == every_final["best_epoch"]
+
+
 def test_tasks_command_says_where_it_looked(tmp_path):
     result = runner.invoke(app, ["tasks", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0

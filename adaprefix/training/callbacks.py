@@ -30,12 +30,17 @@ class EpochRecorder(TrainerCallback):
     complete when all have reported, and the test numbers then sit beside the dev numbers they belong to.
     ``extra_metrics(name, model)``, where given, adds metrics the Trainer's evaluation cannot compute (a generation
     task's exact match) to each set's numbers, before the best epoch is chosen.
+
+    Sets named in ``only_when_improved`` (the test set: only its number at the best dev epoch is reported) are
+    needed only by an epoch whose dev metric improves; ``wants(name)`` tells the Trainer whether to score one now.
     """
 
     def __init__(self, run_dir: Path, eval_names: list[str], main_key: str, save_best: Callable[[], None],
                  history: list[dict], on_record: Callable[[dict, bool], None] | None = None,
-                 extra_metrics: Callable[[str, Any], dict[str, float]] | None = None):
+                 extra_metrics: Callable[[str, Any], dict[str, float]] | None = None,
+                 only_when_improved: tuple[str, ...] = ()):
         self.extra_metrics = extra_metrics
+        self.only_when_improved = only_when_improved
         self.metrics_file = run_dir / "metrics.jsonl"
         self.eval_names = eval_names
         self.main_key = main_key  # e.g. "dev_accuracy"
@@ -46,6 +51,17 @@ class EpochRecorder(TrainerCallback):
         self._pending: dict = {}
         self._losses: list[float] = []
         self._lr: float | None = None
+
+    def _improves(self, value: float | None) -> bool:
+        return value is not None and not math.isnan(value) and (
+            self.best is None or value > self.best[self.main_key])
+
+    def _pending_improves(self) -> bool:
+        return self._improves(self._pending.get(self.main_key))
+
+    def wants(self, name: str) -> bool:
+        """Whether the epoch being evaluated needs eval set ``name`` scored (asked after its dev set reported)."""
+        return name not in self.only_when_improved or self._pending_improves()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -64,7 +80,8 @@ class EpochRecorder(TrainerCallback):
         if self.extra_metrics is not None:
             for e in dict.fromkeys(reported):
                 self._pending.update({f"{e}_{k}": v for k, v in self.extra_metrics(e, model).items()})
-        if not all(any(k.startswith(f"{e}_") for k in self._pending) for e in self.eval_names):
+        needed = [e for e in self.eval_names if e not in self.only_when_improved or self._pending_improves()]
+        if not all(any(k.startswith(f"{e}_") for k in self._pending) for e in needed):
             return
         record = {"epoch": int(round(state.epoch or 0)), "step": state.global_step,
                   "train_loss": sum(self._losses) / len(self._losses) if self._losses else None,
@@ -72,9 +89,7 @@ class EpochRecorder(TrainerCallback):
                   **{k: v for k, v in self._pending.items() if not k.endswith(("_runtime", "_per_second"))}}
         self._pending, self._losses = {}, []
         self.history.append(record)
-        value = record.get(self.main_key)
-        improved = value is not None and not math.isnan(value) and (
-            self.best is None or value > self.best[self.main_key])
+        improved = self._improves(record.get(self.main_key))
         if improved:
             self.best = record
         if state.is_world_process_zero:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoConfig, PrinterCallback, Trainer, TrainingArguments, set_seed
+from transformers import AutoConfig, PrinterCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
 from ..adapter import PARAM_PREFIX
@@ -26,6 +26,7 @@ from .build import (build_model, build_optimizer, build_task, exponential_schedu
 from .callbacks import CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, sealed_checkpoints
 from .config import TrainConfig, TrainConfigError
 from .display import VERBOSITIES, RunDisplay, library_output
+from .trainer import SelectiveEvalTrainer
 from .generation import GenerationScorer, write_generation_settings
 from .run_dir import RUN_FILES, RunExistsError, is_main_process, prepare_run_dir, restore_for_resume
 
@@ -154,13 +155,15 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
 
     display = RunDisplay(main_key, cfg.epochs) if verbosity == "normal" else None
     recorder = EpochRecorder(run, list(eval_sets), main_key, save_best, history,
-                             on_record=display.on_record if display is not None else None, extra_metrics=scorer)
+                             on_record=display.on_record if display is not None else None, extra_metrics=scorer,
+                             only_when_improved=() if cfg.test_every_epoch else ("test",))
     callbacks = [recorder, NonFiniteLossGuard(), CheckpointSealer(run, RUN_FILES)]
     if display is not None:
         callbacks.append(display)
     if is_main_process():
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run / "tb"))))
-    trainer = Trainer(
+    trainer = SelectiveEvalTrainer(
+        wants=recorder.wants,
         model=model,
         args=args,
         train_dataset=encoded["train"].dataset,
