@@ -80,7 +80,8 @@ class EncodedSplit:
         """The rows as a ``datasets.Dataset``, shortest first, for scoring a whole split.
 
         A batch pads to its longest row, so batches of similar lengths waste less: CoNLL-2003's dev set scores 1.7x
-        faster. Every task's metrics are over the whole split, so the order cannot change them.
+        faster. Every task's metrics are computed over the whole split, so the order cannot change them. The
+        Trainer's ``loss`` can change: it averages per-batch means, and a tagging batch's mean is over its tokens.
         """
         import datasets
 

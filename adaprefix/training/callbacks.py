@@ -32,7 +32,8 @@ class EpochRecorder(TrainerCallback):
     task's exact match) to each set's numbers, before the best epoch is chosen.
 
     Sets named in ``only_when_improved`` (the test set: only its number at the best dev epoch is reported) are
-    needed only by an epoch whose dev metric improves; ``wants(name)`` tells the Trainer whether to score one now.
+    needed only by an epoch whose dev metric improves: ``wants(name)`` tells the Trainer whether to score one now,
+    and the Trainer calls ``skip(name)`` for a set it does not score, which completes the epoch without it.
     """
 
     def __init__(self, run_dir: Path, eval_names: list[str], main_key: str, save_best: Callable[[], None],
@@ -47,8 +48,13 @@ class EpochRecorder(TrainerCallback):
         self.save_best = save_best
         self.history = history
         self.on_record = on_record  # told of each finished epoch (the run's display)
-        self.best = max(history, key=lambda r: r[main_key]) if history else None
+        self.best = None
+        for record in history:  # replayed as it was recorded: a NaN epoch never becomes the best
+            if self._improves(record.get(main_key)):
+                self.best = record
         self._pending: dict = {}
+        self._skipped: set[str] = set()
+        self._state = None
         self._losses: list[float] = []
         self._lr: float | None = None
 
@@ -62,6 +68,12 @@ class EpochRecorder(TrainerCallback):
     def wants(self, name: str) -> bool:
         """Whether the epoch being evaluated needs eval set ``name`` scored (asked after its dev set reported)."""
         return name not in self.only_when_improved or self._pending_improves()
+
+    def skip(self, name: str) -> None:
+        """The Trainer did not score eval set ``name`` this epoch: the epoch's record is complete without it."""
+        self._skipped.add(name)
+        if self._state is not None:
+            self._finish_if_complete(self._state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -80,14 +92,17 @@ class EpochRecorder(TrainerCallback):
         if self.extra_metrics is not None:
             for e in dict.fromkeys(reported):
                 self._pending.update({f"{e}_{k}": v for k, v in self.extra_metrics(e, model).items()})
-        needed = [e for e in self.eval_names if e not in self.only_when_improved or self._pending_improves()]
-        if not all(any(k.startswith(f"{e}_") for k in self._pending) for e in needed):
+        self._state = state
+        self._finish_if_complete(state)
+
+    def _finish_if_complete(self, state) -> None:
+        if not all(e in self._skipped or any(k.startswith(f"{e}_") for k in self._pending) for e in self.eval_names):
             return
         record = {"epoch": int(round(state.epoch or 0)), "step": state.global_step,
                   "train_loss": sum(self._losses) / len(self._losses) if self._losses else None,
                   "learning_rate": self._lr,
                   **{k: v for k, v in self._pending.items() if not k.endswith(("_runtime", "_per_second"))}}
-        self._pending, self._losses = {}, []
+        self._pending, self._losses, self._skipped = {}, [], set()
         self.history.append(record)
         improved = self._improves(record.get(self.main_key))
         if improved:

@@ -90,8 +90,9 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"help": "Per-device training batch size."})
     eval_batch_size: int = field(default=64, metadata={"help": "Per-device evaluation batch size."})
     test_every_epoch: bool = field(default=False, metadata={
-        "help": "Score the test split (NER) after every epoch. By default it is scored only at epochs whose dev "
-                "metric improves: the test number reported is the one at the best dev epoch either way."})
+        "help": "Score the test split (NER, or your own data's test_file) after every epoch. By default it is "
+                "scored only at epochs whose dev metric improves: the test number reported is the one at the best "
+                "dev epoch either way."})
     learning_rate: float | None = field(default=None, metadata={
         "help": "Learning rate of the prefix and gates (ft: of the whole model). Default 1e-2, ft 2e-5."})
     head_learning_rate: float | None = field(default=None, metadata={

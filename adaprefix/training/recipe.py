@@ -164,6 +164,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run / "tb"))))
     trainer = SelectiveEvalTrainer(
         wants=recorder.wants,
+        on_skip=recorder.skip,
         model=model,
         args=args,
         train_dataset=encoded["train"].dataset,

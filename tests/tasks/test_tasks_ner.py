@@ -217,6 +217,5 @@ def test_a_split_scored_shortest_first_gives_the_same_metrics(ner_dir, tokenizer
                       data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics)
     in_order = trainer.evaluate(encoded.dataset)
     shortest_first = trainer.evaluate(encoded.dataset_by_length)
-    for key in ("eval_f1", "eval_precision", "eval_recall"):
+    for key in ("eval_f1", "eval_precision", "eval_recall"):  # the loss is a mean of batch means: it may move
         assert shortest_first[key] == in_order[key]
-    assert shortest_first["eval_loss"] == pytest.approx(in_order["eval_loss"], rel=1e-5)

@@ -24,4 +24,10 @@ class RecordFinalState(TrainerCallback):
 
 if __name__ == "__main__":
     settings, out = json.loads(sys.argv[1]), sys.argv[2]
+    if sys.argv[3:] == ["rank1-never-wants-test"] and os.environ["RANK"] == "1":
+        # A rank whose own view of the best epoch is stale (e.g. read before rank 0 restored a checkpoint's
+        # records): only the main process's decision may count, or the ranks join different evaluations.
+        from adaprefix.training.callbacks import EpochRecorder
+
+        EpochRecorder.wants = lambda self, name: name != "test"
     train(load_train_config(None, settings), extra_callbacks=[RecordFinalState(f"{out}/rank{os.environ['RANK']}.json")])

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from adaprefix.training import load_train_config, train
-from adaprefix.training.callbacks import NonFiniteLossError
+from adaprefix.training.callbacks import EpochRecorder, NonFiniteLossError
 from run_helpers import tiny_settings
 
 
@@ -111,3 +111,14 @@ def test_truncated_inputs_are_counted_and_reported(tiny_backbone, tmp_path, caps
     result = train(cfg)
     assert result.final["truncated"] == {"train": 4, "dev": 4}
     assert "4 of 8 train examples were longer than 32 tokens and were truncated" in capsys.readouterr().out
+
+
+def test_a_resumed_run_whose_first_epoch_scored_nan_still_finds_its_best(tmp_path):
+    history = [{"epoch": 1, "dev_f1": float("nan")}, {"epoch": 2, "dev_f1": 0.4}, {"epoch": 3, "dev_f1": 0.3}]
+    recorder = EpochRecorder(tmp_path, ["dev", "test"], "dev_f1", lambda: None, history,
+                             only_when_improved=("test",))
+    assert recorder.best["epoch"] == 2
+    recorder._pending = {"dev_f1": 0.9}
+    assert recorder.wants("test")
+    recorder._pending = {"dev_f1": 0.35}
+    assert not recorder.wants("test") and recorder.wants("dev")
