@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grid import HERE, expand, load_grid  # noqa: E402
+from grid import HERE, SWEEP, expand, load_grid, swept_learning_rate, sweep_complete  # noqa: E402
 from run import read_records  # noqa: E402
 
 COMMAND = "python benchmarks/reproduce/report.py"
@@ -146,6 +146,24 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
         lines.append(f"| {task} | {variant or '–'} | {ma - mb:+.1f} | {sa:.1f} | {sb:.1f} | "
                      f"{'yes' if abs(ma - mb) > max(sa, sb) else 'no'} | {paired} |")
     return ("\n".join(lines) + "\n") if found else "_Fewer than two seeds of each side so far._\n"
+
+
+def chosen_rates(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
+    """The learning rate the main grid takes per (task, method): the best dev value of its finished sweep, ties to
+    the smaller rate, and whether that rate sits at the sweep's edge (a better one may lie beyond)."""
+    lines = ["| task | method | chosen rate | dev at that rate | rates swept | at the edge |", "|---|---|---:|---:|---|---|"]
+    found = False
+    for task, method in dict.fromkeys((r.task, r.method) for r in expand(grid) if r.experiment == SWEEP):
+        if not sweep_complete(grid, task, method, records):
+            continue
+        found = True
+        done = [r for r in records if r["experiment"] == SWEEP and r["task"] == task and r["method"] == method]
+        rate = swept_learning_rate(task, method, records)
+        rates = sorted({r["learning_rate"] for r in done})
+        dev = next(r["dev_value"] for r in done if r["learning_rate"] == rate)
+        edge = "lowest" if rate == rates[0] else "highest" if rate == rates[-1] else "no"
+        lines.append(f"| {task} | {method} | {rate:g} | {dev:.1f} | {', '.join(f'{x:g}' for x in rates)} | {edge} |")
+    return ("\n".join(lines) + "\n") if found else "_No task and method has finished its sweep yet._\n"
 
 
 def loss_flattened(losses: list[float], window: int = 3, tolerance: float = 0.05) -> bool | None:
@@ -303,7 +321,8 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
                     margins(records, "main", "apt", "ft", key="experiment")]
     lr = [r for r in records if r["experiment"] == "lr-sweep"]
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
-            variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n"]
+            variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n",
+            "The rate each method takes into the main grid:\n", chosen_rates(records, grid)]
     out += ["## 6. What the gates learn\n", gate_section(plots)]
     out += ["## 7. A larger backbone: all-mpnet-base-v2 (MPNet, 12 x 768), CB\n",
             "P-tuning v2's footing at the script's rates (no sweep); see `grid.yaml`.\n",

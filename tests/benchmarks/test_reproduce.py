@@ -272,3 +272,13 @@ def test_variant_table_can_show_the_last_epochs_training_loss():
     records.append(record("parity/cb-pt2-b-s2", 70.0, 0.01, experiment="parity", variant="b", seed=2))  # no curve
     table = R.variant_table(records, "parity", R.planned_seeds(grid), final_train_loss=True)
     assert "| cb | pt2 | final train loss | 0.400 ± 0.141 | 0.200 (1/2) |" in table
+
+
+def test_the_report_names_each_chosen_rate_and_whether_it_sits_at_the_sweeps_edge():
+    records = [record(f"lr-sweep/cb-pt2-{v}-s1", value, lr, variant=v)
+               for v, value, lr in (("x0.5", 70.0, 0.005), ("x1", 72.0, 0.01), ("x2", 72.0, 0.02))]
+    table = R.chosen_rates(records, GRID)
+    assert "| cb | pt2 | 0.01 | 72.0 | 0.005, 0.01, 0.02 | no |" in table  # a tie goes to the smaller rate
+    assert "| cb | ft |" not in table  # its sweep has not finished
+    records[2]["dev_value"] = 75.0
+    assert "| cb | pt2 | 0.02 | 75.0 | 0.005, 0.01, 0.02 | highest |" in R.chosen_rates(records, GRID)
