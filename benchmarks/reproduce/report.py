@@ -145,7 +145,7 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
         paired = f"{sum(d > 0 for d in signs)} / {sum(d == 0 for d in signs)} / {sum(d < 0 for d in signs)}"
         lines.append(f"| {task} | {variant or '–'} | {ma - mb:+.1f} | {sa:.1f} | {sb:.1f} | "
                      f"{'yes' if abs(ma - mb) > max(sa, sb) else 'no'} | {paired} |")
-    return ("\n".join(lines) + "\n") if found else "_Fewer than two seeds of each side so far._\n"
+    return ("\n".join(lines) + "\n") if found else f"_{better} − {other}: fewer than two seeds of each side so far._\n"
 
 
 def chosen_rates(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:

@@ -120,7 +120,7 @@ def test_margins_pair_runs_by_seed():
     # runs pair by seed, whatever order the records come in
     gap = R.margins(list(reversed(records)), "main", "apt", "pt2", key="experiment")
     assert "| 1 / 1 / 1 |" in gap
-    assert R.margins(records[:4], "main", "apt", "pt2", key="experiment").startswith("_Fewer than two seeds")
+    assert R.margins(records[:4], "main", "apt", "pt2", key="experiment").startswith("_apt − pt2: fewer than two seeds")
 
 
 def test_variants_and_experiment_settings_may_differ_for_ft_and_prefix_methods():
