@@ -36,9 +36,12 @@ FAILURES = HERE / "results" / "failures.jsonl"  # runs that exited with an error
 RUNS_DIR = REPO / "runs" / "reproduce"
 
 
-def read_records(path: Path = RECORDS) -> list[dict[str, Any]]:
-    """Every record; a torn last line (a kill mid-append) is dropped, a bad line elsewhere is an error."""
+def read_records(path: Path | None = None) -> list[dict[str, Any]]:
+    """Every record (of ``RECORDS`` unless ``path``); a torn last line (a kill mid-append) is dropped, a bad line
+    elsewhere is an error."""
     from adaprefix.files import JsonLinesError, read_jsonl  # here: importing adaprefix loads torch
+
+    path = RECORDS if path is None else path  # looked up now, so that a test can point RECORDS elsewhere
 
     try:
         return read_jsonl(path)
@@ -89,7 +92,8 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
     }
 
 
-def append_record(record: dict[str, Any], commit: bool, target: Path = RECORDS) -> None:
+def append_record(record: dict[str, Any], commit: bool, target: Path | None = None) -> None:
+    target = RECORDS if target is None else target  # looked up now, as in read_records
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("a") as f:
         f.write(json.dumps(record, sort_keys=False) + "\n")
@@ -137,6 +141,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="Run only this experiment (repeatable).")
     parser.add_argument("--task", action="append", help="Run only this task's runs (repeatable), e.g. the cheap "
                         "CB cells before CoNLL04's.")
+    parser.add_argument("--by-task", action="store_true", help="Finish one task's runs (in the --task order, else "
+                        "the grid's) before the next: with --only lr-sweep --only main, each task's sweep and then "
+                        "its main comparison, so one task's headline completes before the next begins.")
     parser.add_argument("--list", action="store_true", help="List done / waiting / missing runs and exit.")
     parser.add_argument("--commit", action="store_true", help="git-commit runs.jsonl after each record.")
     parser.add_argument("--max-runs", type=int, help="Stop after this many runs.")
@@ -146,6 +153,9 @@ def main() -> None:
     grid = load_grid()
     runs = [r for r in expand(grid)
             if (not args.only or r.experiment in args.only) and (not args.task or r.task in args.task)]
+    if args.by_task:  # stable: within a task, the grid's order (a sweep before the main runs that wait on it)
+        order = list(dict.fromkeys(args.task or list(grid["tasks"])))
+        runs.sort(key=lambda r: order.index(r.task) if r.task in order else len(order))
     done_runs = 0
     failed_now: set[str] = set()  # never tried twice in one sitting, even with --retry-failed
     while True:

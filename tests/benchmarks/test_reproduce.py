@@ -282,3 +282,29 @@ def test_the_report_names_each_chosen_rate_and_whether_it_sits_at_the_sweeps_edg
     assert "| cb | ft |" not in table  # its sweep has not finished
     records[2]["dev_value"] = 75.0
     assert "| cb | pt2 | 0.02 | 75.0 | 0.005, 0.01, 0.02 | highest |" in R.chosen_rates(records, GRID)
+
+
+def test_by_task_finishes_one_tasks_sweep_and_main_runs_before_the_next_task(tmp_path, monkeypatch):
+    grid = {**GRID, "tasks": {**GRID["tasks"], "rte": GRID["tasks"]["cb"]},
+            "experiments": [{**e, "tasks": ["cb", "rte"]} for e in GRID["experiments"]]}
+    monkeypatch.setattr(RUN, "load_grid", lambda: grid)
+    monkeypatch.setattr(RUN, "RECORDS", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(RUN, "_git", lambda *args: "abc")
+    trained = []
+
+    def train(run, settings):
+        trained.append(run.run_id)
+        (RUN.RUNS_DIR / run.run_id).mkdir(parents=True, exist_ok=True)
+        return 1.0
+
+    monkeypatch.setattr(RUN, "train_one", train)
+    monkeypatch.setattr(RUN, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(RUN, "make_record", lambda run, settings, folder, seconds, commit: {
+        **record(run.run_id, 70.0 + len(trained), settings["learning_rate"], experiment=run.experiment,
+                 method=run.method, task=run.task, variant=run.variant, seed=run.seed)})
+    monkeypatch.setattr(sys, "argv", ["run.py", "--by-task", "--task", "rte", "--task", "cb"])
+    RUN.main()
+    tasks = [run_id.split("/")[1].split("-")[0] for run_id in trained]
+    assert tasks == sorted(tasks, key=["rte", "cb"].index)  # every rte run, sweep and main, before any cb run
+    first_cb = tasks.index("cb")
+    assert any(t.startswith("main/rte") for t in trained[:first_cb])
