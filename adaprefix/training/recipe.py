@@ -26,9 +26,9 @@ from .build import (build_model, build_optimizer, build_task, exponential_schedu
 from .callbacks import CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, sealed_checkpoints
 from .config import TrainConfig, TrainConfigError
 from .display import VERBOSITIES, RunDisplay, library_output
-from .trainer import SelectiveEvalTrainer
 from .generation import GenerationScorer, write_generation_settings
 from .run_dir import RUN_FILES, RunExistsError, is_main_process, prepare_run_dir, restore_for_resume
+from .trainer import SelectiveEvalTrainer
 
 __all__ = ["RunExistsError", "RunResult", "resolve_max_length", "train"]
 

@@ -167,16 +167,19 @@ def lengths_from_gate_file(from_gates: str, budget_ratio: float = 0.5) -> list[i
     return lengths_from_gates(json.loads(path.read_text())["effective_gate"], budget_ratio=budget_ratio)
 
 
-def swept_learning_rate(task: str, method: str, records: list[dict[str, Any]]) -> float | None:
-    """Best dev value among the finished sweep runs of (task, method); None if none has finished.
+def best_sweep_record(task: str, method: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The finished sweep run of (task, method) with the best dev value, ties to the smaller rate; None if none.
 
     The sweep ranks on the dev metric (never on test), so NER test F1 stays untouched by the choice.
     """
     done = [r for r in records if r["experiment"] == SWEEP and r["task"] == task and r["method"] == method]
-    if not done:
-        return None
-    best = max(done, key=lambda r: (r["dev_value"], -r["learning_rate"]))
-    return float(best["learning_rate"])
+    return max(done, key=lambda r: (r["dev_value"], -r["learning_rate"])) if done else None
+
+
+def swept_learning_rate(task: str, method: str, records: list[dict[str, Any]]) -> float | None:
+    """The learning rate of ``best_sweep_record``; None if no sweep run of (task, method) has finished."""
+    best = best_sweep_record(task, method, records)
+    return None if best is None else float(best["learning_rate"])
 
 
 def sweep_complete(grid: dict[str, Any], task: str, method: str, records: list[dict[str, Any]]) -> bool:

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grid import HERE, SWEEP, expand, load_grid, swept_learning_rate, sweep_complete  # noqa: E402
+from grid import HERE, SWEEP, best_sweep_record, expand, load_grid, sweep_complete  # noqa: E402
 from run import read_records  # noqa: E402
 
 COMMAND = "python benchmarks/reproduce/report.py"
@@ -157,10 +157,10 @@ def chosen_rates(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
         if not sweep_complete(grid, task, method, records):
             continue
         found = True
-        done = [r for r in records if r["experiment"] == SWEEP and r["task"] == task and r["method"] == method]
-        rate = swept_learning_rate(task, method, records)
-        rates = sorted({r["learning_rate"] for r in done})
-        dev = next(r["dev_value"] for r in done if r["learning_rate"] == rate)
+        best = best_sweep_record(task, method, records)
+        rate, dev = best["learning_rate"], best["dev_value"]
+        rates = sorted({r["learning_rate"] for r in records
+                        if r["experiment"] == SWEEP and r["task"] == task and r["method"] == method})
         edge = "lowest" if rate == rates[0] else "highest" if rate == rates[-1] else "no"
         lines.append(f"| {task} | {method} | {rate:g} | {dev:.1f} | {', '.join(f'{x:g}' for x in rates)} | {edge} |")
     return ("\n".join(lines) + "\n") if found else "_No task and method has finished its sweep yet._\n"
