@@ -12,6 +12,14 @@ settings may also hold ``prefix:`` and ``ft:`` sections of their own. Four keys 
 - ``learning_rate: sweep`` (or ``sweep:METHOD``): the learning rate with the best dev value among that task and
   method's ``lr-sweep`` records (ties go to the smaller rate). A run waits until that sweep is complete.
 
+The sweep experiment may carry ``extend_at_edge: {factor: f, max: n}``: when a finished sweep's best dev value is at
+its highest (or lowest) rate and strictly above every other rate, the sweep gains one run at that rate times f (or
+divided by f), variant ``lr-up1`` (``lr-down1``), and so on while the best stays at the new edge, up to n extra
+runs per task and method. The same rule for every method, applied before any main run takes a rate (a sweep is
+complete only when no extension is pending). A flat sweep (the best tied with an inner rate) gives no direction and
+is not extended. The sweep's variants must differ in learning rate only: an extension copies the settings of the
+sweep's first run with the new rate.
+
 An experiment may also list ``cut:`` entries, ``{task, variants, seeds}``: those cells run only the seeds given (what
 2 CPU cores could not afford is written in the grid file itself, beside the experiment it thins).
 """
@@ -182,7 +190,65 @@ def swept_learning_rate(task: str, method: str, records: list[dict[str, Any]]) -
     return None if best is None else float(best["learning_rate"])
 
 
+def _edge_step(runs: list[dict[str, Any]]) -> int:
+    """+1 when the best dev value sits at the highest rate and beats every other rate, -1 at the lowest, else 0."""
+    if len(runs) < 2:
+        return 0
+    by_rate = sorted(runs, key=lambda r: r["learning_rate"])
+    best = max(r["dev_value"] for r in runs)
+    at_best = [r for r in by_rate if r["dev_value"] == best]
+    if len(at_best) > 1:
+        return 0
+    return 1 if at_best[0] is by_rate[-1] else -1 if at_best[0] is by_rate[0] else 0
+
+
+def edge_extensions(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[Run]:
+    """The sweep runs added beyond an edge (see the module docstring), recorded or next to run, in order."""
+    sweep = next((e for e in grid["experiments"] if e["name"] == SWEEP), None)
+    rule = (sweep or {}).get("extend_at_edge")
+    if not rule:
+        return []
+    factor, most = float(rule["factor"]), int(rule["max"])
+    if factor <= 1 or most < 1:
+        raise GridError(f"experiment {SWEEP}: extend_at_edge needs factor > 1 and max >= 1, got {rule!r}")
+    by_id = {r["run_id"]: r for r in records}
+    extensions = []
+    static: dict[tuple[str, str, str, str], list[Run]] = {}
+    for run in expand({**grid, "experiments": [sweep]}):
+        static.setdefault(run.group[:3] + (str(run.seed),), []).append(run)
+    for runs in static.values():
+        done = [by_id[r.run_id] for r in runs if r.run_id in by_id]
+        if len(done) < len(runs):
+            continue
+        first = runs[0]
+        for k in range(1, most + 1):
+            step = _edge_step(done)
+            if step == 0:
+                break
+            edge = max(done, key=lambda r: step * r["learning_rate"])["learning_rate"]
+            settings = {key: v for key, v in first.settings.items() if key != "lr_scale"}
+            settings["learning_rate"] = edge * factor ** step
+            run = Run(SWEEP, first.task, first.method, first.train_method, f"lr-{'up' if step > 0 else 'down'}{k}",
+                      first.seed, settings)
+            extensions.append(run)
+            if run.run_id not in by_id:
+                break
+            done.append(by_id[run.run_id])
+    return extensions
+
+
+def planned_runs(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[Run]:
+    """``expand(grid)`` plus the sweep's edge extensions so far, each right after its own sweep's runs."""
+    runs = expand(grid)
+    for extension in edge_extensions(grid, records):
+        at = max(i for i, r in enumerate(runs) if r.group[:3] == extension.group[:3] and r.seed == extension.seed)
+        runs.insert(at + 1, extension)
+    return runs
+
+
 def sweep_complete(grid: dict[str, Any], task: str, method: str, records: list[dict[str, Any]]) -> bool:
-    wanted = {r.run_id for r in expand(grid) if r.experiment == SWEEP and r.task == task and r.method == method}
+    """Every sweep run of (task, method) is recorded, its edge extensions included, and none is pending."""
+    wanted = {r.run_id for r in planned_runs(grid, records)
+              if r.experiment == SWEEP and r.task == task and r.method == method}
     have = {r["run_id"] for r in records}
     return bool(wanted) and wanted <= have

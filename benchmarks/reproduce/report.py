@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grid import HERE, SWEEP, best_sweep_record, expand, load_grid, sweep_complete  # noqa: E402
+from grid import HERE, SWEEP, best_sweep_record, expand, load_grid, planned_runs, sweep_complete  # noqa: E402
 from run import read_records  # noqa: E402
 
 COMMAND = "python benchmarks/reproduce/report.py"
@@ -58,9 +58,10 @@ def group(records: Iterable[dict[str, Any]], *keys: str) -> dict[tuple, list[dic
     return out
 
 
-def planned_seeds(grid: dict[str, Any]) -> dict[tuple[str, str, str, str], int]:
+def planned_seeds(grid: dict[str, Any], records: list[dict[str, Any]] = ()) -> dict[tuple[str, str, str, str], int]:
+    """Planned runs per (experiment, task, method, variant), the sweep's edge extensions so far included."""
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
-    for run in expand(grid):
+    for run in planned_runs(grid, list(records)):
         counts[run.group] += 1
     return counts
 
@@ -263,12 +264,13 @@ def progress_table(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
     here, not reused) of the same backbone and task: how much of the grid is left, and roughly what it costs."""
     planned: dict[tuple[str, str], int] = defaultdict(int)
     backbone: dict[tuple[str, str], str] = {}
-    for run in expand(grid):
+    plan = planned_runs(grid, records)
+    for run in plan:
         planned[run.experiment, run.task] += 1
         backbone[run.experiment, run.task] = run.settings.get("model", "")
     have = {r["run_id"] for r in records}
     done: dict[tuple[str, str], int] = defaultdict(int)
-    for run in expand(grid):
+    for run in plan:
         done[run.experiment, run.task] += run.run_id in have
     # A backbone 8x the size costs 8x a step: MPNet's runs must not borrow MiniLM's minutes, nor the reverse.
     minutes: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -288,8 +290,8 @@ def progress_table(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
 def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path | None = None) -> str:
     """The report's Markdown; its plots are drawn into ``plots`` (by default results/, where the report links)."""
     plots = PLOTS if plots is None else plots
-    plan = planned_seeds(grid)
-    total = len(expand(grid))
+    plan = planned_seeds(grid, records)
+    total = len(planned_runs(grid, records))
     out = [f"# Reproduction report: fine-tuning vs P-tuning v2 vs APT on MiniLM\n",
            f"Regenerate: `{COMMAND}` (from `results/runs.jsonl`: {len(records)} of {total} planned runs recorded). "
            "Run what is missing: `python benchmarks/reproduce/run.py --commit`. Grid and per-task protocol: "

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grid import HERE, Run, expand, load_grid, resolve_settings  # noqa: E402
+from grid import HERE, Run, load_grid, planned_runs, resolve_settings  # noqa: E402
 
 REPO = HERE.parent.parent
 RECORDS = HERE / "results" / "runs.jsonl"
@@ -136,6 +136,17 @@ def train_one(run: Run, settings: dict[str, Any]) -> float:
     return time.time() - started
 
 
+def selected_runs(grid: dict[str, Any], records: list[dict[str, Any]], only: list[str] | None,
+                  tasks: list[str] | None, by_task: bool) -> list[Run]:
+    """The grid's runs (a sweep's edge extensions included, as the records stand) that --only and --task keep."""
+    runs = [r for r in planned_runs(grid, records)
+            if (not only or r.experiment in only) and (not tasks or r.task in tasks)]
+    if by_task:  # stable: within a task, the grid's order (a sweep before the main runs that wait on it)
+        order = list(dict.fromkeys(tasks or list(grid["tasks"])))
+        runs.sort(key=lambda r: order.index(r.task) if r.task in order else len(order))
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", help="Run only this experiment (repeatable).")
@@ -151,15 +162,11 @@ def main() -> None:
     args = parser.parse_args()
 
     grid = load_grid()
-    runs = [r for r in expand(grid)
-            if (not args.only or r.experiment in args.only) and (not args.task or r.task in args.task)]
-    if args.by_task:  # stable: within a task, the grid's order (a sweep before the main runs that wait on it)
-        order = list(dict.fromkeys(args.task or list(grid["tasks"])))
-        runs.sort(key=lambda r: order.index(r.task) if r.task in order else len(order))
     done_runs = 0
     failed_now: set[str] = set()  # never tried twice in one sitting, even with --retry-failed
     while True:
         records = read_records()
+        runs = selected_runs(grid, records, args.only, args.task, args.by_task)
         have = {r["run_id"] for r in records}
         failed = failed_now | (set() if args.retry_failed else {f["run_id"] for f in read_records(FAILURES)})
         missing = [r for r in runs if r.run_id not in have and r.run_id not in failed]

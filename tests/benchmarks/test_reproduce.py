@@ -84,6 +84,72 @@ def test_main_runs_wait_for_their_sweep_then_take_its_best_dev_rate():
     assert G.resolve_settings(GRID, ft, done) is None  # ft's own sweep has not run
 
 
+EXTENDING = {**GRID, "experiments": [{**GRID["experiments"][0], "extend_at_edge": {"factor": 2, "max": 2}},
+                                     GRID["experiments"][1]]}
+
+
+def _pt2_sweep(*values):
+    return [record(f"lr-sweep/cb-pt2-{v}-s1", value, lr, variant=v)
+            for v, value, lr in zip(("x0.5", "x1", "x2"), values, (0.005, 0.01, 0.02))]
+
+
+def test_a_sweep_whose_best_is_at_its_top_gains_a_rate_above_before_main_runs_take_one():
+    main_pt2 = next(r for r in G.expand(EXTENDING) if r.run_id == "main/cb-pt2-s1")
+    records = _pt2_sweep(70.0, 72.0, 75.0)
+    [up] = G.edge_extensions(EXTENDING, records)
+    assert up.run_id == "lr-sweep/cb-pt2-lr-up1-s1"
+    settings = G.resolve_settings(EXTENDING, up, records)
+    assert settings["learning_rate"] == pytest.approx(0.04) and settings["prefix_length"] == 20
+    assert G.resolve_settings(EXTENDING, main_pt2, records) is None  # waits for the extension
+    planned = [r.run_id for r in G.planned_runs(EXTENDING, records)]
+    assert planned.index(up.run_id) == planned.index("lr-sweep/cb-pt2-x2-s1") + 1
+
+    worse = records + [record(up.run_id, 73.0, 0.04, variant="lr-up1")]  # the optimum was inside after all
+    assert [r.run_id for r in G.edge_extensions(EXTENDING, worse)] == [up.run_id]
+    assert G.resolve_settings(EXTENDING, main_pt2, worse)["learning_rate"] == 0.02
+
+    better = records + [record(up.run_id, 76.0, 0.04, variant="lr-up1")]  # still at the edge: one more
+    assert [r.run_id for r in G.edge_extensions(EXTENDING, better)][-1] == "lr-sweep/cb-pt2-lr-up2-s1"
+    assert G.resolve_settings(EXTENDING, main_pt2, better) is None
+    capped = better + [record("lr-sweep/cb-pt2-lr-up2-s1", 77.0, 0.08, variant="lr-up2")]
+    assert len(G.edge_extensions(EXTENDING, capped)) == 2  # max 2: no third, even at the edge
+    assert G.resolve_settings(EXTENDING, main_pt2, capped)["learning_rate"] == 0.08
+    assert "| cb | pt2 | 0.08 | 77.0 | 0.005, 0.01, 0.02, 0.04, 0.08 | highest |" in R.chosen_rates(capped, EXTENDING)
+
+
+def test_a_sweep_extends_downwards_from_a_best_lowest_rate_and_not_at_all_when_flat():
+    [down] = G.edge_extensions(EXTENDING, _pt2_sweep(75.0, 72.0, 70.0))
+    assert down.run_id == "lr-sweep/cb-pt2-lr-down1-s1"
+    assert G.resolve_settings(EXTENDING, down, [])["learning_rate"] == pytest.approx(0.0025)
+    assert G.edge_extensions(EXTENDING, _pt2_sweep(75.0, 75.0, 70.0)) == []  # tied with an inner rate
+    assert G.edge_extensions(EXTENDING, _pt2_sweep(70.0, 72.0)) == []  # the sweep is not finished
+    assert G.edge_extensions(GRID, _pt2_sweep(70.0, 72.0, 75.0)) == []  # no extend_at_edge: no extension
+    bad = {**EXTENDING, "experiments": [{**EXTENDING["experiments"][0], "extend_at_edge": {"factor": 1, "max": 2}}]}
+    with pytest.raises(G.GridError, match="factor > 1"):
+        G.edge_extensions(bad, _pt2_sweep(70.0, 72.0, 75.0))
+
+
+def test_the_runner_trains_an_edge_extension_before_the_main_run_that_takes_its_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(RUN, "load_grid", lambda: EXTENDING)
+    monkeypatch.setattr(RUN, "RECORDS", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(RUN, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(RUN, "_git", lambda *args: "abc")
+    rates = {}
+    monkeypatch.setattr(RUN, "train_one", lambda run, settings: rates.setdefault(run.run_id,
+                                                                                 settings["learning_rate"]) and 1.0)
+    dev = {"x0.5": 70.0, "x1": 72.0, "x2": 75.0, "lr-up1": 74.0}  # best at the top, then the rate above is worse
+    monkeypatch.setattr(RUN, "make_record", lambda run, settings, folder, seconds, commit: {
+        **record(run.run_id, dev.get(run.variant, 60.0), settings["learning_rate"], experiment=run.experiment,
+                 method=run.method, task=run.task, variant=run.variant, seed=run.seed)})
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep", "--only", "main"])
+    RUN.main()
+    order = list(rates)
+    assert order.index("lr-sweep/cb-pt2-lr-up1-s1") < order.index("main/cb-pt2-s2")
+    assert rates["lr-sweep/cb-pt2-lr-up1-s1"] == pytest.approx(0.04)
+    assert rates["main/cb-pt2-s2"] == pytest.approx(0.02)
+    assert "lr-sweep/cb-pt2-lr-up2-s1" not in rates
+
+
 def test_a_torn_last_record_is_dropped_and_a_bad_middle_line_is_an_error(tmp_path):
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps({"a": 1}) + "\n" + '{"a": 2')
