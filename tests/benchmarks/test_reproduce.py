@@ -60,6 +60,8 @@ def test_a_cut_keeps_only_its_seeds_for_the_cells_it_names():
     assert [r.run_id for r in G.expand(grid)] == [
         "parity/cb-pt2-a-s1", "parity/rte-pt2-a-s1", "parity/cb-pt2-b-s1", "parity/rte-pt2-b-s1",
         "parity/cb-pt2-a-s2", "parity/rte-pt2-a-s2", "parity/cb-pt2-b-s2"]
+    grid["experiments"][0]["cut"] = [{"task": "rte", "variants": ["b"], "seeds": []}]  # no seeds: the cell goes
+    assert "parity/rte-pt2-b-s1" not in {r.run_id for r in G.expand(grid)}
     grid["experiments"][0]["cut"] = [{"task": "rte", "variants": ["c"], "seeds": [1]}]
     with pytest.raises(G.GridError, match=r"unknown variants \['c'\]"):
         G.expand(grid)
