@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -130,10 +131,32 @@ def train_one(run: Run, settings: dict[str, Any]) -> float:
     command += ["--resume"] if resume else ["--overwrite"]
     started = time.time()
     try:
-        subprocess.run(command, cwd=REPO, check=True)
+        run_child(command)
     finally:
         os.unlink(config_file)
     return time.time() - started
+
+
+def run_child(command: list[str]) -> None:
+    """Run ``command`` to its end (CalledProcessError if it fails); if the runner is stopped meanwhile (Ctrl-C, or
+    `kill` once ``stop_on_sigterm`` is in place), the child is stopped too rather than left training on its own."""
+    child = subprocess.Popen(command, cwd=REPO)
+    try:
+        if child.wait() != 0:
+            raise subprocess.CalledProcessError(child.returncode, command)
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def stop_on_sigterm() -> None:
+    """Make `kill` (SIGTERM) unwind the runner like Ctrl-C does, so that ``run_child`` stops its training."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def selected_runs(grid: dict[str, Any], records: list[dict[str, Any]], only: list[str] | None,
@@ -160,6 +183,7 @@ def main() -> None:
     parser.add_argument("--max-runs", type=int, help="Stop after this many runs.")
     parser.add_argument("--retry-failed", action="store_true", help="Also run the runs in results/failures.jsonl.")
     args = parser.parse_args()
+    stop_on_sigterm()
 
     grid = load_grid()
     done_runs = 0

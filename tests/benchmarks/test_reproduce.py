@@ -1,7 +1,9 @@
 """The reproduction grid: expansion and layering of settings, the learning-rate sweep, records, the report."""
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -376,3 +378,30 @@ def test_by_task_finishes_one_tasks_sweep_and_main_runs_before_the_next_task(tmp
     assert tasks == sorted(tasks, key=["rte", "cb"].index)  # every rte run, sweep and main, before any cb run
     first_cb = tasks.index("cb")
     assert any(t.startswith("main/rte") for t in trained[:first_cb])
+
+
+STOPPED_RUNNER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import run
+run.stop_on_sigterm()
+run.run_child([sys.executable, "-c", "import time; print('training', flush=True); time.sleep(120)"])
+"""
+
+
+def test_killing_the_runner_stops_the_training_it_started():
+    import signal
+    import subprocess
+
+    runner = subprocess.Popen([sys.executable, "-c", STOPPED_RUNNER, str(Path(RUN.__file__).parent)],
+                              stdout=subprocess.PIPE, text=True)
+    assert runner.stdout.readline().strip() == "training"
+    child = next(int(line.split()[0]) for line in subprocess.run(["ps", "-o", "pid=,ppid=", "-A"], capture_output=True,
+                                                                 text=True).stdout.splitlines()
+                 if int(line.split()[1]) == runner.pid)
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # gone, not orphaned (the runner waited for it, so it is reaped)
+        for _ in range(50):
+            os.kill(child, 0)
+            time.sleep(0.1)
