@@ -27,7 +27,7 @@ from .callbacks import CheckpointSealer, EpochRecorder, NonFiniteLossError, NonF
 from .config import TrainConfig, TrainConfigError
 from .display import VERBOSITIES, RunDisplay, library_output
 from .generation import GenerationScorer, write_generation_settings
-from .run_dir import RUN_FILES, RunExistsError, is_main_process, prepare_run_dir, restore_for_resume
+from .run_dir import RUN_FILES, RunExistsError, is_main_process, prepare_run_dir, restore_for_resume, run_lock
 from .trainer import SelectiveEvalTrainer
 
 __all__ = ["RunExistsError", "RunResult", "resolve_max_length", "train"]
@@ -62,7 +62,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     """
     if verbosity not in VERBOSITIES:
         raise TrainConfigError(f"verbosity: expected one of {', '.join(VERBOSITIES)}, got {verbosity!r}")
-    with library_output(verbosity):
+    with library_output(verbosity), run_lock(cfg.run_dir()):
         return _train(cfg, overwrite, resume, extra_callbacks, verbosity)
 
 

@@ -6,13 +6,21 @@ Run folder:
     tokenizer/           tokenizer used                tb/               TensorBoard logs
     checkpoints/         latest sealed Trainer checkpoint, for --resume
     labels.json          the head's label order        generation.json   generation tasks: tokens predict generates
+    .lock                held by the process training into the folder (run_lock)
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two trainings into one folder are not caught there
+    fcntl = None
 
 from ..errors import AdaprefixError
 from .callbacks import remove_unsealed, restore_run_snapshot, sealed_checkpoints
@@ -20,10 +28,44 @@ from .config import TrainConfig, load_train_config
 from ..files import read_jsonl
 
 RUN_FILES = ("metrics.jsonl", "adapter", "model")  # run state that every sealed checkpoint carries a snapshot of
+LOCK_FILE = ".lock"
 
 
 class RunExistsError(AdaprefixError, RuntimeError):
     """The output directory already holds a run; nothing is overwritten without --overwrite."""
+
+
+class RunBusyError(AdaprefixError, RuntimeError):
+    """Another live process is training into the same run folder."""
+
+
+@contextmanager
+def run_lock(run: Path) -> Iterator[None]:
+    """Hold ``run`` for this process while it trains. A second training into the same folder, say a ``--resume``
+    while the first still runs or an ``--overwrite`` under a live run, is refused: two writers would interleave
+    metrics and checkpoints without a word. The lock is the kernel's (``flock``), so a killed process frees it.
+    Only the main process locks: in DDP the other ranks share rank 0's folder."""
+    if fcntl is None or not is_main_process():
+        yield
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunBusyError(f"{run}: {holder} is training into this folder; wait for it to finish or stop it, "
+                               "or choose another --output-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_main_process() -> bool:
@@ -45,13 +87,15 @@ def prepare_run_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> tuple[Tr
             raise RunExistsError(f"{run}: this run already finished (final_metrics.json); nothing to resume")
         print(f"resuming {run} with the settings in {saved} (settings given now are not applied)")
         return load_train_config(saved), run
-    if run.exists() and any(run.iterdir()):
+    if run.exists() and any(path.name != LOCK_FILE for path in run.iterdir()):
         if not overwrite:
             state = "a finished run (final_metrics.json)" if finished else "an unfinished run"
             raise RunExistsError(f"{run}: already holds {state}; pass --overwrite to replace it"
                                  + ("" if finished else ", or --resume to continue it")
                                  + ", or choose another --output-dir")
-        shutil.rmtree(run)
+        for path in run.iterdir():
+            if path.name != LOCK_FILE:  # this process holds it (run_lock)
+                _remove(path)
     return cfg, run
 
 

@@ -122,3 +122,38 @@ def test_a_resumed_run_whose_first_epoch_scored_nan_still_finds_its_best(tmp_pat
     assert recorder.wants("test")
     recorder._pending = {"dev_f1": 0.35}
     assert not recorder.wants("test") and recorder.wants("dev")
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from adaprefix.training.run_dir import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_training_into_a_live_runs_folder_is_refused_and_removes_nothing(tiny_backbone, sentiment_files,
+                                                                                   tmp_path):
+    import subprocess
+    import sys
+
+    from adaprefix.training.run_dir import RunBusyError
+
+    run = tmp_path / "r"
+    cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, run))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[At("save", 1, kill)])  # an unfinished run, as a live process leaves it
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        for attempt in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(RunBusyError, match=f"process {holder.pid} is training into this folder"):
+                train(cfg, **attempt)
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # --overwrite deleted nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(cfg, resume=True).final["best_epoch"] is not None  # a killed holder frees the folder
