@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grid import HERE, SWEEP, best_sweep_record, expand, load_grid, planned_runs, sweep_complete  # noqa: E402
+from grid import (HERE, SWEEP, best_sweep_record, expand, load_grid, planned_runs, resolve_settings,  # noqa: E402
+                  sweep_complete)
 from run import read_records  # noqa: E402
 
 COMMAND = "python benchmarks/reproduce/report.py"
@@ -31,6 +32,7 @@ PLOTS = HERE / "results"
 SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "wsc")
 NER = ("conll03", "conll04", "ontonotes")
 METHOD_ORDER = ("ft", "pt2", "pt2+", "pt2*", "token-gate", "layer-gate", "apt")
+METHOD_COLORS = {"ft": "tab:green", "pt2": "tab:blue", "apt": "tab:orange"}  # as in the bar plots: pt2 blue, apt orange
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -212,6 +214,38 @@ def plot_variants(records: list[dict[str, Any]], experiment: str, path: Path) ->
     return True
 
 
+def plot_sweep(records: list[dict[str, Any]], grid: dict[str, Any], path: Path) -> bool:
+    """Dev value against learning rate, one panel per task, one line per method. The rate is shown as a multiple of
+    the method's lr-mid rate (the script's rate; ft 2e-5), so prefix methods and ft share an axis; the rate each
+    finished sweep hands to the main grid is starred."""
+    middle = {(r.task, r.method): resolve_settings(grid, r, [])["learning_rate"]
+              for r in expand(grid) if r.experiment == SWEEP and r.variant == "lr-mid"}
+    rows = [r for r in records if r["experiment"] == SWEEP and (r["task"], r["method"]) in middle]
+    if not rows:
+        return False
+    tasks = sorted({r["task"] for r in rows}, key=lambda t: (t in NER, t))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False, sharey=False)
+    for ax, task in zip(axes[0], tasks):
+        for method, runs in sorted(group([r for r in rows if r["task"] == task], "method").items(),
+                                   key=lambda kv: _method_key(kv[0][0])):
+            mid = middle[task, method[0]]
+            runs = sorted(runs, key=lambda r: r["learning_rate"])
+            color = METHOD_COLORS.get(method[0])
+            ax.plot([r["learning_rate"] / mid for r in runs], [r["dev_value"] for r in runs], marker="o",
+                    label=method[0], color=color)
+            best = best_sweep_record(task, method[0], records)
+            ax.plot(best["learning_rate"] / mid, best["dev_value"], marker="*", markersize=13, color=color)
+        ax.set_xscale("log", base=2)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("rate / lr-mid rate")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("dev metric (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_gates(summary: dict[str, Any], path: Path) -> None:
     """Heat map of mean lambda * alpha (layer 1 at the bottom, as in the paper) beside lambda per layer."""
     gate = summary["effective_gate"]
@@ -325,6 +359,10 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
             variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n",
             "The rate each method takes into the main grid:\n", chosen_rates(records, grid)]
+    if plot_sweep(records, grid, plots / "lr_sweep.png"):
+        out.append("Dev value against rate, as a multiple of each method's lr-mid rate (the script's; ft 2e-5); "
+                   "the star is the rate taken (until a sweep finishes, its best so far):\n\n"
+                   "![learning-rate sweep](results/lr_sweep.png)\n")
     out += ["## 6. What the gates learn\n", gate_section(plots)]
     out += ["## 7. A larger backbone: all-mpnet-base-v2 (MPNet, 12 x 768), CB\n",
             "P-tuning v2's footing at the script's rates (no sweep); see `grid.yaml`.\n",

@@ -405,3 +405,14 @@ def test_killing_the_runner_stops_the_training_it_started():
         for _ in range(50):
             os.kill(child, 0)
             time.sleep(0.1)
+
+
+def test_the_sweep_plot_is_drawn_from_sweep_records_only(tmp_path):
+    grid = {**GRID, "experiments": [{**GRID["experiments"][0], "variants": {"lr-lo": {"lr_scale": 0.5}, "lr-mid": {}}},
+                                    GRID["experiments"][1]]}
+    png = tmp_path / "sweep.png"
+    assert not R.plot_sweep([record("main/cb-pt2-s1", 70.0, 0.01, experiment="main")], grid, png)
+    assert not png.exists()
+    sweep = [record("lr-sweep/cb-pt2-lr-lo-s1", 70.0, 0.005, variant="lr-lo"),
+             record("lr-sweep/cb-pt2-lr-mid-s1", 72.0, 0.01, variant="lr-mid")]
+    assert R.plot_sweep(sweep, grid, png) and png.stat().st_size > 0
