@@ -22,9 +22,10 @@ out = Console()
 
 
 def _fail(err: BaseException) -> None:
-    """Print adaprefix's refusal (the message names the bad input and the way out) and exit with code 2."""
+    """Print adaprefix's refusal (the message names the bad input and the way out) and exit with its code: 2, or 75
+    where trying again later can succeed (a run folder another process is training into)."""
     console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=getattr(err, "exit_code", 2))
 
 
 def _parse_overrides(args: list[str]) -> dict[str, str]:

@@ -11,3 +11,5 @@ from __future__ import annotations
 
 class AdaprefixError(Exception):
     """Base of every deliberate adaprefix error; the message names the bad input and the way out."""
+
+    exit_code = 2  # what the command line exits with; 75 (EX_TEMPFAIL) where trying again later can succeed

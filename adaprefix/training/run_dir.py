@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,7 +37,9 @@ class RunExistsError(AdaprefixError, RuntimeError):
 
 
 class RunBusyError(AdaprefixError, RuntimeError):
-    """Another live process is training into the same run folder."""
+    """Another live process is training into the same run folder (the command line exits 75: try again later)."""
+
+    exit_code = 75
 
 
 @contextmanager
@@ -48,24 +51,34 @@ def run_lock(run: Path) -> Iterator[None]:
     if fcntl is None or not is_main_process():
         yield
         return
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
-    with (run / LOCK_FILE).open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    lock = run / LOCK_FILE
+    try:
+        with lock.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunBusyError(f"{run}: {holder} is training into this folder; wait for it to finish or stop "
+                                   "it, or choose another --output-dir") from None
+            except OSError as err:  # a filesystem without flock (some network and FUSE mounts): go on unguarded
+                warnings.warn(f"{run}: cannot lock the run folder ({err.strerror}); a second training into it "
+                              "would not be caught", stacklevel=3)
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunBusyError(f"{run}: {holder} is training into this folder; wait for it to finish or stop it, "
-                               "or choose another --output-dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        if created and [path.name for path in run.iterdir()] == [LOCK_FILE]:  # refused before writing anything
+            lock.unlink()
+            run.rmdir()
 
 
 def is_main_process() -> bool:

@@ -15,10 +15,10 @@ settings may also hold ``prefix:`` and ``ft:`` sections of their own. Four keys 
 The sweep experiment may carry ``extend_at_edge: {factor: f, max: n}``: when a finished sweep's best dev value is at
 its highest (or lowest) rate and strictly above every other rate, the sweep gains one run at that rate times f (or
 divided by f), variant ``lr-up1`` (``lr-down1``), and so on while the best stays at the new edge, up to n extra
-runs per task and method. The same rule for every method, applied before any main run takes a rate (a sweep is
-complete only when no extension is pending). A flat sweep (the best tied with an inner rate) gives no direction and
-is not extended. The sweep's variants must differ in learning rate only: an extension copies the settings of the
-sweep's first run with the new rate.
+runs per task, method and seed. The same rule for every method, applied before any main run takes a rate (a sweep
+is complete only when no extension is pending). A flat sweep (the best tied with an inner rate) gives no direction
+and is not extended; a sweep run that failed (a NaN loss) counts as the sweep's worst value. The sweep's variants
+must differ in learning rate only: an extension copies the settings of the sweep's first run with the new rate.
 
 An experiment may also list ``cut:`` entries, ``{task, variants, seeds}``: those cells run only the seeds given (what
 2 CPU cores could not afford is written in the grid file itself, beside the experiment it thins).
@@ -27,6 +27,8 @@ An experiment may also list ``cut:`` entries, ``{task, variants, seeds}``: those
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,14 +139,16 @@ def expand(grid: dict[str, Any]) -> list[Run]:
     return runs
 
 
-def resolve_settings(grid: dict[str, Any], run: Run, records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The run's settings as `adaprefix train` takes them, or None while its learning-rate sweep is unfinished."""
+def resolve_settings(grid: dict[str, Any], run: Run, records: list[dict[str, Any]],
+                     failed: Collection[str] = ()) -> dict[str, Any] | None:
+    """The run's settings as `adaprefix train` takes them, or None while its learning-rate sweep is unfinished.
+    ``failed``: ids of runs that exited with an error (a sweep run that diverged counts as the sweep's worst)."""
     settings = dict(run.settings)
     scale = float(settings.pop("lr_scale", 1.0))
     lr = settings.get("learning_rate")
     if isinstance(lr, str) and lr.startswith("sweep"):
         swept_method = lr.partition(":")[2] or run.method
-        if not sweep_complete(grid, run.task, swept_method, records):
+        if not sweep_complete(grid, run.task, swept_method, records, failed):
             return None
         chosen = swept_learning_rate(run.task, swept_method, records)
         if chosen is None:
@@ -181,7 +185,8 @@ def best_sweep_record(task: str, method: str, records: list[dict[str, Any]]) -> 
     The sweep ranks on the dev metric (never on test), so NER test F1 stays untouched by the choice.
     """
     done = [r for r in records if r["experiment"] == SWEEP and r["task"] == task and r["method"] == method]
-    return max(done, key=lambda r: (r["dev_value"], -r["learning_rate"])) if done else None
+    # rounded: a tie is the same number of examples right, whatever the last bits of a float metric
+    return max(done, key=lambda r: (round(r["dev_value"], 9), -r["learning_rate"])) if done else None
 
 
 def swept_learning_rate(task: str, method: str, records: list[dict[str, Any]]) -> float | None:
@@ -195,15 +200,21 @@ def _edge_step(runs: list[dict[str, Any]]) -> int:
     if len(runs) < 2:
         return 0
     by_rate = sorted(runs, key=lambda r: r["learning_rate"])
-    best = max(r["dev_value"] for r in runs)
-    at_best = [r for r in by_rate if r["dev_value"] == best]
+    best = max(round(r["dev_value"], 9) for r in runs)
+    at_best = [r for r in by_rate if round(r["dev_value"], 9) == best]
     if len(at_best) > 1:
         return 0
     return 1 if at_best[0] is by_rate[-1] else -1 if at_best[0] is by_rate[0] else 0
 
 
-def edge_extensions(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[Run]:
-    """The sweep runs added beyond an edge (see the module docstring), recorded or next to run, in order."""
+def _diverged(run_id: str, learning_rate: float) -> dict[str, Any]:
+    """A sweep run that exited with an error (a NaN loss, say) as the sweep sees it: that rate, the worst value."""
+    return {"run_id": run_id, "learning_rate": learning_rate, "dev_value": float("-inf")}
+
+
+def edge_extensions(grid: dict[str, Any], records: list[dict[str, Any]], failed: Collection[str] = ()) -> list[Run]:
+    """The sweep runs added beyond an edge (see the module docstring), recorded or next to run, in order. A failed
+    run (``failed``: run ids) counts as the worst of its sweep, so a rate that diverges ends the extension."""
     sweep = next((e for e in grid["experiments"] if e["name"] == SWEEP), None)
     rule = (sweep or {}).get("extend_at_edge")
     if not rule:
@@ -217,7 +228,9 @@ def edge_extensions(grid: dict[str, Any], records: list[dict[str, Any]]) -> list
     for run in expand({**grid, "experiments": [sweep]}):
         static.setdefault(run.group[:3] + (str(run.seed),), []).append(run)
     for runs in static.values():
-        done = [by_id[r.run_id] for r in runs if r.run_id in by_id]
+        done = [by_id[r.run_id] if r.run_id in by_id
+                else _diverged(r.run_id, resolve_settings(grid, r, [])["learning_rate"])
+                for r in runs if r.run_id in by_id or r.run_id in failed]
         if len(done) < len(runs):
             continue
         first = runs[0]
@@ -231,24 +244,34 @@ def edge_extensions(grid: dict[str, Any], records: list[dict[str, Any]]) -> list
             run = Run(SWEEP, first.task, first.method, first.train_method, f"lr-{'up' if step > 0 else 'down'}{k}",
                       first.seed, settings)
             extensions.append(run)
+            if run.run_id in failed:
+                done.append(_diverged(run.run_id, settings["learning_rate"]))
+                continue
             if run.run_id not in by_id:
                 break
+            recorded = by_id[run.run_id]["learning_rate"]
+            if not math.isclose(recorded, settings["learning_rate"], rel_tol=1e-9):
+                raise GridError(f"{run.run_id} was recorded at learning rate {recorded:g}, but the sweep's edge rule "
+                                f"now asks {settings['learning_rate']:g} of it (was extend_at_edge or the sweep's "
+                                "variants changed?); remove that record to rerun it")
             done.append(by_id[run.run_id])
     return extensions
 
 
-def planned_runs(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[Run]:
+def planned_runs(grid: dict[str, Any], records: list[dict[str, Any]], failed: Collection[str] = ()) -> list[Run]:
     """``expand(grid)`` plus the sweep's edge extensions so far, each right after its own sweep's runs."""
     runs = expand(grid)
-    for extension in edge_extensions(grid, records):
+    for extension in edge_extensions(grid, records, failed):
         at = max(i for i, r in enumerate(runs) if r.group[:3] == extension.group[:3] and r.seed == extension.seed)
         runs.insert(at + 1, extension)
     return runs
 
 
-def sweep_complete(grid: dict[str, Any], task: str, method: str, records: list[dict[str, Any]]) -> bool:
-    """Every sweep run of (task, method) is recorded, its edge extensions included, and none is pending."""
-    wanted = {r.run_id for r in planned_runs(grid, records)
+def sweep_complete(grid: dict[str, Any], task: str, method: str, records: list[dict[str, Any]],
+                   failed: Collection[str] = ()) -> bool:
+    """Every sweep run of (task, method) is recorded or failed (``failed``: run ids), its edge extensions included,
+    and none is pending. The rate taken is the best among the recorded ones: a diverged rate is never taken."""
+    wanted = {r.run_id for r in planned_runs(grid, records, failed)
               if r.experiment == SWEEP and r.task == task and r.method == method}
-    have = {r["run_id"] for r in records}
+    have = {r["run_id"] for r in records} | set(failed)
     return bool(wanted) and wanted <= have

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from grid import (HERE, SWEEP, best_sweep_record, expand, load_grid, planned_runs, resolve_settings,  # noqa: E402
                   sweep_complete)
-from run import read_records  # noqa: E402
+from run import FAILURES, read_records  # noqa: E402
 
 COMMAND = "python benchmarks/reproduce/report.py"
 REPORT = HERE / "report.md"
@@ -60,10 +60,11 @@ def group(records: Iterable[dict[str, Any]], *keys: str) -> dict[tuple, list[dic
     return out
 
 
-def planned_seeds(grid: dict[str, Any], records: list[dict[str, Any]] = ()) -> dict[tuple[str, str, str, str], int]:
+def planned_seeds(grid: dict[str, Any], records: list[dict[str, Any]] = (),
+                  failed: Iterable[str] = ()) -> dict[tuple[str, str, str, str], int]:
     """Planned runs per (experiment, task, method, variant), the sweep's edge extensions so far included."""
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
-    for run in planned_runs(grid, list(records)):
+    for run in planned_runs(grid, list(records), set(failed)):
         counts[run.group] += 1
     return counts
 
@@ -151,22 +152,31 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
     return ("\n".join(lines) + "\n") if found else f"_{better} − {other}: fewer than two seeds of each side so far._\n"
 
 
-def chosen_rates(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
-    """The learning rate the main grid takes per (task, method): the best dev value of its finished sweep, ties to
-    the smaller rate, and whether that rate sits at the sweep's edge (a better one may lie beyond)."""
-    lines = ["| task | method | chosen rate | dev at that rate | rates swept | at the edge |", "|---|---|---:|---:|---|---|"]
+def sweep_table(records: list[dict[str, Any]], grid: dict[str, Any], failed: Iterable[str] = ()) -> str:
+    """Per (task, method): the dev value at every rate swept, low to high, and the rate the main grid takes (the best
+    dev value of the finished sweep, ties to the smaller rate), with whether it sits at the sweep's edge (a better
+    rate may lie beyond). Rates, not variant names: the same variant is a different rate on different tasks."""
+    failed = set(failed)
+    lines = ["| task | method | dev by rate (low to high) | rate taken | at the edge |", "|---|---|---|---:|---|"]
     found = False
     for task, method in dict.fromkeys((r.task, r.method) for r in expand(grid) if r.experiment == SWEEP):
-        if not sweep_complete(grid, task, method, records):
+        runs = {r["learning_rate"]: f"{r['dev_value']:.1f}" for r in records
+                if r["experiment"] == SWEEP and r["task"] == task and r["method"] == method}
+        runs.update({resolve_settings(grid, r, records, failed)["learning_rate"]: "failed"
+                     for r in planned_runs(grid, records, failed) if r.run_id in failed and r.experiment == SWEEP
+                     and r.task == task and r.method == method})
+        if not runs:
             continue
         found = True
-        best = best_sweep_record(task, method, records)
-        rate, dev = best["learning_rate"], best["dev_value"]
-        rates = sorted({r["learning_rate"] for r in records
-                        if r["experiment"] == SWEEP and r["task"] == task and r["method"] == method})
+        rates = sorted(runs)
+        swept = " · ".join(f"{rate:g}: {runs[rate]}" for rate in rates)
+        if not sweep_complete(grid, task, method, records, failed):
+            lines.append(f"| {task} | {method} | {swept} | sweep unfinished | – |")
+            continue
+        rate = best_sweep_record(task, method, records)["learning_rate"]
         edge = "lowest" if rate == rates[0] else "highest" if rate == rates[-1] else "no"
-        lines.append(f"| {task} | {method} | {rate:g} | {dev:.1f} | {', '.join(f'{x:g}' for x in rates)} | {edge} |")
-    return ("\n".join(lines) + "\n") if found else "_No task and method has finished its sweep yet._\n"
+        lines.append(f"| {task} | {method} | {swept} | {rate:g} | {edge} |")
+    return ("\n".join(lines) + "\n") if found else "_No runs recorded yet._\n"
 
 
 def loss_flattened(losses: list[float], window: int = 3, tolerance: float = 0.05) -> bool | None:
@@ -293,12 +303,12 @@ def gate_section(plots: Path | None = None) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(images) + "\n"
 
 
-def progress_table(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
+def progress_table(records: list[dict[str, Any]], grid: dict[str, Any], failed: Iterable[str] = ()) -> str:
     """Recorded vs planned runs per experiment and task, with the median wall minutes of the recorded runs (trained
     here, not reused) of the same backbone and task: how much of the grid is left, and roughly what it costs."""
     planned: dict[tuple[str, str], int] = defaultdict(int)
     backbone: dict[tuple[str, str], str] = {}
-    plan = planned_runs(grid, records)
+    plan = planned_runs(grid, records, set(failed))
     for run in plan:
         planned[run.experiment, run.task] += 1
         backbone[run.experiment, run.task] = run.settings.get("model", "")
@@ -321,11 +331,15 @@ def progress_table(records: list[dict[str, Any]], grid: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path | None = None) -> str:
-    """The report's Markdown; its plots are drawn into ``plots`` (by default results/, where the report links)."""
+def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path | None = None,
+                 failed: Iterable[str] = ()) -> str:
+    """The report's Markdown; its plots are drawn into ``plots`` (by default results/, where the report links).
+    ``failed``: ids of runs that exited with an error (results/failures.jsonl); a failed sweep run is that sweep's
+    worst rate."""
     plots = PLOTS if plots is None else plots
-    plan = planned_seeds(grid, records)
-    total = len(planned_runs(grid, records))
+    failed = sorted(set(failed))
+    plan = planned_seeds(grid, records, failed)
+    total = len(planned_runs(grid, records, failed))
     out = [f"# Reproduction report: fine-tuning vs P-tuning v2 vs APT on MiniLM\n",
            f"Regenerate: `{COMMAND}` (from `results/runs.jsonl`: {len(records)} of {total} planned runs recorded). "
            "Run what is missing: `python benchmarks/reproduce/run.py --commit`. Grid and per-task protocol: "
@@ -355,10 +369,9 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             out += ["APT − P-tuning v2 and APT − fine-tuning per task:\n",
                     margins(records, "main", "apt", "pt2", key="experiment"),
                     margins(records, "main", "apt", "ft", key="experiment")]
-    lr = [r for r in records if r["experiment"] == "lr-sweep"]
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
-            variant_table(records, "lr-sweep", plan) if lr else "_No runs recorded yet._\n",
-            "The rate each method takes into the main grid:\n", chosen_rates(records, grid)]
+            "The dev value at each rate swept and the rate each method takes into the main grid (`grid.yaml`: "
+            "`lr-sweep`, its edge rule `extend_at_edge`):\n", sweep_table(records, grid, failed)]
     if plot_sweep(records, grid, plots / "lr_sweep.png"):
         out.append("Dev value against rate, as a multiple of each method's lr-mid rate (the script's; ft 2e-5); "
                    "the star is the rate taken (until a sweep finishes, its best so far):\n\n"
@@ -370,7 +383,10 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             margins(records, "mpnet", "apt", "ft", key="experiment")]
     out += ["## Progress\n", "What the grid still misses (`python benchmarks/reproduce/run.py --list` names each run). "
             "Minutes are wall time on 2 CPU cores, mostly shared with other work (a resumed run counts its last "
-            "sitting only).\n", progress_table(records, grid)]
+            "sitting only).\n", progress_table(records, grid, failed)]
+    if failed:
+        out += [f"Runs that exited with an error (`results/{FAILURES.name}`; skipped unless `run.py --retry-failed`; "
+                "a failed sweep run counts as that sweep's worst rate): " + ", ".join(f"`{f}`" for f in failed) + "\n"]
     out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
             "ran: seconds are indicative only (a resumed run counts its last sitting only). A run's training loss "
             "counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
@@ -379,7 +395,8 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
 
 def main() -> None:
     records = read_records()
-    REPORT.write_text(build_report(records, load_grid()))
+    failed = [f["run_id"] for f in read_records(FAILURES)]
+    REPORT.write_text(build_report(records, load_grid(), failed=failed))
     print(f"wrote {REPORT} from {len(records)} records")
 
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import yaml
@@ -137,14 +138,20 @@ def train_one(run: Run, settings: dict[str, Any]) -> float:
     return time.time() - started
 
 
+BUSY = 75  # `adaprefix train`'s exit code for a run folder another live process is training into
+_STOP = {"requested": False, "in_child": False}  # what stop_on_sigterm's handler knows
+
+
 def run_child(command: list[str]) -> None:
     """Run ``command`` to its end (CalledProcessError if it fails); if the runner is stopped meanwhile (Ctrl-C, or
     `kill` once ``stop_on_sigterm`` is in place), the child is stopped too rather than left training on its own."""
     child = subprocess.Popen(command, cwd=REPO)
+    _STOP["in_child"] = True
     try:
         if child.wait() != 0:
             raise subprocess.CalledProcessError(child.returncode, command)
     finally:
+        _STOP["in_child"] = False
         if child.poll() is None:
             child.terminate()
             try:
@@ -155,14 +162,23 @@ def run_child(command: list[str]) -> None:
 
 
 def stop_on_sigterm() -> None:
-    """Make `kill` (SIGTERM) unwind the runner like Ctrl-C does, so that ``run_child`` stops its training."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    """Make `kill` (SIGTERM) stop the runner cleanly: during a training it unwinds at once, so that ``run_child``
+    stops the child; anywhere else (a record being written and committed) the runner stops before its next run.
+    A repeated signal while stopping is ignored, so the child is always stopped and waited for."""
+    def handler(signum: int, frame: Any) -> None:
+        if _STOP["requested"]:
+            return
+        _STOP["requested"] = True
+        if _STOP["in_child"]:
+            sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def selected_runs(grid: dict[str, Any], records: list[dict[str, Any]], only: list[str] | None,
-                  tasks: list[str] | None, by_task: bool) -> list[Run]:
+                  tasks: list[str] | None, by_task: bool, failed: Collection[str] = ()) -> list[Run]:
     """The grid's runs (a sweep's edge extensions included, as the records stand) that --only and --task keep."""
-    runs = [r for r in planned_runs(grid, records)
+    runs = [r for r in planned_runs(grid, records, failed)
             if (not only or r.experiment in only) and (not tasks or r.task in tasks)]
     if by_task:  # stable: within a task, the grid's order (a sweep before the main runs that wait on it)
         order = list(dict.fromkeys(tasks or list(grid["tasks"])))
@@ -188,13 +204,16 @@ def main() -> None:
     grid = load_grid()
     done_runs = 0
     failed_now: set[str] = set()  # never tried twice in one sitting, even with --retry-failed
+    busy: set[str] = set()  # another live process trains it: skipped this sitting, not a failure
     while True:
+        if _STOP["requested"]:
+            sys.exit(128 + signal.SIGTERM)
         records = read_records()
-        runs = selected_runs(grid, records, args.only, args.task, args.by_task)
-        have = {r["run_id"] for r in records}
         failed = failed_now | (set() if args.retry_failed else {f["run_id"] for f in read_records(FAILURES)})
-        missing = [r for r in runs if r.run_id not in have and r.run_id not in failed]
-        ready = [(r, s) for r in missing if (s := resolve_settings(grid, r, records)) is not None]
+        runs = selected_runs(grid, records, args.only, args.task, args.by_task, failed)
+        have = {r["run_id"] for r in records}
+        missing = [r for r in runs if r.run_id not in have and r.run_id not in failed and r.run_id not in busy]
+        ready = [(r, s) for r in missing if (s := resolve_settings(grid, r, records, failed)) is not None]
         if args.list:
             print(f"{len(have & {r.run_id for r in runs})} done, {len(failed)} failed (--retry-failed), {len(ready)} "
                   f"ready, {len(missing) - len(ready)} waiting on a learning-rate sweep or gate map")
@@ -218,6 +237,10 @@ def main() -> None:
         try:
             seconds = train_one(run, settings)
         except subprocess.CalledProcessError as err:  # e.g. a NaN loss: note it, keep the grid going
+            if err.returncode == BUSY:
+                print(f"=== {run.run_id}: another process is training it; skipped in this sitting", flush=True)
+                busy.add(run.run_id)
+                continue
             print(f"=== {run.run_id} failed (exit {err.returncode}); noted in {FAILURES.name}", flush=True)
             failed_now.add(run.run_id)
             append_record({"run_id": run.run_id, "returncode": err.returncode, "commit": commit,

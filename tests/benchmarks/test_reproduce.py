@@ -118,7 +118,8 @@ def test_a_sweep_whose_best_is_at_its_top_gains_a_rate_above_before_main_runs_ta
     capped = better + [record("lr-sweep/cb-pt2-lr-up2-s1", 77.0, 0.08, variant="lr-up2")]
     assert len(G.edge_extensions(EXTENDING, capped)) == 2  # max 2: no third, even at the edge
     assert G.resolve_settings(EXTENDING, main_pt2, capped)["learning_rate"] == 0.08
-    assert "| cb | pt2 | 0.08 | 77.0 | 0.005, 0.01, 0.02, 0.04, 0.08 | highest |" in R.chosen_rates(capped, EXTENDING)
+    assert ("| cb | pt2 | 0.005: 70.0 · 0.01: 72.0 · 0.02: 75.0 · 0.04: 76.0 · 0.08: 77.0 | 0.08 | highest |"
+            in R.sweep_table(capped, EXTENDING))
 
 
 def test_a_sweep_extends_downwards_from_a_best_lowest_rate_and_not_at_all_when_flat():
@@ -131,6 +132,89 @@ def test_a_sweep_extends_downwards_from_a_best_lowest_rate_and_not_at_all_when_f
     bad = {**EXTENDING, "experiments": [{**EXTENDING["experiments"][0], "extend_at_edge": {"factor": 1, "max": 2}}]}
     with pytest.raises(G.GridError, match="factor > 1"):
         G.edge_extensions(bad, _pt2_sweep(70.0, 72.0, 75.0))
+
+
+def test_a_tie_at_the_top_edge_is_flat_and_not_extended():
+    assert G.edge_extensions(EXTENDING, _pt2_sweep(70.0, 75.0, 75.0)) == []
+
+
+def test_a_failed_sweep_run_counts_as_its_worst_rate_and_never_blocks_the_main_grid():
+    main_pt2 = next(r for r in G.expand(EXTENDING) if r.run_id == "main/cb-pt2-s1")
+    climbing = _pt2_sweep(70.0, 72.0, 75.0)
+    up1 = "lr-sweep/cb-pt2-lr-up1-s1"
+    assert G.resolve_settings(EXTENDING, main_pt2, climbing) is None
+    assert [r.run_id for r in G.edge_extensions(EXTENDING, climbing, failed={up1})] == [up1]  # no lr-up2
+    assert G.resolve_settings(EXTENDING, main_pt2, climbing, failed={up1})["learning_rate"] == 0.02
+    # a static run that diverged at the top: the best is now inside, so nothing is added at its rate again
+    partial = _pt2_sweep(70.0, 75.0)
+    assert G.edge_extensions(EXTENDING, partial, failed={"lr-sweep/cb-pt2-x2-s1"}) == []
+    assert G.resolve_settings(EXTENDING, main_pt2, partial, failed={"lr-sweep/cb-pt2-x2-s1"})["learning_rate"] == 0.01
+
+
+def test_an_extension_recorded_at_another_rate_than_the_rule_asks_is_an_error():
+    records = _pt2_sweep(70.0, 72.0, 75.0) + [record("lr-sweep/cb-pt2-lr-up1-s1", 76.0, 0.08, variant="lr-up1")]
+    with pytest.raises(G.GridError, match=r"lr-up1-s1 was recorded at learning rate 0.08.*asks 0.04"):
+        G.edge_extensions(EXTENDING, records)
+
+
+def _fake_runner(monkeypatch, tmp_path, grid, dev, exit_codes=None):
+    """Runs run.main() on ``grid`` with training replaced: dev value by variant, exit codes by run id."""
+    monkeypatch.setattr(RUN, "load_grid", lambda: grid)
+    monkeypatch.setattr(RUN, "RECORDS", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(RUN, "FAILURES", tmp_path / "failures.jsonl")
+    monkeypatch.setattr(RUN, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(RUN, "_git", lambda *args: "abc")
+    rates = {}
+
+    def train(run, settings):
+        rates[run.run_id] = settings["learning_rate"]
+        if (exit_codes or {}).get(run.run_id):
+            raise RUN.subprocess.CalledProcessError(exit_codes[run.run_id], ["adaprefix"])
+        return 1.0
+
+    monkeypatch.setattr(RUN, "train_one", train)
+    monkeypatch.setattr(RUN, "make_record", lambda run, settings, folder, seconds, commit: {
+        **record(run.run_id, dev.get(run.variant, 60.0), settings["learning_rate"], experiment=run.experiment,
+                 method=run.method, task=run.task, variant=run.variant, seed=run.seed)})
+    return rates
+
+
+def test_main_runs_listed_before_the_sweep_still_wait_for_its_extensions(tmp_path, monkeypatch):
+    grid = {**EXTENDING, "experiments": [EXTENDING["experiments"][1], EXTENDING["experiments"][0]]}
+    rates = _fake_runner(monkeypatch, tmp_path, grid, {"x0.5": 70.0, "x1": 72.0, "x2": 75.0, "lr-up1": 76.0})
+    monkeypatch.setattr(sys, "argv", ["run.py"])
+    RUN.main()
+    assert rates["lr-sweep/cb-pt2-lr-up2-s1"] == pytest.approx(0.08)  # up1 was best: one more, then 60 < 76
+    assert rates["main/cb-pt2-s2"] == pytest.approx(0.04)  # not 0.02, which a main run ahead of up1 would take
+
+
+def test_a_run_another_process_is_training_is_skipped_not_failed(tmp_path, monkeypatch):
+    busy = "lr-sweep/cb-pt2-x1-s1"
+    rates = _fake_runner(monkeypatch, tmp_path, GRID, {}, exit_codes={busy: RUN.BUSY})
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
+    RUN.main()
+    assert busy in rates and len(rates) == 6
+    assert not (tmp_path / "failures.jsonl").exists()
+    assert busy not in {r["run_id"] for r in RUN.read_records()}
+
+
+def test_sigterm_outside_a_training_lets_the_runner_finish_what_it_writes(monkeypatch):
+    import signal
+
+    monkeypatch.setitem(RUN._STOP, "requested", False)
+    monkeypatch.setitem(RUN._STOP, "in_child", False)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        RUN.stop_on_sigterm()
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. while a record is committed: no exit here
+        assert RUN._STOP["requested"]
+        RUN._STOP.update(requested=False, in_child=True)
+        with pytest.raises(SystemExit) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert stopped.value.code == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_the_runner_trains_an_edge_extension_before_the_main_run_that_takes_its_rate(tmp_path, monkeypatch):
@@ -344,14 +428,17 @@ def test_variant_table_can_show_the_last_epochs_training_loss():
     assert "| cb | pt2 | final train loss | 0.400 ± 0.141 | 0.200 (1/2) |" in table
 
 
-def test_the_report_names_each_chosen_rate_and_whether_it_sits_at_the_sweeps_edge():
+def test_the_sweep_table_gives_dev_by_rate_and_the_rate_taken_with_its_edge():
     records = [record(f"lr-sweep/cb-pt2-{v}-s1", value, lr, variant=v)
                for v, value, lr in (("x0.5", 70.0, 0.005), ("x1", 72.0, 0.01), ("x2", 72.0, 0.02))]
-    table = R.chosen_rates(records, GRID)
-    assert "| cb | pt2 | 0.01 | 72.0 | 0.005, 0.01, 0.02 | no |" in table  # a tie goes to the smaller rate
-    assert "| cb | ft |" not in table  # its sweep has not finished
+    records.append(record("lr-sweep/cb-ft-x1-s1", 65.0, 2e-5, method="ft", variant="x1"))
+    table = R.sweep_table(records, GRID)
+    assert "| cb | pt2 | 0.005: 70.0 · 0.01: 72.0 · 0.02: 72.0 | 0.01 | no |" in table  # a tie: the smaller rate
+    assert "| cb | ft | 2e-05: 65.0 | sweep unfinished | – |" in table
     records[2]["dev_value"] = 75.0
-    assert "| cb | pt2 | 0.02 | 75.0 | 0.005, 0.01, 0.02 | highest |" in R.chosen_rates(records, GRID)
+    assert "| 0.02 | highest |" in R.sweep_table(records, GRID)
+    table = R.sweep_table(records[:2] + records[3:], GRID, failed=["lr-sweep/cb-pt2-x2-s1"])
+    assert "| cb | pt2 | 0.005: 70.0 · 0.01: 72.0 · 0.02: failed | 0.01 | no |" in table  # not at the edge
 
 
 def test_by_task_finishes_one_tasks_sweep_and_main_runs_before_the_next_task(tmp_path, monkeypatch):

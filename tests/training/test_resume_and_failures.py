@@ -156,4 +156,38 @@ def test_a_second_training_into_a_live_runs_folder_is_refused_and_removes_nothin
     finally:
         holder.kill()
         holder.wait()
-    assert train(cfg, resume=True).final["best_epoch"] is not None  # a killed holder frees the folder
+    held = []
+
+    def try_the_lock(model):
+        from adaprefix.training.run_dir import run_lock
+
+        with pytest.raises(RunBusyError):  # a second opening of the lock file conflicts, even in one process
+            with run_lock(run):
+                pass
+        held.append(True)
+
+    result = train(cfg, resume=True, extra_callbacks=[At("evaluate", 1, try_the_lock)])
+    assert result.final["best_epoch"] is not None and held  # a killed holder frees the folder; train holds it
+
+
+def test_the_command_line_says_busy_with_exit_code_75_and_a_refused_new_folder_leaves_nothing(tiny_backbone,
+                                                                                              sentiment_files,
+                                                                                              tmp_path):
+    from typer.testing import CliRunner
+
+    from adaprefix.cli import app
+    from adaprefix.training.run_dir import run_lock
+
+    import yaml
+
+    run = tmp_path / "busy"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_settings(tiny_backbone, sentiment_files, run)))
+    with run_lock(run):
+        result = CliRunner().invoke(app, ["train", "--config", str(config)])
+    assert result.exit_code == 75, result.output
+    assert "is training into this folder" in result.output
+    fresh = tmp_path / "never-made"
+    result = CliRunner().invoke(app, ["train", "--output-dir", str(fresh), "--resume"])
+    assert result.exit_code == 2 and "nothing to resume" in result.output
+    assert not fresh.exists()  # the lock's folder is not left behind by a refusal
