@@ -234,6 +234,12 @@ def edge_extensions(grid: dict[str, Any], records: list[dict[str, Any]], failed:
         if len(done) < len(runs):
             continue
         first = runs[0]
+        for other in runs[1:]:  # an extension copies the first run's settings: that is only right if rate is all
+            differ = {key for key in {**first.settings, **other.settings}
+                      if key not in ("learning_rate", "lr_scale") and first.settings.get(key) != other.settings.get(key)}
+            if differ:
+                raise GridError(f"experiment {SWEEP}: extend_at_edge needs variants that differ in learning rate "
+                                f"only; {first.run_id} and {other.run_id} differ in {sorted(differ)}")
         for k in range(1, most + 1):
             step = _edge_step(done)
             if step == 0:

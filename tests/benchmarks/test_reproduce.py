@@ -132,6 +132,11 @@ def test_a_sweep_extends_downwards_from_a_best_lowest_rate_and_not_at_all_when_f
     bad = {**EXTENDING, "experiments": [{**EXTENDING["experiments"][0], "extend_at_edge": {"factor": 1, "max": 2}}]}
     with pytest.raises(G.GridError, match="factor > 1"):
         G.edge_extensions(bad, _pt2_sweep(70.0, 72.0, 75.0))
+    sweep = EXTENDING["experiments"][0]
+    mixed = {**EXTENDING, "experiments": [{**sweep, "variants": {**sweep["variants"], "x2": {"lr_scale": 2,
+                                                                                            "epochs": 40}}}]}
+    with pytest.raises(G.GridError, match=r"differ in learning rate only; .*x2-s1 differ in \['epochs'\]"):
+        G.edge_extensions(mixed, _pt2_sweep(70.0, 72.0, 75.0))
 
 
 def test_a_tie_at_the_top_edge_is_flat_and_not_extended():
