@@ -508,3 +508,12 @@ def test_the_sweep_plot_is_drawn_from_sweep_records_only(tmp_path):
     sweep = [record("lr-sweep/cb-pt2-lr-lo-s1", 70.0, 0.005, variant="lr-lo"),
              record("lr-sweep/cb-pt2-lr-mid-s1", 72.0, 0.01, variant="lr-mid")]
     assert R.plot_sweep(sweep, grid, png) and png.stat().st_size > 0
+
+
+def test_the_readme_block_is_replaced_between_its_markers_only():
+    text = "intro\n" + R.HEADLINE_START + "\nold table\n" + R.HEADLINE_END + "\nafter\n"
+    assert R.replace_block(text, "new table\n") == ("intro\n" + R.HEADLINE_START + "\nnew table\n" + R.HEADLINE_END
+                                                   + "\nafter\n")
+    with pytest.raises(ValueError, match="expected one"):
+        R.replace_block("no markers here", "table")
+    assert R.HEADLINE_START in R.README.read_text()  # the project README carries the block report.py fills
