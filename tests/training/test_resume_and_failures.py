@@ -139,7 +139,7 @@ def test_a_second_training_into_a_live_runs_folder_is_refused_and_removes_nothin
     import subprocess
     import sys
 
-    from adaprefix.training.run_dir import RunBusyError
+    from adaprefix.training import RunBusyError
 
     run = tmp_path / "r"
     cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, run))
