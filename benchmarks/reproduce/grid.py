@@ -169,11 +169,27 @@ def resolve_settings(grid: dict[str, Any], run: Run, records: list[dict[str, Any
     return settings
 
 
+def gate_runs(grid: dict[str, Any]) -> list[str]:
+    """Runs whose gates the grid records (results/gates/): those under ``gate_maps`` (the report's heat maps) and
+    those PT-2* derives its lengths from, in that order."""
+    sources = []
+    for run in expand(grid):
+        derived = run.settings.get("prefix_lengths")
+        if isinstance(derived, dict) and "from_gates" in derived:
+            sources.append(derived["from_gates"].format(task=run.task))
+    return list(dict.fromkeys([*(grid.get("gate_maps") or []), *sources]))
+
+
+def gate_file(run_id: str) -> Path:
+    """Where ``run_id``'s gate statistics live (written by gates.py, read by the report and by PT-2*)."""
+    return HERE / "results" / "gates" / (run_id.replace("/", "__") + ".json")
+
+
 def lengths_from_gate_file(from_gates: str, budget_ratio: float = 0.5) -> list[int] | None:
     """Per-layer lengths by adaprefix's PT-2* rule from results/gates/<run>.json; None until that file exists."""
     from adaprefix.analysis.layer_lengths import lengths_from_gates
 
-    path = HERE / "results" / "gates" / (from_gates.replace("/", "__") + ".json")
+    path = gate_file(from_gates)
     if not path.is_file():
         return None
     return lengths_from_gates(json.loads(path.read_text())["effective_gate"], budget_ratio=budget_ratio)

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grid import HERE, Run, load_grid, planned_runs, resolve_settings  # noqa: E402
+from grid import HERE, Run, gate_file, gate_runs, load_grid, planned_runs, resolve_settings  # noqa: E402
 
 REPO = HERE.parent.parent
 RECORDS = HERE / "results" / "runs.jsonl"
@@ -102,15 +102,36 @@ def append_record(record: dict[str, Any], commit: bool, target: Path | None = No
         f.flush()
         os.fsync(f.fileno())
     if commit:
-        path = str(target.relative_to(REPO))
-        for _ in range(5):  # another git command may hold the index lock for a moment
-            _git("add", path)
-            done = subprocess.run(["git", "commit", "-q", "-m", f"reproduce: record {record['run_id']}", "--", path],
-                                  cwd=REPO, capture_output=True, text=True)
-            if done.returncode == 0 or "nothing" in done.stdout:
-                return
-            time.sleep(3)
-        print(f"warning: could not commit {path}: {done.stderr.strip()}", file=sys.stderr)
+        commit_file(target, f"reproduce: record {record['run_id']}")
+
+
+def commit_file(target: Path, message: str) -> None:
+    """git-commit ``target`` alone (whatever else is staged or changed stays as it is)."""
+    path = str(target.relative_to(REPO))
+    for _ in range(5):  # another git command may hold the index lock for a moment
+        _git("add", path)
+        done = subprocess.run(["git", "commit", "-q", "-m", message, "--", path], cwd=REPO, capture_output=True,
+                              text=True)
+        if done.returncode == 0 or "nothing" in done.stdout:
+            return
+        time.sleep(3)
+    print(f"warning: could not commit {path}: {done.stderr.strip()}", file=sys.stderr)
+
+
+def write_gates(run_id: str) -> bool:
+    """Record ``run_id``'s gate statistics (gates.py, in its own process: it loads the model); False if it failed."""
+    return subprocess.run([sys.executable, str(HERE / "gates.py"), run_id], cwd=REPO).returncode == 0
+
+
+def record_missing_gates(grid: dict[str, Any], have: set[str], commit: bool, tried: set[str]) -> None:
+    """Gate statistics for every recorded run the grid needs them of (the report's heat maps, PT-2*'s lengths)
+    that has none yet: PT-2* waits on them, so the runner writes them as soon as their run is recorded."""
+    for run_id in gate_runs(grid):
+        if run_id in have and run_id not in tried and not gate_file(run_id).is_file():
+            tried.add(run_id)  # once a sitting: a failure is printed by gates.py and not retried in a loop
+            print(f"=== gates of {run_id}", flush=True)
+            if write_gates(run_id) and commit:
+                commit_file(gate_file(run_id), f"reproduce: gates of {run_id}")
 
 
 def reusable_record(run: Run, settings: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -205,10 +226,13 @@ def main() -> None:
     done_runs = 0
     failed_now: set[str] = set()  # never tried twice in one sitting, even with --retry-failed
     busy: set[str] = set()  # another live process trains it: skipped this sitting, not a failure
+    gates_tried: set[str] = set()
     while True:
         if _STOP["requested"]:
             sys.exit(128 + signal.SIGTERM)
         records = read_records()
+        if not args.list:
+            record_missing_gates(grid, {r["run_id"] for r in records}, args.commit, gates_tried)
         failed = failed_now | (set() if args.retry_failed else {f["run_id"] for f in read_records(FAILURES)})
         runs = selected_runs(grid, records, args.only, args.task, args.by_task, failed)
         have = {r["run_id"] for r in records}

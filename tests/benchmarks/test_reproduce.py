@@ -517,3 +517,29 @@ def test_the_readme_block_is_replaced_between_its_markers_only():
     with pytest.raises(ValueError, match="expected one"):
         R.replace_block("no markers here", "table")
     assert R.HEADLINE_START in R.README.read_text()  # the project README carries the block report.py fills
+
+
+def test_gates_are_recorded_once_their_run_is_and_from_the_folder_it_was_trained_in(tmp_path, monkeypatch):
+    import gates as GATES
+
+    grid = {**GRID, "gate_maps": ["main/cb-pt2-s1"],
+            "experiments": [*GRID["experiments"],
+                            {"name": "pt2-star", "tasks": ["cb"], "seeds": [1], "methods": ["pt2"],
+                             "variants": {"half": {"prefix_lengths": {"from_gates": "main/{task}-apt-s1"}}}}]}
+    assert G.gate_runs(grid) == ["main/cb-pt2-s1", "main/cb-apt-s1"]
+    monkeypatch.setattr(G, "HERE", tmp_path)
+    written = []
+    monkeypatch.setattr(RUN, "write_gates", lambda run_id: written.append(run_id) or True)
+    tried = set()
+    RUN.record_missing_gates(grid, {"main/cb-apt-s1"}, commit=False, tried=tried)
+    assert written == ["main/cb-apt-s1"]  # main/cb-pt2-s1 is not recorded yet
+    RUN.record_missing_gates(grid, {"main/cb-apt-s1"}, commit=False, tried=tried)
+    assert written == ["main/cb-apt-s1"]  # tried once a sitting, even when it wrote nothing
+    G.gate_file("main/cb-pt2-s1").parent.mkdir(parents=True)
+    G.gate_file("main/cb-pt2-s1").write_text("{}")
+    RUN.record_missing_gates(grid, {"main/cb-pt2-s1"}, commit=False, tried=set())
+    assert written == ["main/cb-apt-s1"]  # its gate file exists already
+    records = [record("main/cb-apt-s1", 70.0, 0.02, experiment="main", method="apt",
+                      reused_from="lr-sweep/cb-apt-x2-s1")]
+    assert GATES.trained_folder("main/cb-apt-s1", records) == RUN.RUNS_DIR / "lr-sweep/cb-apt-x2-s1"
+    assert GATES.trained_folder("main/cb-apt-s2", records) == RUN.RUNS_DIR / "main/cb-apt-s2"
