@@ -102,11 +102,14 @@ def variant_table(records: list[dict[str, Any]], experiment: str, plan: dict, de
 
 
 def paper_table(records: list[dict[str, Any]], experiment: str, plan: dict) -> str:
-    """The paper's layout: one row per method, one column per task, SuperGLUE and NER averages."""
+    """The paper's layout: one row per method, one column per task, SuperGLUE and NER averages. An average is given
+    once every task of its kind that the experiment plans has all its seeds: an average over the tasks finished so
+    far would not be the one the paper reports."""
     rows = [r for r in records if r["experiment"] == experiment]
     if not rows:
         return "_No runs recorded yet._\n"
-    tasks = sorted({r["task"] for r in rows}, key=lambda t: (t in NER, t))
+    planned_tasks = {t for (e, t, _, _) in plan if e == experiment}
+    tasks = sorted({r["task"] for r in rows} | planned_tasks, key=lambda t: (t in NER, t))
     methods = sorted({r["method"] for r in rows}, key=_method_key)
     by = group(rows, "task", "method")
     header = "| method | " + " | ".join(tasks) + " | SuperGLUE avg | NER avg | params (cb or first task) |"

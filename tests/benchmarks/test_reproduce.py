@@ -270,6 +270,12 @@ def test_report_tables_follow_the_records():
     assert "| 71.0 ± 1.4 | 71.0 |" in rows["pt2"] and "| 62.0 ± 2.8 | 62.0 |" in rows["ft"]
     gap = R.margins(records, "main", "pt2", "ft", key="experiment")
     assert "| cb | main | +9.0 | 1.4 | 2.8 | yes | 2 / 0 / 0 |" in gap
+    # with a second SuperGLUE task planned, the average waits for it instead of averaging CB alone
+    two = {**GRID, "tasks": {**GRID["tasks"], "copa": GRID["tasks"]["cb"]},
+           "experiments": [GRID["experiments"][0], {**GRID["experiments"][1], "tasks": ["cb", "copa"]}]}
+    rows = {line.split("|")[1].strip(): line for line in R.paper_table(records, "main", R.planned_seeds(two))
+            .splitlines()[2:]}
+    assert "| 71.0 ± 1.4 | – | – |" in rows["pt2"]  # cb, copa (none yet), SuperGLUE avg
 
 
 def test_margins_pair_runs_by_seed():
