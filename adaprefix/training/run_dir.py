@@ -56,6 +56,7 @@ def run_lock(run: Path) -> Iterator[None]:
     lock = run / LOCK_FILE
     try:
         with lock.open("a+") as handle:
+            locked = True
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -64,6 +65,7 @@ def run_lock(run: Path) -> Iterator[None]:
                 raise RunBusyError(f"{run}: {holder} is training into this folder; wait for it to finish or stop "
                                    "it, or choose another --output-dir") from None
             except OSError as err:  # a filesystem without flock (some network and FUSE mounts): go on unguarded
+                locked = False
                 warnings.warn(f"{run}: cannot lock the run folder ({err.strerror}); a second training into it "
                               "would not be caught", stacklevel=3)
             handle.seek(0)
@@ -74,7 +76,8 @@ def run_lock(run: Path) -> Iterator[None]:
                 yield
             finally:
                 handle.truncate(0)
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                if locked:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         if created and [path.name for path in run.iterdir()] == [LOCK_FILE]:  # refused before writing anything
             lock.unlink()

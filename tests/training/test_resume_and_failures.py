@@ -191,3 +191,16 @@ def test_the_command_line_says_busy_with_exit_code_75_and_a_refused_new_folder_l
     result = CliRunner().invoke(app, ["train", "--output-dir", str(fresh), "--resume"])
     assert result.exit_code == 2 and "nothing to resume" in result.output
     assert not fresh.exists()  # the lock's folder is not left behind by a refusal
+
+
+def test_a_folder_that_cannot_be_locked_warns_and_trains_unguarded(tmp_path, monkeypatch):
+    from adaprefix.training import run_dir
+
+    def unsupported(handle, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(run_dir.fcntl, "flock", unsupported)
+    with pytest.warns(UserWarning, match="cannot lock the run folder"):
+        with run_dir.run_lock(tmp_path / "r"):
+            (tmp_path / "r" / "metrics.jsonl").write_text("")
+    assert (tmp_path / "r" / "metrics.jsonl").is_file()  # and leaving the lock did not raise either
