@@ -1,5 +1,7 @@
 """Data and settings shared by the end-to-end training and CLI tests."""
 
+import json
+
 SENTIMENT = [("a wonderful, moving film", "pos"), ("dull and far too long", "neg"), ("I loved every minute", "pos"),
              ("a tedious mess", "neg"), ("brilliant acting throughout", "pos"), ("boring plot, weak jokes", "neg"),
              ("an absolute delight", "pos"), ("I want my money back", "neg")]
@@ -17,3 +19,9 @@ def tiny_settings(backbone, files, out, **extra):
     settings = {"task": "custom", "model": backbone, "output_dir": str(out), "epochs": 3, "batch_size": 4,
                 "prefix_length": 4, "max_length": 32, "logging_steps": 1, **files, **extra}
     return settings
+
+
+def epoch_records(run, *, timed=False):
+    """A run's metrics.jsonl records; without their wall times unless ``timed`` (two runs never take the same)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return records if timed else [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in records]

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from adaprefix.cli import app
 from adaprefix.training import load_run, load_train_config, train
 from decoder_helpers import QA, QA_CORPUS, RTE, save_tiny_decoder
+from run_helpers import epoch_records
 
 runner = CliRunner()
 
@@ -27,10 +28,6 @@ def _jsonl(path, records):
 
 def _args(settings):
     return [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
-
-
-def _records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _settings(model, run, **extra):
@@ -57,7 +54,7 @@ def test_generation_data_trains_evaluates_predicts_and_resumes(tiny_decoder, tmp
     result = runner.invoke(app, ["train", *_args(_settings(tiny_decoder, run, **files))])
     assert result.exit_code == 0, result.output
     assert "custom apt: best dev exact_match" in result.stdout
-    records = _records(run)
+    records = epoch_records(run)
     assert len(records) == 2
     for record in records:
         assert record["dev_perplexity"] == pytest.approx(math.exp(record["dev_completion_loss"]))
@@ -109,10 +106,10 @@ def test_generation_data_trains_evaluates_predicts_and_resumes(tiny_decoder, tmp
     cfg = load_train_config(None, {**_settings(tiny_decoder, cut, **files), "task": "custom"})
     with pytest.raises(KeyboardInterrupt):
         train(cfg, extra_callbacks=[KillAtFirstSave()], verbosity="quiet")
-    assert len(_records(cut)) == 1 and not (cut / "final_metrics.json").exists()
+    assert len(epoch_records(cut)) == 1 and not (cut / "final_metrics.json").exists()
     resumed = runner.invoke(app, ["train", "--resume", "--output-dir", str(cut)])
     assert resumed.exit_code == 0, resumed.output
-    assert _records(cut) == records
+    assert epoch_records(cut) == records
 
 
 def test_text_to_text_superglue_task_through_the_cli(tiny_decoder, tmp_path):
@@ -126,7 +123,7 @@ def test_text_to_text_superglue_task_through_the_cli(tiny_decoder, tmp_path):
     result = runner.invoke(app, ["train", *_args(settings)])
     assert result.exit_code == 0, result.output
     assert "rte-t2t apt: best dev accuracy" in result.stdout
-    record = _records(run)[0]
+    record = epoch_records(run)[0]
     assert {"dev_accuracy", "dev_invalid", "dev_completion_loss", "dev_perplexity"} <= set(record)
     assert json.loads((run / "labels.json").read_text()) == ["entailment", "not_entailment"]
 

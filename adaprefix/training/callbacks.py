@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,14 @@ class NonFiniteLossError(AdaprefixError, RuntimeError):
     """The training loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
 
+def sittings_seconds(history: list[dict]) -> tuple[float, bool]:
+    """The wall time earlier sittings spent up to the last recorded epoch, and whether it is known: epoch records
+    written before ``elapsed_seconds`` existed (an older adaprefix) leave it unknown, counted as 0."""
+    last = history[-1].get("elapsed_seconds") if history else 0.0
+    # One record without it (even an early one) means a sitting whose time was never counted.
+    return float(last or 0.0), all("elapsed_seconds" in record for record in history)
+
+
 class EpochRecorder(TrainerCallback):
     """Writes one JSON line per epoch (train loss, lr, every eval set's metrics) and keeps the best-dev adapter.
 
@@ -34,12 +43,18 @@ class EpochRecorder(TrainerCallback):
     Sets named in ``only_when_improved`` (the test set: only its number at the best dev epoch is reported) are
     needed only by an epoch whose dev metric improves: ``wants(name)`` tells the Trainer whether to score one now,
     and the Trainer calls ``skip(name)`` for a set it does not score, which completes the epoch without it.
+
+    Each record's ``elapsed_seconds`` is the run's wall time up to the end of that epoch, counted across sittings:
+    the time recorded at the epoch a resumed run restarts from, plus this sitting's time since ``started``. Work a
+    killed sitting did after its last checkpoint is redone, so it is not counted twice.
     """
 
     def __init__(self, run_dir: Path, eval_names: list[str], main_key: str, save_best: Callable[[], None],
                  history: list[dict], on_record: Callable[[dict, bool], None] | None = None,
                  extra_metrics: Callable[[str, Any], dict[str, float]] | None = None,
-                 only_when_improved: tuple[str, ...] = ()):
+                 only_when_improved: tuple[str, ...] = (), started: float | None = None):
+        self.started = time.time() if started is None else started
+        self.earlier_seconds, self.clock_complete = sittings_seconds(history)
         self.extra_metrics = extra_metrics
         self.only_when_improved = only_when_improved
         self.metrics_file = run_dir / "metrics.jsonl"
@@ -57,6 +72,10 @@ class EpochRecorder(TrainerCallback):
         self._state = None
         self._losses: list[float] = []
         self._lr: float | None = None
+
+    def elapsed_seconds(self) -> float:
+        """The run's wall time so far: earlier sittings (up to the epoch resumed from) plus this one."""
+        return self.earlier_seconds + time.time() - self.started
 
     def _improves(self, value: float | None) -> bool:
         return value is not None and not math.isnan(value) and (
@@ -100,7 +119,7 @@ class EpochRecorder(TrainerCallback):
             return
         record = {"epoch": int(round(state.epoch or 0)), "step": state.global_step,
                   "train_loss": sum(self._losses) / len(self._losses) if self._losses else None,
-                  "learning_rate": self._lr,
+                  "learning_rate": self._lr, "elapsed_seconds": round(self.elapsed_seconds(), 1),
                   **{k: v for k, v in self._pending.items() if not k.endswith(("_runtime", "_per_second"))}}
         self._pending, self._losses, self._skipped = {}, [], set()
         self.history.append(record)

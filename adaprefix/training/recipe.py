@@ -156,7 +156,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
     display = RunDisplay(main_key, cfg.epochs) if verbosity == "normal" else None
     recorder = EpochRecorder(run, list(eval_sets), main_key, save_best, history,
                              on_record=display.on_record if display is not None else None, extra_metrics=scorer,
-                             only_when_improved=() if cfg.test_every_epoch else ("test",))
+                             only_when_improved=() if cfg.test_every_epoch else ("test",), started=started)
     callbacks = [recorder, NonFiniteLossGuard(), CheckpointSealer(run, RUN_FILES)]
     if display is not None:
         callbacks.append(display)
@@ -198,7 +198,10 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         "main_metric": task.main_metric, "best_epoch": best["epoch"] if best else None,
         "dev": _strip(best, "dev_") if best else {}, "test": _strip(best, "test_") if best else {},
         "trainable_parameters": n_trainable, "total_parameters": n_total,
-        "train_seconds": time.time() - started, "truncated": truncated, "max_length": max_length,
+        # Across sittings (see EpochRecorder); "train_seconds_partial": resumed from epochs an older adaprefix
+        # recorded without their times, so only the sittings since count.
+        "train_seconds": recorder.elapsed_seconds(), "sitting_seconds": time.time() - started,
+        **({} if recorder.clock_complete else {"train_seconds_partial": True}), "truncated": truncated, "max_length": max_length,
         "lr_schedule": schedule,
         "resumed": resume,
     }

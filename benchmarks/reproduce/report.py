@@ -385,13 +385,15 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             paper_table(records, "mpnet", plan), margins(records, "mpnet", "apt", "pt2", key="experiment"),
             margins(records, "mpnet", "apt", "ft", key="experiment")]
     out += ["## Progress\n", "What the grid still misses (`python benchmarks/reproduce/run.py --list` names each run). "
-            "Minutes are wall time on 2 CPU cores, mostly shared with other work (a resumed run counts its last "
-            "sitting only).\n", progress_table(records, grid, failed)]
+            "Minutes are wall time on 2 CPU cores, mostly shared with other work (a resumed run counts the work "
+            "each of its sittings kept).\n", progress_table(records, grid, failed)]
     if failed:
         out += [f"Runs that exited with an error (`results/{FAILURES.name}`; skipped unless `run.py --retry-failed`; "
                 "a failed sweep run counts as that sweep's worst rate): " + ", ".join(f"`{f}`" for f in failed) + "\n"]
     out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
-            "ran: seconds are indicative only (a resumed run counts its last sitting only). A run's training loss "
+            "ran: seconds are indicative only. A resumed run counts the work each of its sittings kept (runs resumed "
+            "before the recipe counted across sittings were recounted from their TensorBoard event times by "
+            "`recount_seconds.py`). A run's training loss "
             "counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
     return "\n".join(out)
 

@@ -89,9 +89,19 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
         "trainable_params": final["trainable_parameters"], "train_examples": used, "train_examples_full": full,
         "train_loss_by_epoch": [round(e["train_loss"], 4) for e in epochs if e.get("train_loss") is not None],
         "dev_by_epoch": [round(100 * e[f"dev_{metric}"], 2) for e in epochs if f"dev_{metric}" in e],
-        "seconds": round(seconds, 1), "commit": commit, "versions": _versions(),
+        **run_seconds(final, seconds), "commit": commit, "versions": _versions(),
         "date": datetime.date.today().isoformat(), "settings": settings,
     }
+
+
+def run_seconds(final: dict[str, Any], process_seconds: float) -> dict[str, Any]:
+    """The run's wall time across all its sittings: the recipe's count (``train_seconds``), plus what this sitting's
+    process spent outside it (interpreter start, imports). ``seconds_partial`` marks a run resumed from epochs an
+    older adaprefix recorded without their times: only the sittings since are counted."""
+    if "sitting_seconds" not in final:  # an older recipe: this sitting's process is all there is
+        return {"seconds": round(process_seconds, 1)}
+    seconds = final["train_seconds"] + max(0.0, process_seconds - final["sitting_seconds"])
+    return {"seconds": round(seconds, 1), **({"seconds_partial": True} if final.get("train_seconds_partial") else {})}
 
 
 def append_record(record: dict[str, Any], commit: bool, target: Path | None = None) -> None:

@@ -391,6 +391,14 @@ def test_a_record_names_the_backbone_its_run_trained(tmp_path):
     assert made["dev_metrics"] == {"accuracy": 75.0, "macro_f1": 51.23}  # no loss, percent like the value
 
 
+def test_a_resumed_runs_record_counts_every_sitting_and_says_when_it_cannot():
+    # 300 s trained over two sittings, the last one 100 s of which 2 s went to starting the process.
+    assert RUN.run_seconds({"train_seconds": 300.0, "sitting_seconds": 98.0}, 100.0) == {"seconds": 300.0 + 2.0}
+    assert RUN.run_seconds({"train_seconds": 98.0, "sitting_seconds": 98.0, "train_seconds_partial": True},
+                           100.0) == {"seconds": 100.0, "seconds_partial": True}
+    assert RUN.run_seconds({"train_seconds": 98.0}, 100.0) == {"seconds": 100.0}  # an older recipe's final
+
+
 def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():
     records = [{**record(f"parity/cb-pt2-std1-shift-s{s}", 71.43, 0.01, experiment="parity", method="pt2", seed=s,
                          variant="std1-shift"), "dev_metrics": {"accuracy": 71.43, "macro_f1": f1}}

@@ -75,8 +75,9 @@ def test_no_committed_result_names_an_absolute_machine_path(path):
 
 
 def test_every_script_that_writes_a_json_result_records_run_metadata():
-    # run.py's records carry their own commit, versions and date (one line per run, read back by the grid)
-    own_format = {BENCHMARKS / "reproduce" / "run.py"}
+    # run.py's records carry their own commit, versions and date (one line per run, read back by the grid);
+    # recount_seconds.py rewrites those records' seconds and keeps the rest as it was
+    own_format = {BENCHMARKS / "reproduce" / "run.py", BENCHMARKS / "reproduce" / "recount_seconds.py"}
     writers = [p for p in sorted(BENCHMARKS.rglob("*.py")) if "json.dumps" in p.read_text() and p not in own_format]
     assert len(writers) >= 6
     assert [p.name for p in writers if "run_metadata(" not in p.read_text()] == []

@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 
 from adaprefix.training import load_train_config, train
 from adaprefix.training.callbacks import EpochRecorder, NonFiniteLossError
-from run_helpers import tiny_settings
+from run_helpers import epoch_records, tiny_settings
 
 
 class At(TrainerCallback):
@@ -38,10 +38,6 @@ def poison(model):
         model.adaprefix.prefix.embedding.fill_(float("nan"))
 
 
-def _metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_backbone, sentiment_files, tmp_path):
     settings = dict(tiny_settings(tiny_backbone, sentiment_files, tmp_path / "whole"), prefix_dropout=0.1)
     whole = train(load_train_config(None, settings))
@@ -57,7 +53,7 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_backbone, s
 
     resumed = train(cfg, resume=True)
     assert not half.exists(), "an unsealed checkpoint is removed, never loaded"
-    assert _metrics(cut) == _metrics(tmp_path / "whole")
+    assert epoch_records(cut) == epoch_records(tmp_path / "whole")
     assert resumed.final["dev"] == whole.final["dev"] and resumed.final["best_epoch"] == whole.final["best_epoch"]
     a = load_file(tmp_path / "whole" / "adapter" / "adapter.safetensors")
     b = load_file(cut / "adapter" / "adapter.safetensors")
@@ -71,10 +67,38 @@ def test_a_kill_between_evaluation_and_checkpoint_resumes_consistently(tiny_back
     cfg = load_train_config(None, {**settings, "output_dir": str(cut)})
     with pytest.raises(KeyboardInterrupt):
         train(cfg, extra_callbacks=[At("evaluate", 2, kill)])
-    assert len(_metrics(cut)) == 2, "epoch 2 was recorded but never checkpointed"
+    assert len(epoch_records(cut)) == 2, "epoch 2 was recorded but never checkpointed"
     resumed = train(cfg, resume=True)
-    assert _metrics(cut) == _metrics(tmp_path / "whole")
+    assert epoch_records(cut) == epoch_records(tmp_path / "whole")
     assert resumed.final["dev"] == whole.final["dev"]
+
+
+def test_a_resumed_run_counts_the_time_of_every_sitting(tiny_backbone, sentiment_files, tmp_path):
+    cut = tmp_path / "cut"
+    cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, cut))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[At("save", 1, kill)])
+    first_sitting = epoch_records(cut, timed=True)[0]["elapsed_seconds"]
+    assert first_sitting > 0
+    resumed = train(cfg, resume=True).final
+    times = [r["elapsed_seconds"] for r in epoch_records(cut, timed=True)]
+    assert times[0] == first_sitting and times == sorted(times)
+    assert resumed["train_seconds"] == pytest.approx(first_sitting + resumed["sitting_seconds"], abs=0.5)
+    assert resumed["train_seconds"] >= times[-1] and "train_seconds_partial" not in resumed
+
+
+def test_a_run_resumed_from_epochs_recorded_without_times_says_its_time_is_partial(tiny_backbone, sentiment_files,
+                                                                                   tmp_path):
+    cut = tmp_path / "cut"
+    cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, cut))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[At("save", 1, kill)])
+    # What an older adaprefix left in the checkpoint it sealed: epoch records without elapsed_seconds.
+    (snapshot,) = (cut / "checkpoints").glob("checkpoint-*/adaprefix_run/metrics.jsonl")
+    snapshot.write_text("".join(json.dumps(r) + "\n" for r in epoch_records(cut)))
+    resumed = train(cfg, resume=True).final
+    assert resumed["train_seconds_partial"] is True
+    assert resumed["train_seconds"] == pytest.approx(resumed["sitting_seconds"], abs=0.5)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_backbone, sentiment_files, tmp_path):
@@ -84,7 +108,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_backbone, sentim
         train(cfg, extra_callbacks=[At("save", 1, poison)])
     assert (run / "checkpoints" / "checkpoint-4" / "COMPLETE").is_file()
     assert (run / "adapter" / "adapter.safetensors").is_file()
-    assert [r["epoch"] for r in _metrics(run)] == [1]
+    assert [r["epoch"] for r in epoch_records(run)] == [1]
     assert not torch.isnan(load_file(run / "adapter" / "adapter.safetensors")["adaprefix.prefix.embedding"]).any()
 
 
