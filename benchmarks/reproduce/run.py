@@ -218,6 +218,21 @@ def selected_runs(grid: dict[str, Any], records: list[dict[str, Any]], only: lis
     return runs
 
 
+def progress_line(runs: list[Run], have: set[str], waiting: int, busy: Collection[str],
+                  failed: Collection[str], ready: int = 0) -> str:
+    """Where the selected runs stand when this runner stops: a grid is complete only when every run is recorded,
+    not when the rest is another runner's or failed."""
+    recorded = sum(r.run_id in have for r in runs)
+    if recorded == len(runs):
+        return f"grid complete: {recorded} of {len(runs)} runs recorded"
+    ids = {r.run_id for r in runs} - have
+    parts = [f"{ready} ready (--max-runs reached)" if ready else "",
+             f"{waiting} waiting on a learning-rate sweep or gate map" if waiting else "",
+             f"{len(ids & set(busy))} being trained by another process" if ids & set(busy) else "",
+             f"{len(ids & set(failed))} failed (--retry-failed)" if ids & set(failed) else ""]
+    return f"grid: {recorded} of {len(runs)} runs recorded; " + (", ".join(p for p in parts if p) or "stopped")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", help="Run only this experiment (repeatable).")
@@ -256,8 +271,7 @@ def main() -> None:
                 print(("ready   " if any(run is r for r, _ in ready) else "waiting ") + run.run_id)
             return
         if not ready or (args.max_runs is not None and done_runs >= args.max_runs):
-            print(f"grid: {len(runs) - len(missing)} of {len(runs)} runs recorded; "
-                  f"{len(missing) - len(ready)} waiting" if missing else "grid complete")
+            print(progress_line(runs, have, len(missing) - len(ready), busy, failed, len(ready)))
             return
         run, settings = ready[0]
         twin = reusable_record(run, settings, records)

@@ -193,7 +193,7 @@ def test_main_runs_listed_before_the_sweep_still_wait_for_its_extensions(tmp_pat
     assert rates["main/cb-pt2-s2"] == pytest.approx(0.04)  # not 0.02, which a main run ahead of up1 would take
 
 
-def test_a_run_another_process_is_training_is_skipped_not_failed(tmp_path, monkeypatch):
+def test_a_run_another_process_is_training_is_skipped_not_failed(tmp_path, monkeypatch, capsys):
     busy = "lr-sweep/cb-pt2-x1-s1"
     rates = _fake_runner(monkeypatch, tmp_path, GRID, {}, exit_codes={busy: RUN.BUSY})
     monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
@@ -201,6 +201,19 @@ def test_a_run_another_process_is_training_is_skipped_not_failed(tmp_path, monke
     assert busy in rates and len(rates) == 6
     assert not (tmp_path / "failures.jsonl").exists()
     assert busy not in {r["run_id"] for r in RUN.read_records()}
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == "grid: 5 of 6 runs recorded; 1 being trained by another process", "not 'grid complete'"
+
+
+def test_the_last_line_says_why_a_runner_stopped():
+    runs = [r for r in G.expand(GRID) if r.experiment == "lr-sweep"]
+    ids = [r.run_id for r in runs]
+    assert RUN.progress_line(runs, set(ids), 0, set(), set()) == "grid complete: 6 of 6 runs recorded"
+    assert RUN.progress_line(runs, set(ids[:3]), 1, {ids[3]}, {ids[4], "elsewhere/x-s1"}) == (
+        "grid: 3 of 6 runs recorded; 1 waiting on a learning-rate sweep or gate map, 1 being trained by another "
+        "process, 1 failed (--retry-failed)")
+    assert RUN.progress_line(runs, set(ids[:3]), 0, set(), set(), ready=3) == (
+        "grid: 3 of 6 runs recorded; 3 ready (--max-runs reached)")
 
 
 def test_sigterm_outside_a_training_lets_the_runner_finish_what_it_writes(monkeypatch):
