@@ -105,15 +105,27 @@ def run_seconds(final: dict[str, Any], process_seconds: float) -> dict[str, Any]
     return {"seconds": round(seconds, 1), **({"seconds_partial": True} if final.get("train_seconds_partial") else {})}
 
 
-def append_record(record: dict[str, Any], commit: bool, target: Path | None = None) -> None:
+def append_record(record: dict[str, Any], commit: bool, target: Path | None = None) -> bool:
+    """Append ``record`` to ``target`` (the records by default; False if a record of its run is there already: two
+    runners sharing a grid may both reach the same reused record) and with ``commit`` git-commit it. The file is
+    locked from that check to the appended line, so two runners cannot both append one run."""
+    import fcntl
+
     target = RECORDS if target is None else target  # looked up now, as in read_records
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a") as f:
+    with target.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        if target == RECORDS:
+            f.seek(0)
+            if any(json.loads(line).get("run_id") == record["run_id"] for line in f if line.strip().endswith("}")):
+                print(f"=== {record['run_id']}: already recorded (by another runner); not recorded twice", flush=True)
+                return False
         f.write(json.dumps(record, sort_keys=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
     if commit:
         commit_file(target, f"reproduce: record {record['run_id']}")
+    return True
 
 
 def commit_file(target: Path, message: str) -> None:
@@ -218,6 +230,38 @@ def selected_runs(grid: dict[str, Any], records: list[dict[str, Any]], only: lis
     return runs
 
 
+def live_trainer(run_id: str) -> int | None:
+    """The id of a live process (say another runner's training) holding ``run_id``'s folder, or None."""
+    from adaprefix.training.run_dir import training_process  # here: importing adaprefix loads torch
+
+    return training_process(RUNS_DIR / run_id)
+
+
+def recorded_soon(run_id: str, seconds: int = 15) -> bool:
+    """Whether a record of ``run_id`` appears within ``seconds``: a runner records a run a moment after its training
+    ends and frees the folder."""
+    for _ in range(seconds):
+        if any(r["run_id"] == run_id for r in read_records()):
+            return True
+        pause(1)
+    return any(r["run_id"] == run_id for r in read_records())
+
+
+def folder_matches(run_dir: Path, settings: dict[str, Any]) -> bool:
+    """Whether the run in ``run_dir`` was trained with ``settings`` (the grid's, as resolved now): each setting is
+    in its config.yaml, at the top or under ``adapter``/``custom``, with the same value."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    flat = {**(config.get("custom") or {}), **(config.get("adapter") or {}), **config}
+    return all(key in flat and flat[key] == value for key, value in settings.items() if key != "output_dir")
+
+
+def pause(seconds: float) -> None:
+    """Sleep ``seconds``, or less if the runner is asked to stop (``stop_on_sigterm``)."""
+    end = time.monotonic() + seconds
+    while not _STOP["requested"] and (left := end - time.monotonic()) > 0:
+        time.sleep(min(1.0, left))
+
+
 def progress_line(runs: list[Run], have: set[str], waiting: int, busy: Collection[str],
                   failed: Collection[str], ready: int = 0) -> str:
     """Where the selected runs stand when this runner stops: a grid is complete only when every run is recorded,
@@ -245,13 +289,17 @@ def main() -> None:
     parser.add_argument("--commit", action="store_true", help="git-commit runs.jsonl after each record.")
     parser.add_argument("--max-runs", type=int, help="Stop after this many runs.")
     parser.add_argument("--retry-failed", action="store_true", help="Also run the runs in results/failures.jsonl.")
+    parser.add_argument("--poll", type=float, default=60.0, help="When nothing else is ready and another process "
+                        "(a second runner) trains some of the selected runs, look again every this many seconds "
+                        "until it is done, since its record may unblock more (default 60; 0: stop instead).")
     args = parser.parse_args()
     stop_on_sigterm()
 
     grid = load_grid()
     done_runs = 0
     failed_now: set[str] = set()  # never tried twice in one sitting, even with --retry-failed
-    busy: set[str] = set()  # another live process trains it: skipped this sitting, not a failure
+    busy: set[str] = set()  # another live process trains it: skipped for now, not a failure
+    waiting_announced = False
     gates_tried: set[str] = set()
     while True:
         if _STOP["requested"]:
@@ -270,7 +318,17 @@ def main() -> None:
             for run in missing:
                 print(("ready   " if any(run is r for r, _ in ready) else "waiting ") + run.run_id)
             return
-        if not ready or (args.max_runs is not None and done_runs >= args.max_runs):
+        capped = args.max_runs is not None and done_runs >= args.max_runs
+        others = [r.run_id for r in runs if r.run_id in busy and r.run_id not in have]
+        if not ready and others and not capped and args.poll > 0:
+            if not waiting_announced:
+                print(f"=== waiting for {len(others)} run(s) another process is training ({', '.join(others)}); "
+                      f"looking again every {args.poll:g} s", flush=True)
+                waiting_announced = True
+            pause(args.poll)
+            busy.clear()  # look again: finished, or still another process's
+            continue
+        if not ready or capped:
             print(progress_line(runs, have, len(missing) - len(ready), busy, failed, len(ready)))
             return
         run, settings = ready[0]
@@ -280,14 +338,32 @@ def main() -> None:
             append_record({**twin, "run_id": run.run_id, "experiment": run.experiment, "variant": run.variant,
                            "method": run.method, "reused_from": twin["run_id"]}, args.commit)
             continue
+        holder = live_trainer(run.run_id)
+        if holder is not None:  # asked without starting a training process (seconds of imports) just to be refused
+            print(f"=== {run.run_id}: process {holder} is training it; skipped for now", flush=True)
+            busy.add(run.run_id)
+            continue
+        run_dir = RUNS_DIR / run.run_id
+        if (run_dir / "final_metrics.json").is_file():  # trained to the end, but not recorded
+            if recorded_soon(run.run_id):  # another runner's, recording it now: never retrain it over its folder
+                continue
+            if folder_matches(run_dir, settings):  # a runner stopped between finishing and recording it
+                print(f"=== {run.run_id}: finished in an earlier sitting but never recorded; recording it from "
+                      "its folder", flush=True)
+                final = json.loads((run_dir / "final_metrics.json").read_text())
+                append_record({**make_record(run, settings, run_dir, final.get("sitting_seconds",
+                                                                                final["train_seconds"]), "unknown"),
+                               "recorded_from_folder": True}, args.commit)
+                continue
+        waiting_announced = False  # a wait after this run is a new one, worth saying
         print(f"=== {run.run_id} ({len(missing)} missing)", flush=True)
         commit = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
                                                          else "")
         try:
             seconds = train_one(run, settings)
         except subprocess.CalledProcessError as err:  # e.g. a NaN loss: note it, keep the grid going
-            if err.returncode == BUSY:
-                print(f"=== {run.run_id}: another process is training it; skipped in this sitting", flush=True)
+            if err.returncode == BUSY:  # it started between live_trainer's look and the training's own lock
+                print(f"=== {run.run_id}: another process is training it; skipped for now", flush=True)
                 busy.add(run.run_id)
                 continue
             print(f"=== {run.run_id} failed (exit {err.returncode}); noted in {FAILURES.name}", flush=True)

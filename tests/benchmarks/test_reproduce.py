@@ -181,6 +181,7 @@ def _fake_runner(monkeypatch, tmp_path, grid, dev, exit_codes=None):
     monkeypatch.setattr(RUN, "make_record", lambda run, settings, folder, seconds, commit: {
         **record(run.run_id, dev.get(run.variant, 60.0), settings["learning_rate"], experiment=run.experiment,
                  method=run.method, task=run.task, variant=run.variant, seed=run.seed)})
+    monkeypatch.setattr(RUN, "live_trainer", lambda run_id: None)
     return rates
 
 
@@ -196,13 +197,94 @@ def test_main_runs_listed_before_the_sweep_still_wait_for_its_extensions(tmp_pat
 def test_a_run_another_process_is_training_is_skipped_not_failed(tmp_path, monkeypatch, capsys):
     busy = "lr-sweep/cb-pt2-x1-s1"
     rates = _fake_runner(monkeypatch, tmp_path, GRID, {}, exit_codes={busy: RUN.BUSY})
-    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep", "--poll", "0"])
     RUN.main()
     assert busy in rates and len(rates) == 6
     assert not (tmp_path / "failures.jsonl").exists()
     assert busy not in {r["run_id"] for r in RUN.read_records()}
     said = capsys.readouterr().out.splitlines()[-1]
     assert said == "grid: 5 of 6 runs recorded; 1 being trained by another process", "not 'grid complete'"
+
+
+def test_a_runner_waits_for_a_run_another_runner_trains_then_takes_what_its_record_unblocks(tmp_path, monkeypatch,
+                                                                                             capsys):
+    rates = _fake_runner(monkeypatch, tmp_path, GRID, {})
+    other = "lr-sweep/cb-pt2-x1-s1"  # the other runner's: until it records, pt2's sweep (and its main runs) wait
+    looks, pauses = [], []
+
+    def live_trainer(run_id):
+        looks.append(run_id)
+        if run_id == other and len(pauses) < 2:
+            return 4242
+        return None
+
+    def pause(seconds):
+        pauses.append(seconds)
+        if len(pauses) == 2:  # the other runner finishes meanwhile: its record appears
+            RUN.append_record(record(other, 60.0, 0.01, variant="x1"), False)
+
+    monkeypatch.setattr(RUN, "live_trainer", live_trainer)
+    monkeypatch.setattr(RUN, "pause", pause)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--poll", "30"])
+    RUN.main()
+    assert other not in rates, "never trained twice"
+    assert pauses == [30.0, 30.0]
+    recorded = {r["run_id"] for r in RUN.read_records()}
+    assert {"main/cb-pt2-s1", "main/cb-pt2-s2"} <= recorded  # unblocked by the other runner's record
+    out = capsys.readouterr().out
+    assert out.count("=== waiting for 1 run(s) another process is training") == 1  # said once, not every look
+    assert "process 4242 is training it; skipped for now" in out and out.strip().endswith("runs recorded")
+
+
+def _finished_folder(runs_dir, run_id, settings):
+    folder = runs_dir / run_id
+    folder.mkdir(parents=True)
+    adapter = {k: settings[k] for k in ("prefix_length",) if k in settings}
+    config = {k: v for k, v in settings.items() if k not in adapter}
+    (folder / "config.yaml").write_text(json.dumps({**config, "adapter": adapter}))  # JSON is YAML too
+    (folder / "final_metrics.json").write_text(json.dumps({"train_seconds": 100.0, "sitting_seconds": 100.0}))
+
+
+def test_a_finished_run_that_was_never_recorded_is_recorded_from_its_folder_not_retrained(tmp_path, monkeypatch):
+    rates = _fake_runner(monkeypatch, tmp_path, GRID, {})
+    monkeypatch.setattr(RUN, "pause", lambda seconds: None)
+    sweep = {r.run_id: r for r in G.expand(GRID) if r.experiment == "lr-sweep"}
+    orphan, stale = "lr-sweep/cb-pt2-x1-s1", "lr-sweep/cb-pt2-x2-s1"
+    _finished_folder(tmp_path / "runs", orphan, G.resolve_settings(GRID, sweep[orphan], []))
+    _finished_folder(tmp_path / "runs", stale, {**G.resolve_settings(GRID, sweep[stale], []), "learning_rate": 9.0})
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
+    RUN.main()
+    assert orphan not in rates, "its finished folder is recorded, not trained over"
+    assert stale in rates, "a folder trained with other settings than the grid's now is trained again"
+    records = {r["run_id"]: r for r in RUN.read_records()}
+    assert records[orphan]["recorded_from_folder"] and len(records) == 6
+
+
+def test_a_finished_run_another_runner_is_recording_is_left_to_it(tmp_path, monkeypatch):
+    rates = _fake_runner(monkeypatch, tmp_path, GRID, {})
+    other = "lr-sweep/cb-pt2-x1-s1"
+    sweep = {r.run_id: r for r in G.expand(GRID) if r.experiment == "lr-sweep"}
+    _finished_folder(tmp_path / "runs", other, G.resolve_settings(GRID, sweep[other], []))
+    # the other runner records it a moment later
+    monkeypatch.setattr(RUN, "pause", lambda seconds: RUN.append_record(record(other, 61.0, 0.01, variant="x1"),
+                                                                        False))
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
+    RUN.main()
+    assert other not in rates
+    assert [r["value"] for r in RUN.read_records() if r["run_id"] == other] == [61.0]  # its record, once
+
+
+def test_a_run_is_never_recorded_twice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(RUN, "RECORDS", tmp_path / "runs.jsonl")
+    first = record("main/cb-apt-s1", 70.0, 0.01, experiment="main", method="apt")
+    assert RUN.append_record(first, False)
+    # e.g. two runners reusing the same sweep record at once: the second append finds the first's line
+    assert not RUN.append_record({**first, "value": 71.0}, False)
+    assert [r["value"] for r in RUN.read_records()] == [70.0]
+    assert "already recorded" in capsys.readouterr().out
+    failure = {"run_id": "main/cb-apt-s2", "returncode": 1}
+    assert RUN.append_record(failure, False, tmp_path / "failures.jsonl")
+    assert RUN.append_record(failure, False, tmp_path / "failures.jsonl")  # failures may repeat (--retry-failed)
 
 
 def test_the_last_line_says_why_a_runner_stopped():
