@@ -84,26 +84,6 @@ def run_lock(run: Path) -> Iterator[None]:
             run.rmdir()
 
 
-def training_process(run: Path) -> int | None:
-    """The id of the live process training into ``run`` (holding its lock), or None. It only reads what the holder
-    wrote, and never takes the lock itself, which would refuse a training starting at that instant. A killed
-    holder leaves its id behind, but no live process by that id (an id the system reused is a rare false "busy")."""
-    try:
-        text = (run / LOCK_FILE).read_text().split()
-    except OSError:  # no lock file: nothing ever trained here
-        return None
-    if len(text) != 2 or text[0] != "process" or not text[1].isdigit():
-        return None  # released (emptied), or not ours
-    pid = int(text[1])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's
-        pass
-    return pid
-
-
 def is_main_process() -> bool:
     """Whether this process writes the run folder (rank 0, or the only process)."""
     return int(os.environ.get("RANK", 0)) == 0

@@ -30,6 +30,7 @@ def trained_folder(run_id: str, records: list[dict] | None = None) -> Path:
 def record_gates(run_id: str, split: str = "dev") -> Path:
     from adaprefix.analysis.gates import gate_report
     from adaprefix.analysis.run_info import run_metadata
+    from adaprefix.files import atomic_write_text
 
     run_dir = trained_folder(run_id)
     if not (run_dir / "final_metrics.json").is_file():
@@ -44,7 +45,7 @@ def record_gates(run_id: str, split: str = "dev") -> Path:
                **run_metadata(argv=[str(Path(__file__)), run_id])}
     path = gate_file(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(summary, indent=1) + "\n")  # PT-2* may read it at any moment
     return path
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import RECORDS, RUNS_DIR, read_records  # noqa: E402
+from run import RECORDS, RUNS_DIR, locked_records, read_records  # noqa: E402
 
 def sittings(tb_dir: Path) -> list[tuple[float, dict[int, float]]]:
     """Each event file in ``tb_dir`` in the order they were opened: its first event's wall time, and for each step
@@ -86,21 +86,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help="Rewrite results/runs.jsonl with the recounts.")
     args = parser.parse_args()
-    before = RECORDS.read_bytes()
-    records = read_records()
-    changed = 0
-    for i, record in enumerate(records):
-        new = recount(record, RUNS_DIR)
-        if new is not None:
-            print(f"{record['run_id']}: {record['seconds']:.0f} s (last sitting) -> {new['seconds']:.0f} s")
-            records[i], changed = new, changed + 1
-    if args.write and changed:
-        from adaprefix.files import atomic_write_text
+    from adaprefix.files import atomic_write_text
 
-        if RECORDS.read_bytes() != before:  # a runner recorded a run meanwhile: its line must not be lost
-            raise SystemExit(f"{RECORDS} changed while recounting (a runner recorded a run); nothing written, "
-                             "run this again")
-        atomic_write_text(RECORDS, "".join(json.dumps(r) + "\n" for r in records))
+    # Locked as a runner locks it to append: no record lands in the file this replaces.
+    with locked_records():
+        records = read_records()
+        changed = 0
+        for i, record in enumerate(records):
+            new = recount(record, RUNS_DIR)
+            if new is not None:
+                print(f"{record['run_id']}: {record['seconds']:.0f} s (last sitting) -> {new['seconds']:.0f} s")
+                records[i], changed = new, changed + 1
+        if args.write and changed:
+            atomic_write_text(RECORDS, "".join(json.dumps(r) + "\n" for r in records))
     print(f"{changed} record(s) recounted" + ("" if args.write or not changed else "; --write to save"))
 
 

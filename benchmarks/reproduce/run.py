@@ -24,8 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 import yaml
 
@@ -105,19 +106,40 @@ def run_seconds(final: dict[str, Any], process_seconds: float) -> dict[str, Any]
     return {"seconds": round(seconds, 1), **({"seconds_partial": True} if final.get("train_seconds_partial") else {})}
 
 
-def append_record(record: dict[str, Any], commit: bool, target: Path | None = None) -> bool:
-    """Append ``record`` to ``target`` (the records by default; False if a record of its run is there already: two
-    runners sharing a grid may both reach the same reused record) and with ``commit`` git-commit it. The file is
-    locked from that check to the appended line, so two runners cannot both append one run."""
+@contextmanager
+def locked_records(target: Path | None = None) -> Iterator[IO[str]]:
+    """``target`` (the records by default) open for reading and appending, locked against every other runner and
+    ``recount_seconds.py``, which replaces the file under the same lock: the handle is always the current file's.
+    A torn last line (a writer killed mid-line) is cut off first, so that the next line starts on a line of its
+    own."""
     import fcntl
 
     target = RECORDS if target is None else target  # looked up now, as in read_records
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+    while True:
+        with target.open("a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+            if os.fstat(handle.fileno()).st_ino != target.stat().st_ino:
+                continue  # replaced while we waited: lock the new one
+            handle.seek(0)
+            text = handle.read()
+            if text and not text.endswith("\n"):
+                print(f"warning: {target.name}: cut off a torn last line: {text[text.rfind(chr(10)) + 1:][:80]!r}",
+                      file=sys.stderr)
+                handle.truncate(text.rfind("\n") + 1)
+            yield handle
+            return
+
+
+def append_record(record: dict[str, Any], commit: bool, target: Path | None = None) -> bool:
+    """Append ``record`` to ``target`` (the records by default; False if a record of its run is there already: two
+    runners sharing a grid may both reach the same reused record) and with ``commit`` git-commit it. The file is
+    locked from that check to the appended line, so two runners cannot both append one run."""
+    target = RECORDS if target is None else target
+    with locked_records(target) as f:
         if target == RECORDS:
             f.seek(0)
-            if any(json.loads(line).get("run_id") == record["run_id"] for line in f if line.strip().endswith("}")):
+            if any(json.loads(line).get("run_id") == record["run_id"] for line in f if line.strip()):
                 print(f"=== {record['run_id']}: already recorded (by another runner); not recorded twice", flush=True)
                 return False
         f.write(json.dumps(record, sort_keys=False) + "\n")
@@ -126,6 +148,24 @@ def append_record(record: dict[str, Any], commit: bool, target: Path | None = No
     if commit:
         commit_file(target, f"reproduce: record {record['run_id']}")
     return True
+
+
+@contextmanager
+def claim(name: str) -> Iterator[bool]:
+    """Hold ``name`` (a run id, or ``gates:<run id>``) for this runner while the block runs: True if this runner got
+    it, False if another runner holds it. A kernel lock (a killed runner frees it) on a file under
+    runs/reproduce/.claims; only runners take these, a plain `adaprefix train` has the run folder's own lock."""
+    import fcntl
+
+    path = RUNS_DIR / ".claims" / (name.replace("/", "__").replace(":", "--") + ".claim")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def commit_file(target: Path, message: str) -> None:
@@ -137,6 +177,8 @@ def commit_file(target: Path, message: str) -> None:
                               text=True)
         if done.returncode == 0 or "nothing" in done.stdout:
             return
+        if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", path], cwd=REPO).returncode == 0:
+            return  # committed meanwhile (another runner's commit took this file along)
         time.sleep(3)
     print(f"warning: could not commit {path}: {done.stderr.strip()}", file=sys.stderr)
 
@@ -151,10 +193,13 @@ def record_missing_gates(grid: dict[str, Any], have: set[str], commit: bool, tri
     that has none yet: PT-2* waits on them, so the runner writes them as soon as their run is recorded."""
     for run_id in gate_runs(grid):
         if run_id in have and run_id not in tried and not gate_file(run_id).is_file():
-            tried.add(run_id)  # once a sitting: a failure is printed by gates.py and not retried in a loop
-            print(f"=== gates of {run_id}", flush=True)
-            if write_gates(run_id) and commit:
-                commit_file(gate_file(run_id), f"reproduce: gates of {run_id}")
+            with claim(f"gates:{run_id}") as mine:  # another runner writing them: leave it to that one
+                if not mine or gate_file(run_id).is_file():
+                    continue
+                tried.add(run_id)  # once a sitting: a failure is printed by gates.py and not retried in a loop
+                print(f"=== gates of {run_id}", flush=True)
+                if write_gates(run_id) and commit:
+                    commit_file(gate_file(run_id), f"reproduce: gates of {run_id}")
 
 
 def reusable_record(run: Run, settings: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -228,31 +273,6 @@ def selected_runs(grid: dict[str, Any], records: list[dict[str, Any]], only: lis
         order = list(dict.fromkeys(tasks or list(grid["tasks"])))
         runs.sort(key=lambda r: order.index(r.task) if r.task in order else len(order))
     return runs
-
-
-def live_trainer(run_id: str) -> int | None:
-    """The id of a live process (say another runner's training) holding ``run_id``'s folder, or None."""
-    from adaprefix.training.run_dir import training_process  # here: importing adaprefix loads torch
-
-    return training_process(RUNS_DIR / run_id)
-
-
-def recorded_soon(run_id: str, seconds: int = 15) -> bool:
-    """Whether a record of ``run_id`` appears within ``seconds``: a runner records a run a moment after its training
-    ends and frees the folder."""
-    for _ in range(seconds):
-        if any(r["run_id"] == run_id for r in read_records()):
-            return True
-        pause(1)
-    return any(r["run_id"] == run_id for r in read_records())
-
-
-def folder_matches(run_dir: Path, settings: dict[str, Any]) -> bool:
-    """Whether the run in ``run_dir`` was trained with ``settings`` (the grid's, as resolved now): each setting is
-    in its config.yaml, at the top or under ``adapter``/``custom``, with the same value."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    flat = {**(config.get("custom") or {}), **(config.get("adapter") or {}), **config}
-    return all(key in flat and flat[key] == value for key, value in settings.items() if key != "output_dir")
 
 
 def pause(seconds: float) -> None:
@@ -338,41 +358,35 @@ def main() -> None:
             append_record({**twin, "run_id": run.run_id, "experiment": run.experiment, "variant": run.variant,
                            "method": run.method, "reused_from": twin["run_id"]}, args.commit)
             continue
-        holder = live_trainer(run.run_id)
-        if holder is not None:  # asked without starting a training process (seconds of imports) just to be refused
-            print(f"=== {run.run_id}: process {holder} is training it; skipped for now", flush=True)
-            busy.add(run.run_id)
-            continue
-        run_dir = RUNS_DIR / run.run_id
-        if (run_dir / "final_metrics.json").is_file():  # trained to the end, but not recorded
-            if recorded_soon(run.run_id):  # another runner's, recording it now: never retrain it over its folder
-                continue
-            if folder_matches(run_dir, settings):  # a runner stopped between finishing and recording it
-                print(f"=== {run.run_id}: finished in an earlier sitting but never recorded; recording it from "
-                      "its folder", flush=True)
-                final = json.loads((run_dir / "final_metrics.json").read_text())
-                append_record({**make_record(run, settings, run_dir, final.get("sitting_seconds",
-                                                                                final["train_seconds"]), "unknown"),
-                               "recorded_from_folder": True}, args.commit)
-                continue
-        waiting_announced = False  # a wait after this run is a new one, worth saying
-        print(f"=== {run.run_id} ({len(missing)} missing)", flush=True)
-        commit = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
-                                                         else "")
-        try:
-            seconds = train_one(run, settings)
-        except subprocess.CalledProcessError as err:  # e.g. a NaN loss: note it, keep the grid going
-            if err.returncode == BUSY:  # it started between live_trainer's look and the training's own lock
-                print(f"=== {run.run_id}: another process is training it; skipped for now", flush=True)
+        # Held from here until the run is recorded: another runner never starts it meanwhile, not even in the
+        # moment between its training's end (which frees the run folder's own lock) and its record.
+        with claim(run.run_id) as mine:
+            if not mine:
+                print(f"=== {run.run_id}: another runner has it; skipped for now", flush=True)
                 busy.add(run.run_id)
                 continue
-            print(f"=== {run.run_id} failed (exit {err.returncode}); noted in {FAILURES.name}", flush=True)
-            failed_now.add(run.run_id)
-            append_record({"run_id": run.run_id, "returncode": err.returncode, "commit": commit,
-                           "date": datetime.date.today().isoformat()}, args.commit, FAILURES)
-            continue
-        append_record(make_record(run, settings, RUNS_DIR / run.run_id, seconds, commit), args.commit)
-        done_runs += 1
+            if any(r["run_id"] == run.run_id for r in read_records()):  # recorded by the runner that had it
+                continue
+            if _STOP["requested"]:  # asked to stop while looking: do not start a training
+                sys.exit(128 + signal.SIGTERM)
+            waiting_announced = False  # a wait after this run is a new one, worth saying
+            print(f"=== {run.run_id} ({len(missing)} missing)", flush=True)
+            commit = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
+                                                             else "")
+            try:
+                seconds = train_one(run, settings)
+            except subprocess.CalledProcessError as err:  # e.g. a NaN loss: note it, keep the grid going
+                if err.returncode == BUSY:  # a training outside any runner (a user's) holds the run folder
+                    print(f"=== {run.run_id}: another process is training it; skipped for now", flush=True)
+                    busy.add(run.run_id)
+                    continue
+                print(f"=== {run.run_id} failed (exit {err.returncode}); noted in {FAILURES.name}", flush=True)
+                failed_now.add(run.run_id)
+                append_record({"run_id": run.run_id, "returncode": err.returncode, "commit": commit,
+                               "date": datetime.date.today().isoformat()}, args.commit, FAILURES)
+                continue
+            append_record(make_record(run, settings, RUNS_DIR / run.run_id, seconds, commit), args.commit)
+            done_runs += 1
 
 
 if __name__ == "__main__":

@@ -181,7 +181,6 @@ def _fake_runner(monkeypatch, tmp_path, grid, dev, exit_codes=None):
     monkeypatch.setattr(RUN, "make_record", lambda run, settings, folder, seconds, commit: {
         **record(run.run_id, dev.get(run.variant, 60.0), settings["learning_rate"], experiment=run.experiment,
                  method=run.method, task=run.task, variant=run.variant, seed=run.seed)})
-    monkeypatch.setattr(RUN, "live_trainer", lambda run_id: None)
     return rates
 
 
@@ -206,85 +205,135 @@ def test_a_run_another_process_is_training_is_skipped_not_failed(tmp_path, monke
     assert said == "grid: 5 of 6 runs recorded; 1 being trained by another process", "not 'grid complete'"
 
 
-def test_a_runner_waits_for_a_run_another_runner_trains_then_takes_what_its_record_unblocks(tmp_path, monkeypatch,
-                                                                                             capsys):
+def test_a_runner_waits_for_a_run_another_runner_has_then_takes_what_its_record_unblocks(tmp_path, monkeypatch,
+                                                                                           capsys):
     rates = _fake_runner(monkeypatch, tmp_path, GRID, {})
     other = "lr-sweep/cb-pt2-x1-s1"  # the other runner's: until it records, pt2's sweep (and its main runs) wait
-    looks, pauses = [], []
+    pauses = []
+    with RUN.claim(other) as got:  # as the other runner holds it (a second open file conflicts, as two processes do)
+        assert got
 
-    def live_trainer(run_id):
-        looks.append(run_id)
-        if run_id == other and len(pauses) < 2:
-            return 4242
-        return None
+        def pause(seconds):
+            pauses.append(seconds)
+            assert seconds == 30.0
+            if len(pauses) == 2:  # the other runner finishes meanwhile: its record appears
+                RUN.append_record(record(other, 60.0, 0.01, variant="x1"), False)
+            if len(pauses) > 2:
+                raise AssertionError("still waiting after the run was recorded")
 
-    def pause(seconds):
-        pauses.append(seconds)
-        if len(pauses) == 2:  # the other runner finishes meanwhile: its record appears
-            RUN.append_record(record(other, 60.0, 0.01, variant="x1"), False)
-
-    monkeypatch.setattr(RUN, "live_trainer", live_trainer)
-    monkeypatch.setattr(RUN, "pause", pause)
-    monkeypatch.setattr(sys, "argv", ["run.py", "--poll", "30"])
-    RUN.main()
+        monkeypatch.setattr(RUN, "pause", pause)
+        monkeypatch.setattr(sys, "argv", ["run.py", "--poll", "30"])
+        RUN.main()
     assert other not in rates, "never trained twice"
-    assert pauses == [30.0, 30.0]
+    assert len(pauses) == 2
     recorded = {r["run_id"] for r in RUN.read_records()}
     assert {"main/cb-pt2-s1", "main/cb-pt2-s2"} <= recorded  # unblocked by the other runner's record
     out = capsys.readouterr().out
     assert out.count("=== waiting for 1 run(s) another process is training") == 1  # said once, not every look
-    assert "process 4242 is training it; skipped for now" in out and out.strip().endswith("runs recorded")
+    assert f"=== {other}: another runner has it; skipped for now" in out
+    assert out.strip().endswith("grid complete: 12 of 12 runs recorded")
 
 
-def _finished_folder(runs_dir, run_id, settings):
-    folder = runs_dir / run_id
-    folder.mkdir(parents=True)
-    adapter = {k: settings[k] for k in ("prefix_length",) if k in settings}
-    config = {k: v for k, v in settings.items() if k not in adapter}
-    (folder / "config.yaml").write_text(json.dumps({**config, "adapter": adapter}))  # JSON is YAML too
-    (folder / "final_metrics.json").write_text(json.dumps({"train_seconds": 100.0, "sitting_seconds": 100.0}))
-
-
-def test_a_finished_run_that_was_never_recorded_is_recorded_from_its_folder_not_retrained(tmp_path, monkeypatch):
-    rates = _fake_runner(monkeypatch, tmp_path, GRID, {})
-    monkeypatch.setattr(RUN, "pause", lambda seconds: None)
-    sweep = {r.run_id: r for r in G.expand(GRID) if r.experiment == "lr-sweep"}
-    orphan, stale = "lr-sweep/cb-pt2-x1-s1", "lr-sweep/cb-pt2-x2-s1"
-    _finished_folder(tmp_path / "runs", orphan, G.resolve_settings(GRID, sweep[orphan], []))
-    _finished_folder(tmp_path / "runs", stale, {**G.resolve_settings(GRID, sweep[stale], []), "learning_rate": 9.0})
-    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
-    RUN.main()
-    assert orphan not in rates, "its finished folder is recorded, not trained over"
-    assert stale in rates, "a folder trained with other settings than the grid's now is trained again"
-    records = {r["run_id"]: r for r in RUN.read_records()}
-    assert records[orphan]["recorded_from_folder"] and len(records) == 6
-
-
-def test_a_finished_run_another_runner_is_recording_is_left_to_it(tmp_path, monkeypatch):
+def test_a_run_another_runner_let_go_of_unrecorded_is_trained_after_the_wait(tmp_path, monkeypatch):
     rates = _fake_runner(monkeypatch, tmp_path, GRID, {})
     other = "lr-sweep/cb-pt2-x1-s1"
-    sweep = {r.run_id: r for r in G.expand(GRID) if r.experiment == "lr-sweep"}
-    _finished_folder(tmp_path / "runs", other, G.resolve_settings(GRID, sweep[other], []))
-    # the other runner records it a moment later
-    monkeypatch.setattr(RUN, "pause", lambda seconds: RUN.append_record(record(other, 61.0, 0.01, variant="x1"),
-                                                                        False))
+    held = RUN.claim(other)
+    assert held.__enter__()
+
+    pauses = []
+
+    def pause(seconds):  # the other runner is stopped (or its run failed there) without recording it
+        pauses.append(seconds)
+        if len(pauses) > 2:
+            raise AssertionError("still waiting for a run no runner has")
+        held.__exit__(None, None, None)
+
+    monkeypatch.setattr(RUN, "pause", pause)
     monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
     RUN.main()
-    assert other not in rates
-    assert [r["value"] for r in RUN.read_records() if r["run_id"] == other] == [61.0]  # its record, once
+    assert other in rates and len(rates) == 6
 
 
-def test_a_run_is_never_recorded_twice(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(RUN, "RECORDS", tmp_path / "runs.jsonl")
-    first = record("main/cb-apt-s1", 70.0, 0.01, experiment="main", method="apt")
-    assert RUN.append_record(first, False)
-    # e.g. two runners reusing the same sweep record at once: the second append finds the first's line
-    assert not RUN.append_record({**first, "value": 71.0}, False)
-    assert [r["value"] for r in RUN.read_records()] == [70.0]
-    assert "already recorded" in capsys.readouterr().out
-    failure = {"run_id": "main/cb-apt-s2", "returncode": 1}
-    assert RUN.append_record(failure, False, tmp_path / "failures.jsonl")
-    assert RUN.append_record(failure, False, tmp_path / "failures.jsonl")  # failures may repeat (--retry-failed)
+def test_a_file_another_runner_committed_is_not_retried(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "other.txt").write_text("clean\n")
+    git("add", "other.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    (tmp_path / "runs.jsonl").write_text("{}\n")
+    (tmp_path / "other.txt").write_text("dirty\n")  # a tracked file changed: git says "no changes added to commit"
+    git("add", "runs.jsonl")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "the other runner's commit")
+    monkeypatch.setattr(RUN, "REPO", tmp_path)
+    monkeypatch.setattr(RUN.time, "sleep", lambda s: pytest.fail("retried a commit that was already made"))
+    RUN.commit_file(tmp_path / "runs.jsonl", "reproduce: record x")
+    assert "could not commit" not in capsys.readouterr().err
+
+
+def test_a_claimed_run_is_looked_up_again_once_the_claim_is_free(tmp_path, monkeypatch):
+    # the other runner recorded it and let go between this runner's reading of the records and its claim
+    rates = _fake_runner(monkeypatch, tmp_path, GRID, {})
+    late = "lr-sweep/cb-pt2-x0.5-s1"
+    real_claim = RUN.claim
+
+    def claim(name):
+        if name == late:
+            RUN.append_record(record(late, 60.0, 0.005, variant="x0.5"), False)
+        return real_claim(name)
+
+    monkeypatch.setattr(RUN, "claim", claim)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
+    RUN.main()
+    assert late not in rates and len(rates) == 5
+
+
+def test_a_stop_asked_for_while_waiting_starts_no_training(tmp_path, monkeypatch):
+    rates = _fake_runner(monkeypatch, tmp_path, GRID, {})
+    monkeypatch.setitem(RUN._STOP, "requested", False)
+    with RUN.claim("lr-sweep/cb-pt2-x1-s1"):
+        def pause(seconds):  # SIGTERM arrives during the wait
+            RUN._STOP["requested"] = True
+            RUN.append_record(record("lr-sweep/cb-pt2-x1-s1", 60.0, 0.01, variant="x1"), False)
+
+        monkeypatch.setattr(RUN, "pause", pause)
+        monkeypatch.setattr(sys, "argv", ["run.py", "--only", "lr-sweep"])
+        with pytest.raises(SystemExit) as stopped:
+            RUN.main()
+    assert stopped.value.code == 128 + 15
+    trained = set(rates)
+    assert len(trained) == 5 and "lr-sweep/cb-pt2-x1-s1" not in trained  # nothing after the stop
+
+
+def test_the_pause_ends_early_when_the_runner_is_stopped(monkeypatch):
+    monkeypatch.setitem(RUN._STOP, "requested", True)
+    started = time.monotonic()
+    RUN.pause(30)
+    assert time.monotonic() - started < 1
+
+
+def test_the_records_lock_follows_a_file_replaced_while_waiting_and_cuts_a_torn_line(tmp_path, monkeypatch, capsys):
+    import threading
+
+    target = tmp_path / "runs.jsonl"
+    monkeypatch.setattr(RUN, "RECORDS", target)
+    target.write_text(json.dumps(record("a/x-s1", 1.0, 0.1)) + "\n" + '{"run_id": "a/y-s1", "dev_metrics": {}')
+    appended = threading.Event()
+    with RUN.locked_records() as f:  # as recount_seconds.py holds it while it replaces the file
+        assert not f.read().endswith("{}"), "the torn line is cut off"
+        worker = threading.Thread(target=lambda: (RUN.append_record(record("a/z-s1", 3.0, 0.1), False),
+                                                  appended.set()))
+        worker.start()
+        assert not appended.wait(0.5), "a runner waits for the lock"
+        replacement = tmp_path / "new.jsonl"
+        replacement.write_text(json.dumps(record("a/x-s1", 2.0, 0.1)) + "\n")
+        os.replace(replacement, target)
+    worker.join(5)
+    assert [(r["run_id"], r["value"]) for r in RUN.read_records()] == [("a/x-s1", 2.0), ("a/z-s1", 3.0)]
+    assert "cut off a torn last line" in capsys.readouterr().err
 
 
 def test_the_last_line_says_why_a_runner_stopped():

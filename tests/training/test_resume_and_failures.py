@@ -233,29 +233,6 @@ def test_the_command_line_says_busy_with_exit_code_75_and_a_refused_new_folder_l
     assert not fresh.exists()  # the lock's folder is not left behind by a refusal
 
 
-def test_the_process_training_into_a_folder_can_be_asked_for_without_taking_its_lock(tmp_path):
-    import subprocess
-    import sys
-
-    from adaprefix.training.run_dir import run_lock, training_process
-
-    run = tmp_path / "r"
-    assert training_process(run) is None  # never trained
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        assert training_process(run) == holder.pid
-        assert training_process(run) == holder.pid, "asking did not take the lock"
-    finally:
-        holder.kill()
-        holder.wait()
-    assert (run / ".lock").read_text().strip() == f"process {holder.pid}"  # what a killed holder leaves
-    assert training_process(run) is None  # ... with no live process behind it
-    with run_lock(run):
-        assert training_process(run) == os.getpid()
-    assert training_process(run) is None  # released
-
-
 def test_a_folder_that_cannot_be_locked_warns_and_trains_unguarded(tmp_path, monkeypatch):
     from adaprefix.training import run_dir
 
