@@ -110,7 +110,6 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
             write_generation_settings(run, task, tokenizer, splits["train"] + splits["dev"])
 
     checkpoints = run / "checkpoints"
-    resume_from, history = restore_for_resume(run) if resume else (None, [])
 
     schedule = resolved_schedule(cfg, task)
     optimizer = build_optimizer(model, cfg)
@@ -141,6 +140,10 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         disable_tqdm=verbosity != "verbose",  # the run's own display (or none) instead
         **precision_flags(cfg.precision),
     )
+    # The main process restores the run's files to its last checkpoint before any other rank reads them (the
+    # TrainingArguments above set up the process group this waits on).
+    with args.main_process_first(local=False, desc="restoring the run to its last checkpoint"):
+        resume_from, history = restore_for_resume(run) if resume else (None, [])
     eval_sets = {name: encoded[name].dataset_by_length for name in ("dev", "test") if name in encoded}
     main_key = f"dev_{task.main_metric}"
     # Generation tasks: exact match needs generating, which the Trainer's evaluation (the loss) does not do.

@@ -6,11 +6,13 @@
 Until `metrics.jsonl` carried `elapsed_seconds`, a resumed run's record counted its last sitting only (e.g. 200 s
 for a run that trained 500 s). Each sitting of a run opened its own TensorBoard event file in `<run>/tb/`, and
 every epoch's evaluation there carries its wall time, so the work each earlier sitting kept can be measured: from
-the file's first event (training starts, the model already built) to the last evaluation the next sitting did not
-redo (it resumed from the checkpoint after it). The recount is that kept time of the earlier sittings plus the
-recorded last sitting, the wall time an uninterrupted run would have taken; the record keeps the last sitting's
-count as `seconds_last_sitting` and says `seconds_source: "tensorboard"`. Records that need no recount (not
-resumed, or counted across sittings already) and runs whose folder is not on this machine are left as they are.
+the file's first event (training starts, the model already built) to its last evaluation that no later sitting
+redid (a later sitting resumed from the checkpoint after it). The recount is that kept time of the earlier sittings
+plus the recorded last sitting, the wall time an uninterrupted run would have taken; the record keeps the last
+sitting's count as `seconds_last_sitting` and says `seconds_source: "tensorboard"`. Not seen by TensorBoard, so not
+counted: an earlier sitting's checkpoint saves, and a generation task's exact-match scoring (it runs after the
+evaluation is logged). Records that need no recount (not resumed, or counted across sittings already) and runs
+whose folder is not on this machine are left as they are.
 """
 
 from __future__ import annotations
@@ -24,22 +26,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from run import RECORDS, RUNS_DIR, read_records  # noqa: E402
 
-DEV_LOSS = "eval/dev_loss"  # every task's evaluation logs it, once per epoch
-
-
-def sittings(tb_dir: Path) -> list[tuple[float, list[tuple[int, float]]]]:
-    """Each event file in ``tb_dir`` in the order they were opened: its first event's wall time and its
-    (step, wall time) evaluations."""
+def sittings(tb_dir: Path) -> list[tuple[float, dict[int, float]]]:
+    """Each event file in ``tb_dir`` in the order they were opened: its first event's wall time, and for each step
+    evaluated, when its last evaluation (dev, then test for NER) was logged."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     found = []
     for path in tb_dir.glob("events.out.tfevents.*"):
         events = EventAccumulator(str(path), size_guidance={"scalars": 0})
         events.Reload()
-        evals = [(e.step, e.wall_time) for e in events.Scalars(DEV_LOSS)] if DEV_LOSS in events.Tags()["scalars"] \
-            else []
-        found.append((events.FirstEventTimestamp(), evals))
-    return sorted(found)
+        evaluated: dict[int, float] = {}
+        for tag in events.Tags()["scalars"]:
+            if tag.startswith("eval/"):
+                for e in events.Scalars(tag):
+                    evaluated[e.step] = max(e.wall_time, evaluated.get(e.step, e.wall_time))
+        found.append((events.FirstEventTimestamp(), evaluated))
+    return sorted(found, key=lambda sitting: sitting[0])
 
 
 def earlier_sittings_seconds(tb_dir: Path) -> float | None:
@@ -48,9 +50,11 @@ def earlier_sittings_seconds(tb_dir: Path) -> float | None:
     if len(opened) < 2:
         return None
     total = 0.0
-    for (start, evals), (_, next_evals) in zip(opened, opened[1:]):
-        resumed_at = min((step for step, _ in next_evals), default=float("inf"))
-        kept = [wall for step, wall in evals if step < resumed_at]  # later ones were redone by the next sitting
+    for i, (start, evaluated) in enumerate(opened[:-1]):
+        # Any later sitting (not only the next: that one may have died before its first evaluation) that evaluated
+        # a step resumed from the checkpoint before it, so this sitting's evaluations from there on were redone.
+        redone_from = min((step for _, later in opened[i + 1:] for step in later), default=float("inf"))
+        kept = [wall for step, wall in evaluated.items() if step < redone_from]
         total += max(kept) - start if kept else 0.0
     return total
 
@@ -69,8 +73,10 @@ def recount(record: dict[str, Any], runs_dir: Path) -> dict[str, Any] | None:
     earlier = earlier_sittings_seconds(folder / "tb")
     if earlier is None:
         return None
-    last = record["seconds"]
-    recounted = {**record, "seconds": round(earlier + last, 1), "seconds_last_sitting": last,
+    # A run resumed from untimed epochs (train_seconds_partial) already counts the timed sittings since: only its
+    # last sitting is taken from the record, the rest from TensorBoard.
+    last = record["seconds"] - (final["train_seconds"] - final["sitting_seconds"] if "sitting_seconds" in final else 0)
+    recounted = {**record, "seconds": round(earlier + last, 1), "seconds_last_sitting": round(last, 1),
                  "seconds_source": "tensorboard"}
     recounted.pop("seconds_partial", None)
     return recounted

@@ -195,11 +195,17 @@ def time_table(records: list[dict[str, Any]]) -> str:
     by = group(records, "experiment", "task", "method")
     lines = ["| experiment | task | method | runs | epochs | mean seconds per run | runs whose train loss flattened |",
              "|---|---|---|---:|---:|---:|---:|"]
+    partial = False
     for (experiment, task, method), rows in sorted(by.items()):
         flat = [loss_flattened(r.get("train_loss_by_epoch", [])) for r in rows]
+        at_least = "≥ " if any(r.get("seconds_partial") for r in rows) else ""
+        partial = partial or bool(at_least)
         lines.append(f"| {experiment} | {task} | {method} | {len(rows)} | {rows[0]['epochs']} | "
-                     f"{statistics.fmean(r['seconds'] for r in rows):.0f} | {sum(bool(f) for f in flat)}/{len(rows)} |")
-    return "\n".join(lines) + "\n"
+                     f"{at_least}{statistics.fmean(r['seconds'] for r in rows):.0f} | "
+                     f"{sum(bool(f) for f in flat)}/{len(rows)} |")
+    note = ("\n≥: some of these runs count only their last sitting (resumed before time was counted across "
+            "sittings); `python benchmarks/reproduce/recount_seconds.py --write` recounts them.\n" if partial else "")
+    return "\n".join(lines) + "\n" + note
 
 
 def plot_variants(records: list[dict[str, Any]], experiment: str, path: Path) -> bool:

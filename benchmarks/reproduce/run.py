@@ -97,9 +97,10 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
 def run_seconds(final: dict[str, Any], process_seconds: float) -> dict[str, Any]:
     """The run's wall time across all its sittings: the recipe's count (``train_seconds``), plus what this sitting's
     process spent outside it (interpreter start, imports). ``seconds_partial`` marks a run resumed from epochs an
-    older adaprefix recorded without their times: only the sittings since are counted."""
+    older adaprefix recorded without their times (or resumed by an older adaprefix): only the sittings since (the
+    last) are counted; ``recount_seconds.py`` recounts such records."""
     if "sitting_seconds" not in final:  # an older recipe: this sitting's process is all there is
-        return {"seconds": round(process_seconds, 1)}
+        return {"seconds": round(process_seconds, 1), **({"seconds_partial": True} if final.get("resumed") else {})}
     seconds = final["train_seconds"] + max(0.0, process_seconds - final["sitting_seconds"])
     return {"seconds": round(seconds, 1), **({"seconds_partial": True} if final.get("train_seconds_partial") else {})}
 

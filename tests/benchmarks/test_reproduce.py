@@ -397,6 +397,20 @@ def test_a_resumed_runs_record_counts_every_sitting_and_says_when_it_cannot():
     assert RUN.run_seconds({"train_seconds": 98.0, "sitting_seconds": 98.0, "train_seconds_partial": True},
                            100.0) == {"seconds": 100.0, "seconds_partial": True}
     assert RUN.run_seconds({"train_seconds": 98.0}, 100.0) == {"seconds": 100.0}  # an older recipe's final
+    assert RUN.run_seconds({"train_seconds": 98.0, "resumed": True}, 100.0) == {"seconds": 100.0,
+                                                                                "seconds_partial": True}
+    # a process clock that read less than the recipe's (the clamp): never below the recipe's own count
+    assert RUN.run_seconds({"train_seconds": 300.0, "sitting_seconds": 101.0}, 100.0) == {"seconds": 300.0}
+
+
+def test_the_time_table_marks_means_that_count_a_last_sitting_only():
+    records = [record("main/cb-pt2-s1", 70.0, 0.01, experiment="main"),
+               record("main/cb-pt2-s2", 70.0, 0.01, experiment="main", seed=2, seconds_partial=True),
+               record("main/cb-apt-s1", 70.0, 0.01, experiment="main", method="apt")]
+    table = R.time_table(records)
+    assert "| main | cb | pt2 | 2 | 20 | ≥ 10 |" in table and "| main | cb | apt | 1 | 20 | 10 |" in table
+    assert "recount_seconds.py --write" in table
+    assert "≥" not in R.time_table(records[:1])
 
 
 def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():

@@ -1,6 +1,7 @@
 """Interrupted runs resume to the same result; NaN losses stop cleanly; nothing half-written is trusted."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -73,32 +74,46 @@ def test_a_kill_between_evaluation_and_checkpoint_resumes_consistently(tiny_back
     assert resumed.final["dev"] == whole.final["dev"]
 
 
-def test_a_resumed_run_counts_the_time_of_every_sitting(tiny_backbone, sentiment_files, tmp_path):
-    cut = tmp_path / "cut"
-    cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, cut))
+class SlowEpochs(TrainerCallback):
+    """Makes every epoch take a noticeable time, so that one epoch's elapsed time cannot pass for another's."""
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        time.sleep(0.3)
+
+
+def _killed_after_two_epochs(backbone, files, run):
+    """A 3-epoch run killed right after its epoch-2 checkpoint; returns its config and the two epoch records."""
+    cfg = load_train_config(None, tiny_settings(backbone, files, run))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, extra_callbacks=[At("save", 1, kill)])
-    first_sitting = epoch_records(cut, timed=True)[0]["elapsed_seconds"]
-    assert first_sitting > 0
-    resumed = train(cfg, resume=True).final
-    times = [r["elapsed_seconds"] for r in epoch_records(cut, timed=True)]
-    assert times[0] == first_sitting and times == sorted(times)
-    assert resumed["train_seconds"] == pytest.approx(first_sitting + resumed["sitting_seconds"], abs=0.5)
+        train(cfg, extra_callbacks=[SlowEpochs(), At("save", 2, kill)])
+    return cfg, epoch_records(run, timed=True)
+
+
+def test_a_resumed_run_counts_the_time_of_every_sitting(tiny_backbone, sentiment_files, tmp_path):
+    cfg, before = _killed_after_two_epochs(tiny_backbone, sentiment_files, tmp_path / "cut")
+    assert len(before) == 2 and before[1]["elapsed_seconds"] - before[0]["elapsed_seconds"] >= 0.3
+    resumed = train(cfg, resume=True, extra_callbacks=[SlowEpochs()]).final
+    times = [r["elapsed_seconds"] for r in epoch_records(tmp_path / "cut", timed=True)]
+    assert times[:2] == [r["elapsed_seconds"] for r in before], "the first sitting's records are kept as they were"
+    assert times[2] - times[1] >= 0.3, "the resumed epoch carries on from the time of the epoch it resumed from"
+    # the time of the epoch resumed from (the last, not the first, not a sum), plus this sitting
+    assert resumed["train_seconds"] == pytest.approx(before[1]["elapsed_seconds"] + resumed["sitting_seconds"],
+                                                     abs=0.05)
     assert resumed["train_seconds"] >= times[-1] and "train_seconds_partial" not in resumed
 
 
 def test_a_run_resumed_from_epochs_recorded_without_times_says_its_time_is_partial(tiny_backbone, sentiment_files,
                                                                                    tmp_path):
-    cut = tmp_path / "cut"
-    cfg = load_train_config(None, tiny_settings(tiny_backbone, sentiment_files, cut))
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, extra_callbacks=[At("save", 1, kill)])
-    # What an older adaprefix left in the checkpoint it sealed: epoch records without elapsed_seconds.
-    (snapshot,) = (cut / "checkpoints").glob("checkpoint-*/adaprefix_run/metrics.jsonl")
-    snapshot.write_text("".join(json.dumps(r) + "\n" for r in epoch_records(cut)))
+    cfg, before = _killed_after_two_epochs(tiny_backbone, sentiment_files, tmp_path / "cut")
+    # An older adaprefix's records in the sealed checkpoint: an untimed first epoch is enough to make the count
+    # partial, even when the last one is timed.
+    (snapshot,) = (tmp_path / "cut" / "checkpoints").glob("checkpoint-*/adaprefix_run/metrics.jsonl")
+    before[0].pop("elapsed_seconds")
+    snapshot.write_text("".join(json.dumps(r) + "\n" for r in before))
     resumed = train(cfg, resume=True).final
     assert resumed["train_seconds_partial"] is True
-    assert resumed["train_seconds"] == pytest.approx(resumed["sitting_seconds"], abs=0.5)
+    assert resumed["train_seconds"] == pytest.approx(before[1]["elapsed_seconds"] + resumed["sitting_seconds"],
+                                                     abs=0.05)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_backbone, sentiment_files, tmp_path):
