@@ -118,7 +118,7 @@ def test_a_sweep_whose_best_is_at_its_top_gains_a_rate_above_before_main_runs_ta
     capped = better + [record("lr-sweep/cb-pt2-lr-up2-s1", 77.0, 0.08, variant="lr-up2")]
     assert len(G.edge_extensions(EXTENDING, capped)) == 2  # max 2: no third, even at the edge
     assert G.resolve_settings(EXTENDING, main_pt2, capped)["learning_rate"] == 0.08
-    assert ("| cb | pt2 | 0.005: 70.0 · 0.01: 72.0 · 0.02: 75.0 · 0.04: 76.0 · 0.08: 77.0 | 0.08 | highest |"
+    assert ("| cb | pt2 | 5 | 0.005: 70.0 · 0.01: 72.0 · 0.02: 75.0 · 0.04: 76.0 · 0.08: 77.0 | 0.08 | highest |"
             in R.sweep_table(capped, EXTENDING))
 
 
@@ -269,13 +269,14 @@ def test_report_tables_follow_the_records():
     assert list(rows) == ["ft", "pt2"]  # the paper's method order
     assert "| 71.0 ± 1.4 | 71.0 |" in rows["pt2"] and "| 62.0 ± 2.8 | 62.0 |" in rows["ft"]
     gap = R.margins(records, "main", "pt2", "ft", key="experiment")
-    assert "| cb | main | +9.0 | 1.4 | 2.8 | yes | 2 / 0 / 0 |" in gap
+    assert "| cb | main | 2 | +9.0 | 1.4 | 2 / 0 / 0 |" in gap  # differences +10, +8
     # with a second SuperGLUE task planned, the average waits for it instead of averaging CB alone
     two = {**GRID, "tasks": {**GRID["tasks"], "copa": GRID["tasks"]["cb"]},
            "experiments": [GRID["experiments"][0], {**GRID["experiments"][1], "tasks": ["cb", "copa"]}]}
     rows = {line.split("|")[1].strip(): line for line in R.paper_table(records, "main", R.planned_seeds(two))
             .splitlines()[2:]}
     assert "| 71.0 ± 1.4 | – | – |" in rows["pt2"]  # cb, copa (none yet), SuperGLUE avg
+    assert "SuperGLUE avg (cb, copa) | NER avg (none) |" in R.paper_table(records, "main", R.planned_seeds(two))
 
 
 def test_margins_pair_runs_by_seed():
@@ -284,8 +285,31 @@ def test_margins_pair_runs_by_seed():
                for m, vs in values.items() for s, v in zip((1, 2, 3), vs)]
     # runs pair by seed, whatever order the records come in
     gap = R.margins(list(reversed(records)), "main", "apt", "pt2", key="experiment")
-    assert "| 1 / 1 / 1 |" in gap
+    assert "| cb | main | 3 | +0.6 | 2.7 | 1 / 1 / 1 |" in gap  # differences +3.6, 0, -1.8
     assert R.margins(records[:4], "main", "apt", "pt2", key="experiment").startswith("_apt − pt2: fewer than two seeds")
+
+
+def test_margins_pair_only_shared_seeds_mark_missing_ones_and_leave_out_the_selection_seed():
+    values = {"apt": {1: 80.0, 2: 73.0, 3: 71.0}, "pt2": {1: 70.0, 2: 72.0}}  # pt2's seed 3 not in yet
+    records = [record(f"main/cb-{m}-s{s}", v, 0.01, experiment="main", method=m, seed=s)
+               for m, vs in values.items() for s, v in vs.items()]
+    plan = {("main", "cb", "apt", ""): 3, ("main", "cb", "pt2", ""): 3}
+    gap = R.margins(records, "main", "apt", "pt2", key="experiment", selection_seed=1, plan=plan)
+    # seeds 1 and 2 only (+10, +1), not apt's three against pt2's two (74.7 - 71.0)
+    assert "| cb | main | 2/3 | +5.5 | 6.4 | 2 / 0 / 0 | +1.0 (1 seeds) |" in gap
+    assert "without seed 1" in gap and "without seed" not in R.margins(records, "main", "apt", "pt2",
+                                                                        key="experiment")
+
+
+def test_the_epoch_choice_table_shows_what_picking_the_best_dev_epoch_adds():
+    records = [record("main/cb-apt-s1", 75.0, 0.01, experiment="main", method="apt", dev_by_epoch=[60.0, 75.0, 70.0]),
+               record("main/cb-apt-s2", 72.0, 0.01, experiment="main", method="apt", seed=2,
+                      dev_by_epoch=[72.0, 66.0]),
+               record("main/cb-ft-s1", 80.0, 2e-5, experiment="main", method="ft", dev_by_epoch=[70.0, 80.0])]
+    table = R.epoch_choice_table(records, "main")
+    assert "| cb | ft | 1 | 80.0 | 80.0 | +0.0 |" in table
+    assert "| cb | apt | 2 | 73.5 | 68.0 | +5.5 |" in table
+    assert table.index("| cb | ft |") < table.index("| cb | apt |")  # the paper's method order
 
 
 def test_variants_and_experiment_settings_may_differ_for_ft_and_prefix_methods():
@@ -411,6 +435,8 @@ def test_the_time_table_marks_means_that_count_a_last_sitting_only():
     assert "| main | cb | pt2 | 2 | 20 | ≥ 10 |" in table and "| main | cb | apt | 1 | 20 | 10 |" in table
     assert "recount_seconds.py --write" in table
     assert "≥" not in R.time_table(records[:1])
+    copy = record("main/cb-apt-s2", 70.0, 0.01, experiment="main", method="apt", seed=2, reused_from="x/y")
+    assert "| main | cb | apt | 1 | 20 | 10 |" in R.time_table(records + [copy]), "a copy is no run of its own"
 
 
 def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():
@@ -466,12 +492,15 @@ def test_the_sweep_table_gives_dev_by_rate_and_the_rate_taken_with_its_edge():
                for v, value, lr in (("x0.5", 70.0, 0.005), ("x1", 72.0, 0.01), ("x2", 72.0, 0.02))]
     records.append(record("lr-sweep/cb-ft-x1-s1", 65.0, 2e-5, method="ft", variant="x1"))
     table = R.sweep_table(records, GRID)
-    assert "| cb | pt2 | 0.005: 70.0 · 0.01: 72.0 · 0.02: 72.0 | 0.01 | no |" in table  # a tie: the smaller rate
-    assert "| cb | ft | 2e-05: 65.0 | sweep unfinished | – |" in table
+    # a tie goes to the smaller rate, which the rule does not extend; the table says so
+    assert "| cb | pt2 | 3 | 0.005: 70.0 · 0.01: 72.0 · 0.02: 72.0 | 0.01 | tied with highest |" in table
+    assert "| cb | ft | 1 | 2e-05: 65.0 | sweep unfinished | – |" in table
     records[2]["dev_value"] = 75.0
     assert "| 0.02 | highest |" in R.sweep_table(records, GRID)
+    records[2]["dev_value"] = 71.0
+    assert "| 0.01 | no |" in R.sweep_table(records, GRID)
     table = R.sweep_table(records[:2] + records[3:], GRID, failed=["lr-sweep/cb-pt2-x2-s1"])
-    assert "| cb | pt2 | 0.005: 70.0 · 0.01: 72.0 · 0.02: failed | 0.01 | no |" in table  # not at the edge
+    assert "| cb | pt2 | 3 | 0.005: 70.0 · 0.01: 72.0 · 0.02: failed | 0.01 | no |" in table  # not at the edge
 
 
 def test_by_task_finishes_one_tasks_sweep_and_main_runs_before_the_next_task(tmp_path, monkeypatch):
