@@ -380,7 +380,28 @@ def progress_table(records: list[dict[str, Any]], grid: dict[str, Any], failed: 
         spent_so_far = minutes[backbone[experiment, task], task]
         spent = f"{statistics.median(spent_so_far):.0f}" if spent_so_far else "–"
         lines.append(f"| {experiment} | {task} | {done[experiment, task]} / {n} | {spent} |")
-    return "\n".join(lines) + "\n"
+    # What is left, priced at the median of recorded runs of the same backbone, task and method (fine-tuning costs
+    # more than a prefix), else of the same backbone and task; runs with neither are counted apart.
+    by_method: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in records:
+        if "reused_from" not in r:
+            by_method[r.get("model") or r.get("settings", {}).get("model", ""), r["task"], r["method"]].append(
+                r["seconds"] / 60)
+    left, unpriced = 0.0, 0
+    for run in plan:
+        if run.run_id in have:
+            continue
+        model = run.settings.get("model", "")
+        priced = by_method.get((model, run.task, run.method)) or minutes.get((model, run.task))
+        if priced:
+            left += statistics.median(priced)
+        else:
+            unpriced += 1
+    missing = sum(planned.values()) - sum(done.values())
+    estimate = (f"\n{missing} runs left: about {left / 60:.1f} CPU-hours at one thread per run"
+                + (f", plus {unpriced} runs of a task and backbone not timed yet" if unpriced else "")
+                + " (a sweep's edge may add runs; reused runs cost nothing).\n") if missing else ""
+    return "\n".join(lines) + "\n" + estimate
 
 
 def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path | None = None,

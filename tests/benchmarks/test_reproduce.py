@@ -459,7 +459,8 @@ def test_progress_counts_recorded_runs_per_experiment_and_task():
     table = R.progress_table(records, GRID)
     planned = sum(1 for r in runs if (r.experiment, r.task) == (first.experiment, first.task))
     assert f"| {first.experiment} | {first.task} | 1 / {planned} | 10 |" in table
-    others = [line for line in table.splitlines()[2:] if f"| {first.experiment} | {first.task} |" not in line]
+    others = [line for line in table.splitlines()[2:] if line.startswith("|")
+              and f"| {first.experiment} | {first.task} |" not in line]
     assert others and all("| 0 / " in line and line.endswith("| – |") for line in others
                           if f"| {first.task} |" not in line)
 
@@ -474,6 +475,9 @@ def test_progress_minutes_come_from_runs_of_the_same_backbone():
                 "seconds": 720.0}]
     table = R.progress_table(records, grid)
     assert "| big | cb | 1 / 1 | 50 |" in table
+    # left: 2 pt2 sweep runs and 2 main pt2 runs (10 min each: pt2's median on minilm, not mpnet's 50), 2 ft sweep
+    # runs and 2 main ft runs (12: ft's own), 2 pt2+ runs (none timed: minilm cb's median, 11): 110 min
+    assert "10 runs left: about 1.8 CPU-hours" in table
     assert "| lr-sweep | cb | 2 / 6 | 11 |" in table and "| main | cb | 0 / 6 | 11 |" in table
 
 
