@@ -86,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help="Rewrite results/runs.jsonl with the recounts.")
     args = parser.parse_args()
+    before = RECORDS.read_bytes()
     records = read_records()
     changed = 0
     for i, record in enumerate(records):
@@ -96,6 +97,9 @@ def main() -> None:
     if args.write and changed:
         from adaprefix.files import atomic_write_text
 
+        if RECORDS.read_bytes() != before:  # a runner recorded a run meanwhile: its line must not be lost
+            raise SystemExit(f"{RECORDS} changed while recounting (a runner recorded a run); nothing written, "
+                             "run this again")
         atomic_write_text(RECORDS, "".join(json.dumps(r) + "\n" for r in records))
     print(f"{changed} record(s) recounted" + ("" if args.write or not changed else "; --write to save"))
 

@@ -9,6 +9,7 @@ is included verbatim, so regenerating never loses it.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -148,6 +149,7 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
              f"| {better} above / level / below{without} |", "|---|---|---:|---:|---:|---:|"
              + ("---:|" if without else "")]
     found = False
+    every: list[float] = []  # every pair's difference, over all rows: the sign test across tasks
     for task, variant in sorted({(r["task"], r[key]) for r in rows}):
         a = {r["seed"]: r["value"] for r in by.get((task, variant, better), [])}
         b = {r["seed"]: r["value"] for r in by.get((task, variant, other), [])}
@@ -160,13 +162,31 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
         mean, std = mean_std(list(diffs.values()))
         variant_key = variant if key == "variant" else ""
         planned = max([len(seeds)] + [(plan or {}).get((experiment, task, m, variant_key), 0) for m in (better, other)])
-        paired = " / ".join(str(sum(f(d) for d in diffs.values()))
-                            for f in (lambda d: d > 0, lambda d: d == 0, lambda d: d < 0))
+        every += diffs.values()
+        paired = _signs(diffs.values())
         rest = [d for seed, d in diffs.items() if seed != selection_seed]
         left_out = (f" | {statistics.fmean(rest):+.1f} ({len(rest)} seeds)" if rest else " | –") if without else ""
         lines.append(f"| {task} | {variant or '–'} | {len(seeds)}{'' if len(seeds) == planned else f'/{planned}'} | "
                      f"{mean:+.1f} | {std:.1f} | {paired}{left_out} |")
-    return ("\n".join(lines) + "\n") if found else f"_{better} − {other}: fewer than two seeds of each side so far._\n"
+    if not found:
+        return f"_{better} − {other}: fewer than two seeds of each side so far._\n"
+    if len(lines) > 3:  # more than one row: how often better wins over all pairs, whatever the task's scale
+        above, below = sum(d > 0 for d in every), sum(d < 0 for d in every)
+        lines.append(f"| all rows | – | {len(every)} | – | – | {_signs(every)} (sign test: p = "
+                     f"{sign_test_p(above, below):.3f}){' | –' if without else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def _signs(diffs: Iterable[float]) -> str:
+    diffs = list(diffs)
+    return f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
+
+
+def sign_test_p(above: int, below: int) -> float:
+    """One-sided exact sign test: the chance of ``above`` or more wins in ``above + below`` fair coin flips (pairs
+    that are level carry no sign and are left out)."""
+    n = above + below
+    return sum(math.comb(n, k) for k in range(above, n + 1)) / 2 ** n if n else 1.0
 
 
 def main_margins(records: list[dict[str, Any]], plan: dict) -> list[str]:

@@ -301,6 +301,20 @@ def test_margins_pair_only_shared_seeds_mark_missing_ones_and_leave_out_the_sele
                                                                         key="experiment")
 
 
+def test_margins_over_several_tasks_add_a_sign_test_over_every_pair():
+    values = {("cb", "apt"): (75.0, 73.2, 71.4), ("cb", "pt2"): (71.4, 73.2, 73.2),  # +, level, -
+              ("copa", "apt"): (66.0, 64.0, 65.0), ("copa", "pt2"): (63.0, 60.0, 62.0)}  # +, +, +
+    records = [record(f"main/{t}-{m}-s{s}", v, 0.01, experiment="main", task=t, method=m, seed=s)
+               for (t, m), vs in values.items() for s, v in zip((1, 2, 3), vs)]
+    gap = R.margins(records, "main", "apt", "pt2", key="experiment")
+    # 4 above, 1 below (the level pair carries no sign): P(X >= 4 | n = 5) = 6/32
+    assert "| all rows | – | 6 | – | – | 4 / 1 / 1 (sign test: p = 0.188) |" in gap
+    assert "all rows" not in R.margins([r for r in records if r["task"] == "cb"], "main", "apt", "pt2",
+                                       key="experiment")
+    assert R.sign_test_p(3, 0) == 0.125 and R.sign_test_p(0, 3) == 1.0 and R.sign_test_p(0, 0) == 1.0
+    assert R.sign_test_p(12, 3) == pytest.approx(0.01758, abs=1e-5)  # 15 pairs, 12 wins: scipy's binomtest
+
+
 def test_the_epoch_choice_table_shows_what_picking_the_best_dev_epoch_adds():
     records = [record("main/cb-apt-s1", 75.0, 0.01, experiment="main", method="apt", dev_by_epoch=[60.0, 75.0, 70.0]),
                record("main/cb-apt-s2", 72.0, 0.01, experiment="main", method="apt", seed=2,
