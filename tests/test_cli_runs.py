@@ -119,6 +119,11 @@ def test_multiple_choice_task_trains_and_predicts_from_a_file(tiny_backbone, tas
     assert len(rows) == 8 and {r["label"] for r in rows} <= {"choice1", "choice2"}
     refused = runner.invoke(app, ["predict", str(run), "one text"])
     assert refused.exit_code == 2 and "--file" in refused.output
+    # the model takes (examples, choices, T): what the gates saw is each of the 8 dev examples' 2 choices
+    gates = runner.invoke(app, ["gates", str(run)])
+    assert gates.exit_code == 0, gates.output
+    report = json.loads((run / "gates.json").read_text())
+    assert report["examples"] == 16 and len(report["layers"]) == 2
 
 
 def test_ner_reports_test_f1_at_the_best_dev_epoch(tiny_backbone, task_data_dir, tmp_path):

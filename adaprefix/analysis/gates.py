@@ -35,7 +35,9 @@ def plot_gate_heatmap(gate: torch.Tensor, title: str, path: Path) -> None:
 
 def gate_report(run_dir: str | Path, split: str = "dev", output: str | Path | None = None,
                 max_examples: int = 512) -> dict[str, Any]:
-    """Gate statistics of a run's best adapter over ``split``; writes ``gates.json`` and a PNG heat map."""
+    """Gate statistics of a run's best adapter over ``split``; writes ``gates.json`` and a PNG heat map.
+
+    ``examples`` counts the sequences the backbone saw: on a multiple-choice task (COPA) each example's choices."""
     from ..training import load_run
     from ..training.recipe import resolve_max_length
 
@@ -51,9 +53,9 @@ def gate_report(run_dir: str | Path, split: str = "dev", output: str | Path | No
         collate = task.collator(loaded.tokenizer)
         batches = [{k: v for k, v in collate(rows[i:i + 32]).items() if k != "labels"}
                    for i in range(0, len(rows), 32)]
-        if task.kind == "multiple-choice":  # the backbone sees (B * choices, T)
-            batches = [{k: v.flatten(0, 1) for k, v in b.items()} for b in batches]
-        token = collect_token_gates(model, batches)  # (examples, N, l)
+        # (examples, N, l); a multiple-choice model takes (B, choices, T) and runs its backbone on B * choices rows,
+        # so there each (example, choice) pair is a row of its own
+        token = collect_token_gates(model, batches)
     gate = effective_gates(model, token)
     lam = layer_gates(model)
     layers = []
