@@ -350,6 +350,14 @@ def plot_gates(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def heavier_half(lower: float, upper: float, tolerance: float = 0.05) -> str:
+    """Which half of the layers carries more gate mass; "neither" when they are within ``tolerance`` (relative) of
+    each other: a hair's difference is no layer preference."""
+    if abs(lower - upper) <= tolerance * max(lower, upper):
+        return f"neither (within {tolerance:.0%})"
+    return "lower" if lower > upper else "upper"
+
+
 def gate_section(plots: Path | None = None) -> str:
     """One heat map per recorded gate file (drawn into plots/gates, by default beside the files) and a lower- vs
     upper-layer table (the paper: NER lower, COPA upper)."""
@@ -367,7 +375,7 @@ def gate_section(plots: Path | None = None) -> str:
         lower, upper = statistics.fmean(rows[:half]), statistics.fmean(rows[-half:])
         lam = ", ".join(f"{x:.2f}" for x in summary["lambda"]) if summary["lambda"][0] is not None else "–"
         lines.append(f"| {summary['run_id']} | {summary['examples']} | {lam} | {lower:.3f} | {upper:.3f} | "
-                     f"{'lower' if lower > upper else 'upper'} |")
+                     f"{heavier_half(lower, upper)} |")
         png = plots / "gates" / file.with_suffix(".png").name
         png.parent.mkdir(parents=True, exist_ok=True)
         plot_gates(summary, png)

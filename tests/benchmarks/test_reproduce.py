@@ -501,6 +501,9 @@ def test_gate_section_reads_the_committed_json_and_names_the_heavier_half(tmp_pa
     section = R.gate_section()
     assert "| main/conll04-apt-s1 | 5 | 1.20, 1.10, 0.40, 0.30 | 0.750 | 0.200 | lower |" in section
     assert (gates / "main__conll04-apt-s1.png").stat().st_size > 0
+    assert R.heavier_half(0.427, 0.412) == "neither (within 5%)"  # COPA's, a hair apart
+    assert R.heavier_half(0.737, 0.766) == "neither (within 5%)" and R.heavier_half(0.983, 0.828) == "lower"
+    assert R.heavier_half(0.30, 0.40) == "upper"
 
 
 def test_loss_flattening_compares_the_last_epochs_with_the_ones_before():
