@@ -165,7 +165,7 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
         every += diffs.values()
         paired = _signs(diffs.values())
         rest = [d for seed, d in diffs.items() if seed != selection_seed]
-        left_out = (f" | {statistics.fmean(rest):+.1f} ({len(rest)} seeds)" if rest else " | –") if without else ""
+        left_out = (f" | {statistics.fmean(rest):+.1f} ({len(rest)} seed{'s' if len(rest) > 1 else ''})" if rest else " | –") if without else ""
         lines.append(f"| {task} | {variant or '–'} | {len(seeds)}{'' if len(seeds) == planned else f'/{planned}'} | "
                      f"{mean:+.1f} | {std:.1f} | {paired}{left_out} |")
     if not found:

@@ -440,7 +440,7 @@ def test_margins_pair_only_shared_seeds_mark_missing_ones_and_leave_out_the_sele
     plan = {("main", "cb", "apt", ""): 3, ("main", "cb", "pt2", ""): 3}
     gap = R.margins(records, "main", "apt", "pt2", key="experiment", selection_seed=1, plan=plan)
     # seeds 1 and 2 only (+10, +1), not apt's three against pt2's two (74.7 - 71.0)
-    assert "| cb | main | 2/3 | +5.5 | 6.4 | 2 / 0 / 0 | +1.0 (1 seeds) |" in gap
+    assert "| cb | main | 2/3 | +5.5 | 6.4 | 2 / 0 / 0 | +1.0 (1 seed) |" in gap
     assert "without seed 1" in gap and "without seed" not in R.margins(records, "main", "apt", "pt2",
                                                                         key="experiment")
 
