@@ -204,8 +204,8 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         # Across sittings (see EpochRecorder); "train_seconds_partial": resumed from epochs an older adaprefix
         # recorded without their times, so only the sittings since count.
         "train_seconds": recorder.elapsed_seconds(), "sitting_seconds": time.time() - started,
-        **({} if recorder.clock_complete else {"train_seconds_partial": True}), "truncated": truncated, "max_length": max_length,
-        "lr_schedule": schedule,
+        **({} if recorder.clock_complete else {"train_seconds_partial": True}),
+        "truncated": truncated, "max_length": max_length, "lr_schedule": schedule,
         "resumed": resume,
     }
     if is_main_process():
