@@ -150,7 +150,9 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
              + ("---:|" if without else "")]
     found = False
     every: list[float] = []  # every pair's difference, over all rows: the sign test across tasks
-    for task, variant in sorted({(r["task"], r[key]) for r in rows}):
+    order = list(dict.fromkeys(v for (e, _, _, v) in (plan or {}) if e == experiment))  # the grid's variant order
+    for task, variant in sorted({(r["task"], r[key]) for r in rows},
+                                key=lambda tv: (tv[0], order.index(tv[1]) if tv[1] in order else len(order), tv[1])):
         a = {r["seed"]: r["value"] for r in by.get((task, variant, better), [])}
         b = {r["seed"]: r["value"] for r in by.get((task, variant, other), [])}
         seeds = sorted(a.keys() & b.keys())
@@ -166,10 +168,12 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
         paired = _signs(diffs.values())
         rest = [d for seed, d in diffs.items() if seed != selection_seed]
         left_out = ""
-        if without:
-            left_out = f" | {statistics.fmean(rest):+.1f} ({len(rest)} seed{'s' * (len(rest) > 1)})" if rest else " | –"
+        if without and rest:
+            left_out = f" | {_signed(statistics.fmean(rest))} ({len(rest)} seed{'s' * (len(rest) > 1)})"
+        elif without:
+            left_out = " | –"
         lines.append(f"| {task} | {variant or '–'} | {len(seeds)}{'' if len(seeds) == planned else f'/{planned}'} | "
-                     f"{mean:+.1f} | {std:.1f} | {paired}{left_out} |")
+                     f"{_signed(mean)} | {std:.1f} | {paired}{left_out} |")
     if not found:
         return f"_{better} − {other}: fewer than two seeds of each side so far._\n"
     if len(lines) > 3:  # more than one row: how often better wins over all pairs, whatever the task's scale
@@ -177,6 +181,11 @@ def margins(records: list[dict[str, Any]], experiment: str, better: str, other: 
         lines.append(f"| all rows | – | {len(every)} | – | – | {_signs(every)} (sign test: p = "
                      f"{sign_test_p(above, below):.3f}){' | –' if without else ''} |")
     return "\n".join(lines) + "\n"
+
+
+def _signed(x: float) -> str:
+    """``x`` to one decimal with its sign; a mean that rounds to zero reads +0.0, not -0.0."""
+    return f"{round(x, 1) + 0.0:+.1f}"
 
 
 def _signs(diffs: Iterable[float]) -> str:
@@ -212,6 +221,93 @@ def epoch_choice_table(records: list[dict[str, Any]], experiment: str) -> str:
         last = statistics.fmean(r["dev_by_epoch"][-1] for r in runs)
         lines.append(f"| {task} | {method} | {len(runs)} | {best:.1f} | {last:.1f} | {best - last:+.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def with_references(records: list[dict[str, Any]], plan: dict, experiment: str, methods: Iterable[str] = ("pt2", "apt"),
+                    source: str = "main") -> tuple[list[dict[str, Any]], dict]:
+    """``experiment``'s records plus ``source``'s runs of ``methods`` on the same tasks, relabelled as
+    ``experiment``'s (and the plan with them), so that its tables and paired margins set an ablation or PT-2* beside
+    the P-tuning v2 and APT it is measured against: the same tasks, seeds and footing, taken from the main grid
+    rather than trained twice."""
+    tasks = {t for (e, t, _, _) in plan if e == experiment}
+    methods = set(methods)
+    moved = [{**r, "experiment": experiment, "variant": ""} for r in records
+             if r["experiment"] == source and r["task"] in tasks and r["method"] in methods]
+    # one variant per method in these experiments (PT-2*'s "half"): dropped, so that runs pair by task and seed
+    rows = [{**r, "variant": ""} for r in records if r["experiment"] == experiment]
+    if not rows:  # nothing of the experiment's own yet: its table says so rather than repeating main's rows
+        return [], plan
+    moved_plan = {(experiment, t, m, ""): n for (e, t, m, v), n in plan.items()
+                  if (e == source and t in tasks and m in methods) or e == experiment}
+    return rows + moved, {**plan, **moved_plan}
+
+
+def layer_lengths_cell(record: dict[str, Any], layers: int | None = None) -> str:
+    """A prefix run's pseudo tokens per layer: 'l each' for one length, the list and its sum for PT-2*."""
+    lengths = record.get("prefix_lengths") or (record.get("settings") or {}).get("prefix_lengths")
+    if lengths:
+        return f"{', '.join(map(str, lengths))} (Σ {sum(lengths)})"
+    if record.get("prefix_length") is None:
+        return "–"
+    return f"{record['prefix_length']} each" + (f" (Σ {record['prefix_length'] * layers})" if layers else "")
+
+
+def params_table(records: list[dict[str, Any]], experiment: str, plan: dict, lengths: bool = False,
+                 layers: int | None = None) -> str:
+    """One row per method; per task the headline value (mean ± std) beside the method's trainable parameters, and
+    with ``lengths`` its pseudo tokens per layer (``layers``: the backbone's depth, for the total). The layout of
+    the paper's ablation and PT-2* tables, where a method's cost matters as much as its score."""
+    rows = [r for r in records if r["experiment"] == experiment]
+    if not rows:
+        return "_No runs recorded yet._\n"
+    tasks = sorted({t for (e, t, _, _) in plan if e == experiment} | {r["task"] for r in rows},
+                   key=lambda t: (t in NER, t))
+    by = group(rows, "task", "method")
+    per_layer = [r.get("prefix_lengths") or (r.get("settings") or {}).get("prefix_lengths") for r in rows]
+    layers = layers or next((len(lengths) for lengths in per_layer if lengths), None)
+    header = ["method"]
+    for task in tasks:
+        metric = next((r["reported"] + " " + r["metric"] for r in rows if r["task"] == task), "")
+        header += [f"{task} ({metric})" if metric else task, f"{task} params"]
+        header += [f"{task} pseudo tokens per layer"] if lengths else []
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for method in sorted({r["method"] for r in rows}, key=_method_key):
+        cells = [method]
+        for task in tasks:
+            runs = by.get((task, method), [])
+            expected = max((n for (e, t, m, _), n in plan.items() if (e, t, m) == (experiment, task, method)),
+                           default=None)
+            cells += [cell([r["value"] for r in runs], expected),
+                      f"{runs[0]['trainable_params']:,}" if runs else "–"]
+            cells += [layer_lengths_cell(runs[0], layers) if runs else "–"] if lengths else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_low_resource(records: list[dict[str, Any]], path: Path, experiment: str = "low-resource") -> bool:
+    """The paper's low-resource figure: headline value (mean ± std over seeds) against training examples, one panel
+    per task, one line per method."""
+    rows = [r for r in records if r["experiment"] == experiment]
+    if not rows:
+        return False
+    tasks = sorted({r["task"] for r in rows}, key=lambda t: (t in NER, t))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        runs = [r for r in rows if r["task"] == task]
+        for (method,), own in sorted(group(runs, "method").items(), key=lambda kv: _method_key(kv[0][0])):
+            sizes = sorted({r["train_examples"] for r in own})
+            stats = [mean_std([r["value"] for r in own if r["train_examples"] == n]) for n in sizes]
+            ax.errorbar(sizes, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                        label=method, color=METHOD_COLORS.get(method))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"training examples (of {runs[0]['train_examples_full']:,})")
+        ax.set_title(f"{task}: {runs[0]['reported']} {runs[0]['metric']}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("headline metric (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def sweep_table(records: list[dict[str, Any]], grid: dict[str, Any], failed: Iterable[str] = ()) -> str:
@@ -461,18 +557,37 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     out += ["Training loss at the last epoch (the same epochs for every setting; lower = trained further):\n",
             variant_table(records, "parity", plan, final_train_loss=True)]
     out += ["APT − P-tuning v2 per setting:\n", margins(records, "parity", "apt", "pt2", plan=plan)]
-    for experiment, title in (("main", "2. Main comparison (paper layout)"), ("ablation", "3. Ablations"),
-                              ("low-resource", "4. Low-resource"), ("pt2-star", "5. PT-2*")):
-        out.append(f"## {title}\n")
-        out.append(paper_table(records, experiment, plan) if experiment in ("main", "ablation")
-                   else variant_table(records, experiment, plan))
-        if experiment == "main":
-            out += ["APT − P-tuning v2 and APT − fine-tuning per task, paired by seed. Seed 1's dev score also "
-                    "chose each method's learning rate (its main run is the sweep's run at that rate), so the last "
-                    "column leaves it out:\n", *main_margins(records, plan),
-                    "The reported value is the best epoch's, chosen on the same dev set (the paper's protocol for "
-                    "SuperGLUE). What that choice adds, per method (dev, mean over seeds):\n",
-                    epoch_choice_table(records, "main")]
+    out += ["## 2. Main comparison (paper layout)\n", paper_table(records, "main", plan),
+            "APT − P-tuning v2 and APT − fine-tuning per task, paired by seed. Seed 1's dev score also chose each "
+            "method's learning rate (its main run is the sweep's run at that rate), so the last column leaves it "
+            "out:\n", *main_margins(records, plan),
+            "The reported value is the best epoch's, chosen on the same dev set (the paper's protocol for "
+            "SuperGLUE). What that choice adds, per method (dev, mean over seeds):\n",
+            epoch_choice_table(records, "main")]
+    out += ["## 3. Ablations\n", "One gate only (token-gate: APT without the layer gate λ; layer-gate: without the "
+            "token gate α), both at APT's swept rate, and pt2+ (P-tuning v2 at its swept rate with a prefix 1.5x "
+            "as long, to match APT's trainable parameters), beside the main grid's P-tuning v2 and APT on the same "
+            "tasks and seeds:\n"]
+    ablation, ablation_plan = with_references(records, plan, "ablation")
+    out.append(params_table(ablation, "ablation", ablation_plan))
+    if ablation:
+        out += ["APT − each, paired by seed:\n", *(margins(ablation, "ablation", "apt", other, key="experiment",
+                                                           plan=ablation_plan)
+                                                   for other in ("pt2+", "token-gate", "layer-gate", "pt2"))]
+    out += ["## 4. Low-resource\n", "Seeded random training subsets (the subset's seed is the run's), the full dev "
+            "set, P-tuning v2's footing at the task's script rates:\n", variant_table(records, "low-resource", plan)]
+    if plot_low_resource(records, plots / "low_resource.png"):
+        out += ["![low-resource](results/low_resource.png)\n", "APT − P-tuning v2 and APT − fine-tuning per "
+                "training-set size, paired by seed:\n",
+                *(margins(records, "low-resource", "apt", other, plan=plan) for other in ("pt2", "ft"))]
+    out += ["## 5. PT-2*\n", "P-tuning v2 with per-layer prefix lengths derived from the task's APT run's gates "
+            "(`adaprefix.analysis.layer_lengths`: half the pseudo tokens, shared out by each layer's gate mass), at "
+            "P-tuning v2's swept rate, beside the main grid's P-tuning v2 and APT:\n"]
+    star, star_plan = with_references(records, plan, "pt2-star")
+    out.append(params_table(star, "pt2-star", star_plan, lengths=True))
+    if star:
+        out += ["Paired by seed:\n", margins(star, "pt2-star", "pt2*", "pt2", key="experiment", plan=star_plan),
+                margins(star, "pt2-star", "apt", "pt2*", key="experiment", plan=star_plan)]
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
             "The dev value at each rate swept and the rate each method takes into the main grid (`grid.yaml`: "
             "`lr-sweep`, its edge rule `extend_at_edge`):\n", sweep_table(records, grid, failed)]
@@ -494,8 +609,8 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
             "ran: seconds are indicative only. A resumed run counts the work each of its sittings kept (runs resumed "
             "before the recipe counted across sittings were recounted from their TensorBoard event times by "
-            "`recount_seconds.py`). A run's training loss "
-            "counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
+            "`recount_seconds.py`). A run's training loss counts as flattened when its last 3 epochs' mean is within "
+            "5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
     return "\n".join(out)
 
 

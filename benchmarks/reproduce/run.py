@@ -84,6 +84,7 @@ def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: floa
         "best_epoch": final["best_epoch"], "epochs": config["epochs"], "batch_size": config["batch_size"],
         "learning_rate": float(settings["learning_rate"]),
         "prefix_length": adapter.get("prefix_length") if run.train_method != "ft" else None,
+        "prefix_lengths": adapter.get("prefix_lengths") if run.train_method != "ft" else None,  # PT-2*'s per layer
         "prefix_init_std": adapter.get("prefix_init_std") if run.train_method != "ft" else None,
         "shift_positions": adapter.get("shift_positions") if run.train_method != "ft" else None,
         "hidden_dropout": config.get("hidden_dropout"), "max_length": final.get("max_length"),

@@ -765,3 +765,65 @@ def test_gates_are_recorded_once_their_run_is_and_from_the_folder_it_was_trained
                       reused_from="lr-sweep/cb-apt-x2-s1")]
     assert GATES.trained_folder("main/cb-apt-s1", records) == RUN.RUNS_DIR / "lr-sweep/cb-apt-x2-s1"
     assert GATES.trained_folder("main/cb-apt-s2", records) == RUN.RUNS_DIR / "main/cb-apt-s2"
+
+
+def _ablation_plan():
+    return {("main", "cb", m, ""): 3 for m in ("ft", "pt2", "apt")} | {("main", "copa", "apt", ""): 3} | {
+        ("ablation", "cb", m, ""): 3 for m in ("token-gate", "pt2+")} | {("pt2-star", "cb", "pt2*", "half"): 3}
+
+
+def test_the_ablation_table_sets_the_main_grids_pt2_and_apt_beside_it_on_its_own_tasks():
+    values = {("main", "apt"): (76.8, 75.0, 73.2), ("main", "pt2"): (71.4, 73.2, 75.0), ("main", "ft"): (82.1,) * 3,
+              ("ablation", "token-gate"): (75.0, 73.2)}  # seed 3 not in yet
+    records = [record(f"{e}/cb-{m}-s{s}", v, 0.02, experiment=e, method=m, seed=s)
+               for (e, m), vs in values.items() for s, v in zip((1, 2, 3), vs)]
+    records.append(record("main/copa-apt-s1", 66.0, 0.02, experiment="main", method="apt", task="copa"))
+    plan = _ablation_plan()
+    assert R.with_references(records[:9], plan, "ablation") == ([], plan)  # no ablation run yet: nothing to show
+    rows, merged_plan = R.with_references(records, plan, "ablation")
+    assert {(r["experiment"], r["task"], r["method"]) for r in rows} == {
+        ("ablation", "cb", m) for m in ("apt", "pt2", "token-gate")}  # not ft, not COPA (no ablation there)
+    assert next(r for r in records if r["run_id"] == "main/cb-apt-s1")["experiment"] == "main"  # copies, not edits
+    table = {line.split("|")[1].strip(): line for line in R.params_table(rows, "ablation", merged_plan).splitlines()}
+    assert list(table)[2:] == ["pt2", "token-gate", "apt"]
+    assert "| 75.0 ± 1.8 | 1,000 |" in table["apt"] and "| 74.1 ± 1.3 (2/3) | 1,000 |" in table["token-gate"]
+    gap = R.margins(rows, "ablation", "apt", "token-gate", key="experiment", plan=merged_plan)
+    assert "| cb | ablation | 2/3 | +1.8 | 0.0 | 2 / 0 / 0 |" in gap
+
+
+def test_the_pt2_star_table_gives_each_methods_pseudo_tokens_per_layer_and_pairs_by_seed():
+    records = [record(f"main/cb-{m}-s{s}", v, 0.02, experiment="main", method=m, seed=s, prefix_length=20,
+                      trainable_params=p)
+               for m, p, vs in (("pt2", 93315, (71.4, 73.2)), ("apt", 111849, (75.0, 76.8)))
+               for s, v in zip((1, 2), vs)]
+    records += [record(f"pt2-star/cb-pt2*-half-s{s}", v, 0.02, experiment="pt2-star", method="pt2*", variant="half",
+                       seed=s, prefix_length=20, prefix_lengths=[4, 0, 6], trainable_params=48000)
+                for s, v in ((1, 73.2), (2, 73.2))]
+    rows, plan = R.with_references(records, _ablation_plan(), "pt2-star")
+    table = {line.split("|")[1].strip(): line for line in R.params_table(rows, "pt2-star", plan, lengths=True)
+             .splitlines()}
+    assert "| 73.2 ± 0.0 (2/3) | 48,000 | 4, 0, 6 (Σ 10) |" in table["pt2*"]
+    assert "| 111,849 | 20 each (Σ 60) |" in table["apt"]  # depth from PT-2*'s list: 3 layers
+    assert "cb pseudo tokens per layer" in R.params_table(rows, "pt2-star", plan, lengths=True)
+    assert "| cb | pt2-star | 2/3 | +0.9 | 1.3 | 1 / 1 / 0 |" in R.margins(rows, "pt2-star", "pt2*", "pt2",
+                                                                          key="experiment", plan=plan)
+
+
+def test_the_low_resource_plot_is_drawn_per_task_from_its_own_records(tmp_path):
+    png = tmp_path / "low.png"
+    assert not R.plot_low_resource([record("main/cb-pt2-s1", 70.0, 0.01, experiment="main")], png)
+    assert not png.exists()
+    records = [record(f"low-resource/wic-{m}-n{n}-s{s}", 50.0 + s + (m == "apt"), 1e-4, experiment="low-resource",
+                      task="wic", method=m, variant=f"n{n}", seed=s, train_examples=n, train_examples_full=5428)
+               for m in ("pt2", "apt") for n in (32, 128) for s in (1, 2)]
+    assert R.plot_low_resource(records, png) and png.stat().st_size > 0
+    plan = {("low-resource", "wic", m, f"n{n}"): 3 for m in ("pt2", "apt") for n in (32, 128)}
+    gap = R.margins(records, "low-resource", "apt", "pt2", plan=plan)
+    assert "| wic | n128 | 2/3 | +1.0 | 0.0 | 2 / 0 / 0 |" in gap
+    assert gap.index("| wic | n32 |") < gap.index("| wic | n128 |")  # the grid's order, not the string order
+
+
+def test_a_margin_that_rounds_to_zero_is_never_negative_zero():
+    records = [record(f"main/cb-{m}-s{s}", v, 0.01, experiment="main", method=m, seed=s)
+               for m, vs in (("apt", (75.0, 71.4, 73.2)), ("pt2", (73.2, 73.2, 73.3))) for s, v in zip((1, 2, 3), vs)]
+    assert "| cb | main | 3 | +0.0 | 1.8 | 1 / 0 / 2 |" in R.margins(records, "main", "apt", "pt2", key="experiment")
