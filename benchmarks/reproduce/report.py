@@ -231,6 +231,13 @@ def with_references(records: list[dict[str, Any]], plan: dict, experiment: str, 
     rather than trained twice."""
     tasks = {t for (e, t, _, _) in plan if e == experiment}
     methods = set(methods)
+    variants: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for (e, task, method, variant) in plan:
+        if e == experiment:
+            variants[task, method].add(variant)
+    if any(len(v) > 1 for v in variants.values()):
+        raise ValueError(f"{experiment}: with_references pairs runs by task, method and seed, so each method may have "
+                         f"one variant only; got {dict(variants)}")
     moved = [{**r, "experiment": experiment, "variant": ""} for r in records
              if r["experiment"] == source and r["task"] in tasks and r["method"] in methods]
     # one variant per method in these experiments (PT-2*'s "half"): dropped, so that runs pair by task and seed
@@ -571,11 +578,14 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     ablation, ablation_plan = with_references(records, plan, "ablation")
     out.append(params_table(ablation, "ablation", ablation_plan))
     if ablation:
-        out += ["APT − each, paired by seed:\n", *(margins(ablation, "ablation", "apt", other, key="experiment",
-                                                           plan=ablation_plan)
-                                                   for other in ("pt2+", "token-gate", "layer-gate", "pt2"))]
+        out += ["APT − each, paired by seed. Every arm takes a rate that seed 1's dev score chose (APT's or P-tuning "
+                "v2's sweep), and main's seed-1 APT and P-tuning v2 are those very sweep runs, so the last column "
+                "leaves seed 1 out:\n",
+                *(margins(ablation, "ablation", "apt", other, key="experiment", selection_seed=1, plan=ablation_plan)
+                  for other in ("pt2+", "token-gate", "layer-gate", "pt2"))]
     out += ["## 4. Low-resource\n", "Seeded random training subsets (the subset's seed is the run's), the full dev "
-            "set, P-tuning v2's footing at the task's script rates:\n", variant_table(records, "low-resource", plan)]
+            "set, P-tuning v2's footing at the grid's per-task rates (`grid.yaml`; conll03 takes CoNLL04's), no "
+            "sweep:\n", variant_table(records, "low-resource", plan)]
     if plot_low_resource(records, plots / "low_resource.png"):
         out += ["![low-resource](results/low_resource.png)\n", "APT − P-tuning v2 and APT − fine-tuning per "
                 "training-set size, paired by seed:\n",
@@ -586,8 +596,10 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     star, star_plan = with_references(records, plan, "pt2-star")
     out.append(params_table(star, "pt2-star", star_plan, lengths=True))
     if star:
-        out += ["Paired by seed:\n", margins(star, "pt2-star", "pt2*", "pt2", key="experiment", plan=star_plan),
-                margins(star, "pt2-star", "apt", "pt2*", key="experiment", plan=star_plan)]
+        out += ["Paired by seed (seed 1's dev score chose P-tuning v2's rate, which PT-2* takes, and main's seed-1 "
+                "runs are the sweep's; the last column leaves seed 1 out):\n",
+                *(margins(star, "pt2-star", a, b, key="experiment", selection_seed=1, plan=star_plan)
+                  for a, b in (("pt2*", "pt2"), ("apt", "pt2*")))]
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",
             "The dev value at each rate swept and the rate each method takes into the main grid (`grid.yaml`: "
             "`lr-sweep`, its edge rule `extend_at_edge`):\n", sweep_table(records, grid, failed)]

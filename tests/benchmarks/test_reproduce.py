@@ -800,6 +800,9 @@ def test_the_pt2_star_table_gives_each_methods_pseudo_tokens_per_layer_and_pairs
                        seed=s, prefix_length=20, prefix_lengths=[4, 0, 6], trainable_params=48000)
                 for s, v in ((1, 73.2), (2, 73.2))]
     rows, plan = R.with_references(records, _ablation_plan(), "pt2-star")
+    assert plan[("pt2-star", "cb", "pt2*", "")] == 3  # PT-2*'s one variant dropped: its runs pair with main's
+    with pytest.raises(ValueError, match="one variant only"):
+        R.with_references(records, {**_ablation_plan(), ("pt2-star", "cb", "pt2*", "third"): 3}, "pt2-star")
     table = {line.split("|")[1].strip(): line for line in R.params_table(rows, "pt2-star", plan, lengths=True)
              .splitlines()}
     assert "| 73.2 ± 0.0 (2/3) | 48,000 | 4, 0, 6 (Σ 10) |" in table["pt2*"]
