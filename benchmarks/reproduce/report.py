@@ -311,10 +311,7 @@ def plot_low_resource(records: list[dict[str, Any]], path: Path, experiment: str
         ax.set_title(f"{task}: {runs[0]['reported']} {runs[0]['metric']}", fontsize=9)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("headline metric (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def sweep_table(records: list[dict[str, Any]], grid: dict[str, Any], failed: Iterable[str] = ()) -> str:
@@ -376,6 +373,14 @@ def time_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
+def save_figure(fig: plt.Figure, path: Path) -> bool:
+    """Write ``fig`` to ``path`` at the report's resolution and free it (the report draws many); True."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_variants(records: list[dict[str, Any]], experiment: str, path: Path) -> bool:
     rows = [r for r in records if r["experiment"] == experiment]
     if not rows:
@@ -395,10 +400,7 @@ def plot_variants(records: list[dict[str, Any]], experiment: str, path: Path) ->
         ax.set_ylabel("headline metric (%)")
         seeds = [r for r in rows if r["task"] == task]
         ax.set_ylim(max(0, min(r["value"] for r in seeds) - 10), min(100, max(r["value"] for r in seeds) + 8))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def plot_sweep(records: list[dict[str, Any]], grid: dict[str, Any], path: Path) -> bool:
@@ -427,10 +429,7 @@ def plot_sweep(records: list[dict[str, Any]], grid: dict[str, Any], path: Path) 
         ax.set_xlabel("rate / lr-mid rate")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("dev metric (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def plot_gates(summary: dict[str, Any], path: Path) -> None:
@@ -450,9 +449,7 @@ def plot_gates(summary: dict[str, Any], path: Path) -> None:
         lam.barh(range(layers), summary["lambda"], color="tab:orange")
         lam.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
         lam.set_title("lambda per layer", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def heavier_half(lower: float, upper: float, tolerance: float = 0.05) -> str:
