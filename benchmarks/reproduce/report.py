@@ -249,9 +249,14 @@ def with_references(records: list[dict[str, Any]], plan: dict, experiment: str, 
     return rows + moved, {**plan, **moved_plan}
 
 
+def _per_layer(record: dict[str, Any]) -> list[int] | None:
+    """PT-2*'s per-layer lengths (records before the field kept them under settings only); None for one length."""
+    return record.get("prefix_lengths") or (record.get("settings") or {}).get("prefix_lengths")
+
+
 def layer_lengths_cell(record: dict[str, Any], layers: int | None = None) -> str:
     """A prefix run's pseudo tokens per layer: 'l each' for one length, the list and its sum for PT-2*."""
-    lengths = record.get("prefix_lengths") or (record.get("settings") or {}).get("prefix_lengths")
+    lengths = _per_layer(record)
     if lengths:
         return f"{', '.join(map(str, lengths))} (Σ {sum(lengths)})"
     if record.get("prefix_length") is None:
@@ -259,19 +264,18 @@ def layer_lengths_cell(record: dict[str, Any], layers: int | None = None) -> str
     return f"{record['prefix_length']} each" + (f" (Σ {record['prefix_length'] * layers})" if layers else "")
 
 
-def params_table(records: list[dict[str, Any]], experiment: str, plan: dict, lengths: bool = False,
-                 layers: int | None = None) -> str:
+def params_table(records: list[dict[str, Any]], experiment: str, plan: dict, lengths: bool = False) -> str:
     """One row per method; per task the headline value (mean ± std) beside the method's trainable parameters, and
-    with ``lengths`` its pseudo tokens per layer (``layers``: the backbone's depth, for the total). The layout of
-    the paper's ablation and PT-2* tables, where a method's cost matters as much as its score."""
+    with ``lengths`` its pseudo tokens per layer (the total for one length per layer takes the depth from a PT-2*
+    list). The layout of the paper's ablation and PT-2* tables, where a method's cost matters as much as its
+    score."""
     rows = [r for r in records if r["experiment"] == experiment]
     if not rows:
         return "_No runs recorded yet._\n"
     tasks = sorted({t for (e, t, _, _) in plan if e == experiment} | {r["task"] for r in rows},
                    key=lambda t: (t in NER, t))
     by = group(rows, "task", "method")
-    per_layer = [r.get("prefix_lengths") or (r.get("settings") or {}).get("prefix_lengths") for r in rows]
-    layers = layers or next((len(lengths) for lengths in per_layer if lengths), None)
+    layers = next((len(per_layer) for per_layer in map(_per_layer, rows) if per_layer), None)
     header = ["method"]
     for task in tasks:
         metric = next((r["reported"] + " " + r["metric"] for r in rows if r["task"] == task), "")

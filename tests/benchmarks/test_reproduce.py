@@ -830,3 +830,18 @@ def test_a_margin_that_rounds_to_zero_is_never_negative_zero():
     records = [record(f"main/cb-{m}-s{s}", v, 0.01, experiment="main", method=m, seed=s)
                for m, vs in (("apt", (75.0, 71.4, 73.2)), ("pt2", (73.2, 73.2, 73.3))) for s, v in zip((1, 2, 3), vs)]
     assert "| cb | main | 3 | +0.0 | 1.8 | 1 / 0 / 2 |" in R.margins(records, "main", "apt", "pt2", key="experiment")
+
+
+def test_the_report_sets_main_runs_beside_the_ablation_and_leaves_out_the_selection_seed(tmp_path):
+    grid = {**GRID, "experiments": [*GRID["experiments"], {
+        "name": "ablation", "tasks": ["cb"], "seeds": [1, 2],
+        "methods": [{"name": "token-gate", "method": "token-gate", "settings": {"learning_rate": 0.02}}]}]}
+    records = [record(f"{e}/cb-{m}-s{s}", v, 0.02, experiment=e, method=m, seed=s)
+               for e, m, vs in (("main", "pt2", (71.4, 73.2)), ("main", "ft", (82.1, 80.4)),
+                                ("main", "apt", (78.6, 75.0)),
+                                ("ablation", "token-gate", (75.0, 76.8))) for s, v in zip((1, 2), vs)]
+    report = R.build_report(records, grid, plots=tmp_path)
+    section = report[report.index("## 3. Ablations"):report.index("## 4. Low-resource")]
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
+    assert rows[:3] == ["pt2", "token-gate", "apt"] and "ft" not in rows  # main's pt2 and apt beside it, not ft
+    assert "| cb | ablation | 2 | +0.9 | 3.8 | 1 / 0 / 1 | -1.8 (1 seed) |" in section  # apt − token-gate

@@ -1,7 +1,6 @@
 """Interrupted runs resume to the same result; NaN losses stop cleanly; nothing half-written is trusted."""
 
 import json
-import os
 import time
 
 import pytest
