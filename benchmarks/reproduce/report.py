@@ -249,14 +249,9 @@ def with_references(records: list[dict[str, Any]], plan: dict, experiment: str, 
     return rows + moved, {**plan, **moved_plan}
 
 
-def _per_layer(record: dict[str, Any]) -> list[int] | None:
-    """PT-2*'s per-layer lengths (records before the field kept them under settings only); None for one length."""
-    return record.get("prefix_lengths") or (record.get("settings") or {}).get("prefix_lengths")
-
-
 def layer_lengths_cell(record: dict[str, Any], layers: int | None = None) -> str:
     """A prefix run's pseudo tokens per layer: 'l each' for one length, the list and its sum for PT-2*."""
-    lengths = _per_layer(record)
+    lengths = record.get("prefix_lengths")  # PT-2*'s per-layer list; None for one length per layer
     if lengths:
         return f"{', '.join(map(str, lengths))} (Σ {sum(lengths)})"
     if record.get("prefix_length") is None:
@@ -275,7 +270,7 @@ def params_table(records: list[dict[str, Any]], experiment: str, plan: dict, len
     tasks = sorted({t for (e, t, _, _) in plan if e == experiment} | {r["task"] for r in rows},
                    key=lambda t: (t in NER, t))
     by = group(rows, "task", "method")
-    layers = next((len(per_layer) for per_layer in map(_per_layer, rows) if per_layer), None)
+    layers = next((len(r["prefix_lengths"]) for r in rows if r.get("prefix_lengths")), None)
     header = ["method"]
     for task in tasks:
         metric = next((r["reported"] + " " + r["metric"] for r in rows if r["task"] == task), "")
