@@ -61,8 +61,11 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
+    # The device the run trained on: runs of one comparison must share it (a GPU's kernels round differently), and
+    # the report's CPU-time estimates read the CPU runs' seconds only. Records without it trained on the CPU.
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "threads": str(torch.get_num_threads())}
+            "transformers": transformers.__version__, "threads": str(torch.get_num_threads()), "device": device}
 
 
 def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: float, commit: str) -> dict[str, Any]:
