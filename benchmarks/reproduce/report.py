@@ -689,8 +689,9 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     out += ["## Wall time and convergence per run\n", "On the CPU: 2 cores, shared with development work while "
             "the grid ran, one thread per run; on a GPU: several runs sharing it. Seconds are indicative only. A "
             "resumed run counts the work each of its sittings kept (runs resumed before the recipe counted across "
-            "sittings were recounted from their TensorBoard event times by `recount_seconds.py`). A run's training loss counts as flattened when its last 3 epochs' mean is within "
-            "5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
+            "sittings were recounted from their TensorBoard event times by `recount_seconds.py`). A run's training "
+            "loss counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n",
+            time_table(records) if records else "_No runs recorded yet._\n"]
     return "\n".join(out)
 
 
