@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from grid import (HERE, SWEEP, best_sweep_record, expand, load_grid, planned_runs, resolve_settings,  # noqa: E402
                   sweep_complete)
-from run import FAILURES, read_records  # noqa: E402
+from run import FAILURES, RETRAINED, read_records  # noqa: E402
 
 COMMAND = "python benchmarks/reproduce/report.py"
 REPORT = HERE / "report.md"
@@ -68,6 +68,51 @@ def planned_seeds(grid: dict[str, Any], records: list[dict[str, Any]] = (),
     for run in planned_runs(grid, list(records), set(failed)):
         counts[run.group] += 1
     return counts
+
+
+def device_of(record: dict[str, Any]) -> str:
+    """The device a record's run trained on: a GPU's name, or "cpu" (records from before run.py noted it)."""
+    return (record.get("versions") or {}).get("device", "cpu")
+
+
+def device_check(records: list[dict[str, Any]], retrained: list[dict[str, Any]]) -> str:
+    """Each retrained run (run.py --retrain) beside its original: the same settings and seed on another device."""
+    originals = {r["run_id"]: r for r in records}
+    pairs = [(originals[r["run_id"]], r) for r in retrained if r["run_id"] in originals]
+    if not pairs:
+        return "_No run retrained on another device yet (`python benchmarks/reproduce/run.py --retrain RUN_ID`)._\n"
+    lines = ["| run | trained on | value | retrained on | value | retrained − original |",
+             "|---|---|---:|---|---:|---:|"]
+    for original, again in sorted(pairs, key=lambda p: p[0]["run_id"]):
+        lines.append(f"| {original['run_id']} | {device_of(original)} | {original['value']:.1f} | {device_of(again)} "
+                     f"| {again['value']:.1f} | {_signed(again['value'] - original['value'])} |")
+    by = group([{**a, "device_pair": (device_of(o), device_of(a))} for o, a in pairs], "task", "method", "device_pair")
+    lines += ["", "| task | method | original device: mean ± std | retrained: mean ± std | "
+              "mean absolute difference |", "|---|---|---:|---:|---:|"]
+    for (task, method, (before, after)), rows in sorted(by.items(), key=lambda kv: (kv[0][0], _method_key(kv[0][1]))):
+        first = [originals[r["run_id"]]["value"] for r in rows]
+        again = [r["value"] for r in rows]
+        gaps = statistics.fmean(abs(a - b) for a, b in zip(again, first))
+        lines.append(f"| {task} | {method} | {before}: {cell(first)} | {after}: {cell(again)} | {gaps:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def devices_table(records: list[dict[str, Any]]) -> str:
+    """Which (experiment, task) trained off the CPU: a GPU rounds differently, so a comparison's runs should share a
+    device; a row marked mixed does not (compare its cells with that in mind)."""
+    by = group([r for r in records if not r.get("reused_from")], "experiment", "task")
+    rows = []
+    for (experiment, task), recs in sorted(by.items()):
+        counts = defaultdict(int)
+        for r in recs:
+            counts[device_of(r)] += 1
+        if set(counts) != {"cpu"}:
+            where = ", ".join(f"{device} ({n} run{'s' if n > 1 else ''})" for device, n in sorted(counts.items()))
+            rows.append(f"| {experiment} | {task} | {where}{' — mixed' if len(counts) > 1 else ''} |")
+    if not rows:
+        return "Every run trained on the CPU.\n"
+    return ("Every run trained on the CPU except these (reused records are counted where they trained):\n\n"
+            "| experiment | task | trained on |\n|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def _final_train_loss(record: dict[str, Any]) -> float | None:
@@ -224,11 +269,14 @@ def epoch_choice_table(records: list[dict[str, Any]], experiment: str) -> str:
 
 
 def with_references(records: list[dict[str, Any]], plan: dict, experiment: str, methods: Iterable[str] = ("pt2", "apt"),
-                    source: str = "main") -> tuple[list[dict[str, Any]], dict]:
+                    source: str = "main",
+                    retrained: Iterable[dict[str, Any]] = ()) -> tuple[list[dict[str, Any]], dict]:
     """``experiment``'s records plus ``source``'s runs of ``methods`` on the same tasks, relabelled as
     ``experiment``'s (and the plan with them), so that its tables and paired margins set an ablation or PT-2* beside
     the P-tuning v2 and APT it is measured against: the same tasks, seeds and footing, taken from the main grid
-    rather than trained twice."""
+    rather than trained twice. Where the experiment's runs of a task trained on one device and ``source``'s on
+    another, a reference retrained on the experiment's device (``retrained``, run.py --retrain) takes the place of
+    ``source``'s: the same seed on another device is another run, so pairs across devices would not be pairs."""
     tasks = {t for (e, t, _, _) in plan if e == experiment}
     methods = set(methods)
     variants: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -238,10 +286,21 @@ def with_references(records: list[dict[str, Any]], plan: dict, experiment: str, 
     if any(len(v) > 1 for v in variants.values()):
         raise ValueError(f"{experiment}: with_references pairs runs by task, method and seed, so each method may have "
                          f"one variant only; got {dict(variants)}")
-    moved = [{**r, "experiment": experiment, "variant": ""} for r in records
-             if r["experiment"] == source and r["task"] in tasks and r["method"] in methods]
     # one variant per method in these experiments (PT-2*'s "half"): dropped, so that runs pair by task and seed
     rows = [{**r, "variant": ""} for r in records if r["experiment"] == experiment]
+    devices: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        devices[r["task"]].add(device_of(r))
+    twins = {(r["run_id"], device_of(r)): r for r in retrained}
+
+    def on_the_tasks_device(r: dict[str, Any]) -> dict[str, Any]:
+        own = devices[r["task"]]
+        if len(own) != 1 or device_of(r) in own:
+            return r
+        return twins.get((r["run_id"], next(iter(own))), r)
+
+    moved = [{**on_the_tasks_device(r), "experiment": experiment, "variant": ""} for r in records
+             if r["experiment"] == source and r["task"] in tasks and r["method"] in methods]
     if not rows:  # nothing of the experiment's own yet: its table says so rather than repeating main's rows
         return [], plan
     moved_plan = {(experiment, t, m, ""): n for (e, t, m, v), n in plan.items()
@@ -356,15 +415,16 @@ def loss_flattened(losses: list[float], window: int = 3, tolerance: float = 0.05
 def time_table(records: list[dict[str, Any]]) -> str:
     """Runs trained per (experiment, task, method), their mean wall time and how many flattened their training loss;
     a reused record (``reused_from``) cost nothing and is counted where it was trained."""
-    by = group([r for r in records if not r.get("reused_from")], "experiment", "task", "method")
-    lines = ["| experiment | task | method | runs | epochs | mean seconds per run | runs whose train loss flattened |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    by = group([{**r, "device": device_of(r)} for r in records if not r.get("reused_from")],
+               "experiment", "task", "method", "device")
+    lines = ["| experiment | task | method | device | runs | epochs | mean seconds per run | "
+             "runs whose train loss flattened |", "|---|---|---|---|---:|---:|---:|---:|"]
     partial = False
-    for (experiment, task, method), rows in sorted(by.items()):
+    for (experiment, task, method, device), rows in sorted(by.items()):
         flat = [loss_flattened(r.get("train_loss_by_epoch", [])) for r in rows]
         at_least = "≥ " if any(r.get("seconds_partial") for r in rows) else ""
         partial = partial or bool(at_least)
-        lines.append(f"| {experiment} | {task} | {method} | {len(rows)} | {rows[0]['epochs']} | "
+        lines.append(f"| {experiment} | {task} | {method} | {device} | {len(rows)} | {rows[0]['epochs']} | "
                      f"{at_least}{statistics.fmean(r['seconds'] for r in rows):.0f} | "
                      f"{sum(bool(f) for f in flat)}/{len(rows)} |")
     note = ("\n≥: some of these runs count only their last sitting (resumed before time was counted across "
@@ -486,7 +546,8 @@ def gate_section(plots: Path | None = None) -> str:
 
 def progress_table(records: list[dict[str, Any]], grid: dict[str, Any], failed: Iterable[str] = ()) -> str:
     """Recorded vs planned runs per experiment and task, with the median wall minutes of the recorded runs (trained
-    here, not reused) of the same backbone and task: how much of the grid is left, and roughly what it costs."""
+    here, not reused) of the same backbone and task on the CPU: how much of the grid is left, and roughly what it
+    costs in CPU-hours (a GPU's minutes would price it at a fraction)."""
     planned: dict[tuple[str, str], int] = defaultdict(int)
     backbone: dict[tuple[str, str], str] = {}
     plan = planned_runs(grid, records, set(failed))
@@ -502,7 +563,7 @@ def progress_table(records: list[dict[str, Any]], grid: dict[str, Any], failed: 
     minutes: dict[tuple[str, str], list[float]] = defaultdict(list)
     by_method: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r in records:
-        if "reused_from" not in r:
+        if "reused_from" not in r and device_of(r) == "cpu":
             model = r.get("model") or r.get("settings", {}).get("model", "")  # the first records: settings only
             minutes[model, r["task"]].append(r["seconds"] / 60)
             by_method[model, r["task"], r["method"]].append(r["seconds"] / 60)
@@ -532,19 +593,21 @@ def progress_table(records: list[dict[str, Any]], grid: dict[str, Any], failed: 
 
 
 def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Path | None = None,
-                 failed: Iterable[str] = ()) -> str:
+                 failed: Iterable[str] = (), retrained: Iterable[dict[str, Any]] = ()) -> str:
     """The report's Markdown; its plots are drawn into ``plots`` (by default results/, where the report links).
     ``failed``: ids of runs that exited with an error (results/failures.jsonl); a failed sweep run is that sweep's
     worst rate."""
     plots = PLOTS if plots is None else plots
     failed = sorted(set(failed))
+    retrained = list(retrained)
     plan = planned_seeds(grid, records, failed)
     total = len(planned_runs(grid, records, failed))
     out = [f"# Reproduction report: fine-tuning vs P-tuning v2 vs APT on MiniLM\n",
            f"Regenerate: `{COMMAND}` (from `results/runs.jsonl`: {len(records)} of {total} planned runs recorded). "
            "Run what is missing: `python benchmarks/reproduce/run.py --commit`. Grid and per-task protocol: "
            "`grid.yaml`. Headline metric: best dev accuracy (SuperGLUE), test micro-F1 at the best dev epoch (NER). "
-           "Cells are mean ± sample std (n − 1) over seeds; `(k/n)` marks a cell with k of its n seeds finished.\n"]
+           "Cells are mean ± sample std (n − 1) over seeds; `(k/n)` marks a cell with k of its n seeds finished.\n",
+           devices_table(records)]
     reading = HERE / "reading.md"
     if reading.is_file():
         out += ["## Reading\n", reading.read_text().strip() + "\n"]
@@ -570,8 +633,9 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     out += ["## 3. Ablations\n", "One gate only (token-gate: APT without the layer gate λ; layer-gate: without the "
             "token gate α), both at APT's swept rate, and pt2+ (P-tuning v2 at its swept rate with a prefix 1.5x "
             "as long, to match APT's trainable parameters), beside the main grid's P-tuning v2 and APT on the same "
-            "tasks and seeds:\n"]
-    ablation, ablation_plan = with_references(records, plan, "ablation")
+            "tasks and seeds, trained on the arms' device (retrained there where the main grid's ran elsewhere: "
+            "section 8):\n"]
+    ablation, ablation_plan = with_references(records, plan, "ablation", retrained=retrained)
     out.append(params_table(ablation, "ablation", ablation_plan))
     if ablation:
         out += ["APT − each, paired by seed. Every arm takes a rate that seed 1's dev score chose (APT's or P-tuning "
@@ -588,8 +652,9 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
                 *(margins(records, "low-resource", "apt", other, plan=plan) for other in ("pt2", "ft"))]
     out += ["## 5. PT-2*\n", "P-tuning v2 with per-layer prefix lengths derived from the task's APT run's gates "
             "(`adaprefix.analysis.layer_lengths`: half the pseudo tokens, shared out by each layer's gate mass), at "
-            "P-tuning v2's swept rate, beside the main grid's P-tuning v2 and APT:\n"]
-    star, star_plan = with_references(records, plan, "pt2-star")
+            "P-tuning v2's swept rate, beside the main grid's P-tuning v2 and APT (on PT-2*'s device, as in section "
+            "3):\n"]
+    star, star_plan = with_references(records, plan, "pt2-star", retrained=retrained)
     out.append(params_table(star, "pt2-star", star_plan, lengths=True))
     if star:
         out += ["Paired by seed (seed 1's dev score chose P-tuning v2's rate, which PT-2* takes, and main's seed-1 "
@@ -608,17 +673,25 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             "P-tuning v2's footing at the script's rates (no sweep); see `grid.yaml`.\n",
             paper_table(records, "mpnet", plan), margins(records, "mpnet", "apt", "pt2", key="experiment", plan=plan),
             margins(records, "mpnet", "apt", "ft", key="experiment", plan=plan)]
+    out += ["## 8. Device check: the same runs on another device\n",
+            "Recorded runs trained again with their recorded settings and seed on another device "
+            "(`python benchmarks/reproduce/run.py --retrain RUN_ID`, into `results/retrained.jsonl`). A seed fixes "
+            "the initialisation and the data order, not the run: dropout masks come from the device's own generator "
+            "and its kernels round differently (and the GPU machine had its own torch build). Where an ablation's or "
+            "PT-2*'s runs trained on another device than the main grid's, sections 3 and 5 take these as the "
+            "references.\n", device_check(records, retrained)]
     out += ["## Progress\n", "What the grid still misses (`python benchmarks/reproduce/run.py --list` names each run). "
-            "Minutes are wall time on 2 CPU cores, mostly shared with other work (a resumed run counts the work "
-            "each of its sittings kept).\n", progress_table(records, grid, failed)]
+            "Minutes are wall time of the CPU runs on 2 cores, mostly shared with other work (a resumed run counts "
+            "the work each of its sittings kept).\n", progress_table(records, grid, failed)]
     if failed:
         out += [f"Runs that exited with an error (`results/{FAILURES.name}`; skipped unless `run.py --retry-failed`; "
                 "a failed sweep run counts as that sweep's worst rate): " + ", ".join(f"`{f}`" for f in failed) + "\n"]
-    out += ["## Wall time and convergence per run\n", "2 CPU cores, shared with development work while the grid "
-            "ran: seconds are indicative only. A resumed run counts the work each of its sittings kept (runs resumed "
-            "before the recipe counted across sittings were recounted from their TensorBoard event times by "
-            "`recount_seconds.py`). A run's training loss counts as flattened when its last 3 epochs' mean is within "
-            "5% of the 3 before.\n", time_table(records) if records else "_No runs recorded yet._\n"]
+    out += ["## Wall time and convergence per run\n", "On the CPU: 2 cores, shared with development work while "
+            "the grid ran, one thread per run; on a GPU: several runs sharing it. Seconds are indicative only. A "
+            "resumed run counts the work each of its sittings kept (runs resumed before the recipe counted across "
+            "sittings were recounted from their TensorBoard event times by `recount_seconds.py`). A run's training "
+            "loss counts as flattened when its last 3 epochs' mean is within 5% of the 3 before.\n",
+            time_table(records) if records else "_No runs recorded yet._\n"]
     return "\n".join(out)
 
 
@@ -634,7 +707,8 @@ def headline(records: list[dict[str, Any]], grid: dict[str, Any], failed: Iterab
     return (f"Main comparison on MiniLM, {done} of {planned} runs recorded (mean ± sample std over seeds; `(k/n)`: "
             f"k of n seeds so far; regenerated by `{COMMAND}`):\n\n" + paper_table(records, "main", plan)
             + "\nPaired by seed (seed 1 also chose the learning rate; the last column leaves it out):\n\n"
-            + "\n".join(main_margins(records, plan)))
+            + "\n".join(main_margins(records, plan)) + "\n\n"
+            + devices_table([r for r in records if r["experiment"] in ("main", "lr-sweep")]))
 
 
 def replace_block(text: str, body: str, start: str = HEADLINE_START, end: str = HEADLINE_END) -> str:
@@ -649,7 +723,7 @@ def main() -> None:
     records = read_records()
     failed = [f["run_id"] for f in read_records(FAILURES)]
     grid = load_grid()
-    REPORT.write_text(build_report(records, grid, failed=failed))
+    REPORT.write_text(build_report(records, grid, failed=failed, retrained=read_records(RETRAINED)))
     README.write_text(replace_block(README.read_text(), headline(records, grid, failed)))
     print(f"wrote {REPORT} and the headline in {README.name} from {len(records)} records")
 

@@ -5,6 +5,7 @@
     python benchmarks/reproduce/run.py --task cb            # one task's runs first (repeatable)
     python benchmarks/reproduce/run.py --list               # what is done, waiting and missing
     python benchmarks/reproduce/run.py --commit             # git-commit results/runs.jsonl after every record
+    python benchmarks/reproduce/run.py --retrain main/cb-apt-s1   # a recorded run again, here (a device check)
 
 Each run is a separate `python -m adaprefix.cli train` process writing to runs/reproduce/<run id>; an interrupted
 run resumes from its last sealed checkpoint, so the grid can be stopped and restarted across sittings. A finished
@@ -36,6 +37,7 @@ from grid import HERE, Run, gate_file, gate_runs, load_grid, planned_runs, resol
 REPO = HERE.parent.parent
 RECORDS = HERE / "results" / "runs.jsonl"
 FAILURES = HERE / "results" / "failures.jsonl"  # runs that exited with an error; skipped unless --retry-failed
+RETRAINED = HERE / "results" / "retrained.jsonl"  # recorded runs trained again on another device (--retrain)
 RUNS_DIR = REPO / "runs" / "reproduce"
 
 
@@ -215,8 +217,8 @@ def reusable_record(run: Run, settings: dict[str, Any], records: list[dict[str, 
     return None
 
 
-def train_one(run: Run, settings: dict[str, Any]) -> float:
-    run_dir = RUNS_DIR / run.run_id
+def train_one(run: Run, settings: dict[str, Any], run_dir: Path | None = None) -> float:
+    run_dir = RUNS_DIR / run.run_id if run_dir is None else run_dir
     resume = (run_dir / "config.yaml").is_file() and not (run_dir / "final_metrics.json").is_file()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump({**settings, "output_dir": str(run_dir)}, f)
@@ -268,6 +270,31 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def retrain(run_ids: list[str], commit: bool) -> None:
+    """Train recorded runs again with their recorded settings on this machine, each into runs/reproduce/retrained/
+    and recorded in ``RETRAINED`` (never in the grid's records). The same seed on another device does not give the
+    same run (a GPU's kernels round differently), so the report sets these beside their originals, and takes them as
+    the references of an experiment trained on that device rather than pair it with runs from another."""
+    records = {r["run_id"]: r for r in read_records()}
+    unknown = [run_id for run_id in run_ids if run_id not in records]
+    if unknown:
+        raise SystemExit(f"--retrain: no record of {', '.join(unknown)} in {RECORDS}")
+    device = _versions()["device"]
+    for run_id in run_ids:
+        if any(r["run_id"] == run_id and r["versions"]["device"] == device for r in read_records(RETRAINED)):
+            print(f"=== {run_id}: already retrained on {device}", flush=True)
+            continue
+        original = records[run_id]
+        settings = original["settings"]
+        run = Run(original["experiment"], original["task"], original["method"], settings["method"],
+                  original["variant"], original["seed"], settings)
+        run_dir = RUNS_DIR / "retrained" / run_id
+        print(f"=== {run_id}: retraining on {device}", flush=True)
+        seconds = train_one(run, settings, run_dir)
+        source = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix") else "")
+        append_record(make_record(run, settings, run_dir, seconds, source), commit, RETRAINED)
+
+
 def selected_runs(grid: dict[str, Any], records: list[dict[str, Any]], only: list[str] | None,
                   tasks: list[str] | None, by_task: bool, failed: Collection[str] = ()) -> list[Run]:
     """The grid's runs (a sweep's edge extensions included, as the records stand) that --only and --task keep."""
@@ -313,11 +340,17 @@ def main() -> None:
     parser.add_argument("--commit", action="store_true", help="git-commit runs.jsonl after each record.")
     parser.add_argument("--max-runs", type=int, help="Stop after this many runs.")
     parser.add_argument("--retry-failed", action="store_true", help="Also run the runs in results/failures.jsonl.")
+    parser.add_argument("--retrain", action="append", metavar="RUN_ID", help="Train this recorded run again with its "
+                        "recorded settings on this machine (repeatable), into results/retrained.jsonl: a device "
+                        "check, and same-device references for experiments trained on another device.")
     parser.add_argument("--poll", type=float, default=60.0, help="When nothing else is ready and another process "
                         "(a second runner) trains some of the selected runs, look again every this many seconds "
                         "until it is done, since its record may unblock more (default 60; 0: stop instead).")
     args = parser.parse_args()
     stop_on_sigterm()
+    if args.retrain:
+        retrain(args.retrain, args.commit)
+        return
 
     grid = load_grid()
     done_runs = 0

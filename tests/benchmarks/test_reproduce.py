@@ -593,11 +593,31 @@ def test_the_time_table_marks_means_that_count_a_last_sitting_only():
                record("main/cb-pt2-s2", 70.0, 0.01, experiment="main", seed=2, seconds_partial=True),
                record("main/cb-apt-s1", 70.0, 0.01, experiment="main", method="apt")]
     table = R.time_table(records)
-    assert "| main | cb | pt2 | 2 | 20 | ≥ 10 |" in table and "| main | cb | apt | 1 | 20 | 10 |" in table
+    assert "| main | cb | pt2 | cpu | 2 | 20 | ≥ 10 |" in table and "| main | cb | apt | cpu | 1 | 20 | 10 |" in table
     assert "recount_seconds.py --write" in table
     assert "≥" not in R.time_table(records[:1])
     copy = record("main/cb-apt-s2", 70.0, 0.01, experiment="main", method="apt", seed=2, reused_from="x/y")
-    assert "| main | cb | apt | 1 | 20 | 10 |" in R.time_table(records + [copy]), "a copy is no run of its own"
+    assert "| main | cb | apt | cpu | 1 | 20 | 10 |" in R.time_table(records + [copy]), "a copy is no run of its own"
+
+
+def test_runs_on_a_gpu_are_named_apart_and_never_price_the_cpu_runs_left():
+    gpu = {"versions": {"device": "NVIDIA H200"}}
+    records = [{**record("lr-sweep/cb-pt2-x1-s1", 70.0, 0.01), "model": "minilm", "seconds": 600.0},
+               {**record("lr-sweep/cb-pt2-x2-s1", 72.0, 0.02), "model": "minilm", "seconds": 60.0, **gpu},
+               {**record("lr-sweep/cb-ft-x1-s1", 70.0, 2e-5, method="ft"), "model": "minilm", "seconds": 30.0,
+                **gpu}]
+    table = R.time_table(records)
+    assert "| lr-sweep | cb | pt2 | cpu | 1 | 20 | 600 |" in table
+    assert "| lr-sweep | cb | pt2 | NVIDIA H200 | 1 | 20 | 60 |" in table
+    progress = R.progress_table(records, GRID)
+    # the cpu pt2 run's 10 minutes price every run left (ft's GPU half-minute is no CPU price)
+    assert "| lr-sweep | cb | 3 / 6 | 10 |" in progress and "9 runs left: about 1.5 CPU-hours" in progress
+    devices = R.devices_table(records)
+    assert "| lr-sweep | cb | NVIDIA H200 (2 runs), cpu (1 run) — mixed |" in devices
+    assert R.devices_table(records[:1]) == "Every run trained on the CPU.\n"
+    only_gpu = R.devices_table(records[1:] + [{**records[0], "run_id": "main/cb-pt2-s1", "experiment": "main",
+                                                 "reused_from": "lr-sweep/cb-pt2-x1-s1", **gpu}])
+    assert "| lr-sweep | cb | NVIDIA H200 (2 runs) |" in only_gpu and "main" not in only_gpu, "a reuse trained nowhere"
 
 
 def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():
@@ -789,6 +809,67 @@ def test_the_ablation_table_sets_the_main_grids_pt2_and_apt_beside_it_on_its_own
     assert "| 75.0 ± 1.8 | 1,000 |" in table["apt"] and "| 74.1 ± 1.3 (2/3) | 1,000 |" in table["token-gate"]
     gap = R.margins(rows, "ablation", "apt", "token-gate", key="experiment", plan=merged_plan)
     assert "| cb | ablation | 2/3 | +1.8 | 0.0 | 2 / 0 / 0 |" in gap
+
+
+def test_an_ablation_on_another_device_is_paired_with_references_retrained_there():
+    gpu = {"versions": {"device": "NVIDIA H200"}}
+    main = [record(f"main/cb-{m}-s{s}", v, 0.02, experiment="main", method=m, seed=s)
+            for m, vs in (("apt", (78.6, 73.2)), ("pt2", (75.0, 75.0))) for s, v in zip((1, 2), vs)]
+    arms = [{**record(f"ablation/cb-token-gate-s{s}", v, 0.02, experiment="ablation", method="token-gate", seed=s),
+             **gpu} for s, v in ((1, 75.0), (2, 73.2))]
+    again = [{**record(f"main/cb-apt-s{s}", v, 0.02, experiment="main", method="apt", seed=s), **gpu}
+             for s, v in ((1, 76.8), (2, 75.0))]
+    rows, plan = R.with_references(main + arms, _ablation_plan(), "ablation", retrained=again)
+    by = {(r["method"], r["seed"]): r["value"] for r in rows}
+    assert by[("apt", 1)] == 76.8 and by[("apt", 2)] == 75.0, "APT retrained on the arms' GPU"
+    assert by[("pt2", 1)] == 75.0, "no pt2 retrained there: the main grid's, as before"
+    assert "| cb | ablation | 2/3 | +1.8 | 0.0 | 2 / 0 / 0 |" in R.margins(rows, "ablation", "apt", "token-gate",
+                                                                     key="experiment", plan=plan)
+    # arms on the main grid's own device keep the main grid's runs, whatever was retrained elsewhere
+    cpu_arms = [{**a, "versions": {"device": "cpu"}} for a in arms]
+    rows, _ = R.with_references(main + cpu_arms, _ablation_plan(), "ablation", retrained=again)
+    assert {(r["method"], r["seed"]): r["value"] for r in rows}[("apt", 1)] == 78.6
+
+
+def test_the_device_check_sets_each_retrained_run_beside_its_original():
+    gpu = {"versions": {"device": "NVIDIA H200"}}
+    main = [record(f"main/cb-apt-s{s}", v, 0.02, experiment="main", method="apt", seed=s)
+            for s, v in ((1, 78.6), (2, 73.2))]
+    again = [{**record(f"main/cb-apt-s{s}", v, 0.02, experiment="main", method="apt", seed=s), **gpu}
+             for s, v in ((1, 76.8), (2, 75.0))]
+    text = R.device_check(main, again)
+    assert "| main/cb-apt-s1 | cpu | 78.6 | NVIDIA H200 | 76.8 | -1.8 |" in text
+    assert "| cb | apt | cpu: 75.9 ± 3.8 | NVIDIA H200: 75.9 ± 1.3 | 1.8 |" in text
+    assert "--retrain" in R.device_check(main, [])
+
+
+def test_retrain_trains_a_recorded_run_again_into_its_own_records(tmp_path, monkeypatch):
+    _fake_runner(monkeypatch, tmp_path, GRID, {})
+    monkeypatch.setattr(RUN, "RETRAINED", tmp_path / "retrained.jsonl")
+    monkeypatch.setattr(RUN, "_versions", lambda: {"device": "NVIDIA H200"})
+    settings = {"task": "cb", "method": "pt2", "seed": 1, "learning_rate": 0.02}
+    original = record("main/cb-pt2+-s1", 75.0, 0.02, experiment="main", method="pt2+", settings=settings)
+    RUN.append_record(original, commit=False)
+    trained = []
+
+    def train(run, settings, run_dir=None):
+        trained.append((run.run_id, run.train_method, settings, run_dir))
+        return 1.0
+
+    monkeypatch.setattr(RUN, "train_one", train)
+    monkeypatch.setattr(RUN, "make_record", lambda run, settings, folder, seconds, commit: {
+        **record(run.run_id, 71.4, settings["learning_rate"], experiment=run.experiment, method=run.method),
+        "versions": RUN._versions()})
+    monkeypatch.setattr(sys, "argv", ["run.py", "--retrain", "main/cb-pt2+-s1"])
+    RUN.main()
+    assert trained == [("main/cb-pt2+-s1", "pt2", settings, tmp_path / "runs" / "retrained" / "main/cb-pt2+-s1")]
+    assert [r["value"] for r in RUN.read_records(RUN.RETRAINED)] == [71.4]
+    assert [r["value"] for r in RUN.read_records()] == [75.0], "the grid's own records stay as they were"
+    RUN.main()  # already retrained on this device: not again
+    assert len(trained) == 1
+    monkeypatch.setattr(sys, "argv", ["run.py", "--retrain", "main/cb-apt-s9"])
+    with pytest.raises(SystemExit, match="no record of main/cb-apt-s9"):
+        RUN.main()
 
 
 def test_the_pt2_star_table_gives_each_methods_pseudo_tokens_per_layer_and_pairs_by_seed():
