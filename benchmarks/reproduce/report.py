@@ -78,7 +78,12 @@ def device_of(record: dict[str, Any]) -> str:
 def device_check(records: list[dict[str, Any]], retrained: list[dict[str, Any]]) -> str:
     """Each retrained run (run.py --retrain) beside its original: the same settings and seed on another device."""
     originals = {r["run_id"]: r for r in records}
-    pairs = [(originals[r["run_id"]], r) for r in retrained if r["run_id"] in originals]
+    by_run: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+    for again in latest_retrains(retrained):
+        original = originals.get(again["run_id"])
+        if original is not None:  # each trained run once: a sweep run and a main record reusing it are one run
+            by_run[original.get("reused_from") or original["run_id"], device_of(again)] = original, again
+    pairs = list(by_run.values())
     if not pairs:
         return "_No run retrained on another device yet (`python benchmarks/reproduce/run.py --retrain RUN_ID`)._\n"
     lines = ["| run | trained on | value | retrained on | value | retrained − original |",
@@ -86,21 +91,30 @@ def device_check(records: list[dict[str, Any]], retrained: list[dict[str, Any]])
     for original, again in sorted(pairs, key=lambda p: p[0]["run_id"]):
         lines.append(f"| {original['run_id']} | {device_of(original)} | {original['value']:.1f} | {device_of(again)} "
                      f"| {again['value']:.1f} | {_signed(again['value'] - original['value'])} |")
-    by = group([{**a, "device_pair": (device_of(o), device_of(a))} for o, a in pairs], "task", "method", "device_pair")
-    lines += ["", "| task | method | original device: mean ± std | retrained: mean ± std | "
-              "mean absolute difference |", "|---|---|---:|---:|---:|"]
-    for (task, method, (before, after)), rows in sorted(by.items(), key=lambda kv: (kv[0][0], _method_key(kv[0][1]))):
+    by = group([{**a, "device_pair": (device_of(o), device_of(a))} for o, a in pairs],
+               "experiment", "task", "method", "device_pair")
+    lines += ["", "| experiment | task | method | original device: mean ± std | retrained: mean ± std | "
+              "mean absolute difference |", "|---|---|---|---:|---:|---:|"]
+    for (experiment, task, method, (before, after)), rows in sorted(
+            by.items(), key=lambda kv: (kv[0][0], kv[0][1], _method_key(kv[0][2]), kv[0][3])):
         first = [originals[r["run_id"]]["value"] for r in rows]
         again = [r["value"] for r in rows]
         gaps = statistics.fmean(abs(a - b) for a, b in zip(again, first))
-        lines.append(f"| {task} | {method} | {before}: {cell(first)} | {after}: {cell(again)} | {gaps:.1f} |")
+        lines.append(f"| {experiment} | {task} | {method} | {before}: {cell(first)} | {after}: {cell(again)} | "
+                     f"{gaps:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def latest_retrains(retrained: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One retrain per run and device, the last recorded (a run retrained twice on one device counts once)."""
+    return list({(r["run_id"], device_of(r)): r for r in retrained}.values())
 
 
 def devices_table(records: list[dict[str, Any]]) -> str:
     """Which (experiment, task) trained off the CPU: a GPU rounds differently, so a comparison's runs should share a
-    device; a row marked mixed does not (compare its cells with that in mind)."""
-    by = group([r for r in records if not r.get("reused_from")], "experiment", "task")
+    device; a row marked mixed does not (compare its cells with that in mind). A reused record counts with the
+    device its run trained on (its versions are that run's)."""
+    by = group(records, "experiment", "task")
     rows = []
     for (experiment, task), recs in sorted(by.items()):
         counts = defaultdict(int)
@@ -111,7 +125,8 @@ def devices_table(records: list[dict[str, Any]]) -> str:
             rows.append(f"| {experiment} | {task} | {where}{' — mixed' if len(counts) > 1 else ''} |")
     if not rows:
         return "Every run trained on the CPU.\n"
-    return ("Every run trained on the CPU except these (reused records are counted where they trained):\n\n"
+    return ("Every run trained on the CPU except these (records per device; a reused record counts where its run "
+            "trained):\n\n"
             "| experiment | task | trained on |\n|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
@@ -291,13 +306,20 @@ def with_references(records: list[dict[str, Any]], plan: dict, experiment: str, 
     devices: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         devices[r["task"]].add(device_of(r))
-    twins = {(r["run_id"], device_of(r)): r for r in retrained}
+    twins = {(r["run_id"], device_of(r)): r for r in latest_retrains(retrained)}
 
     def on_the_tasks_device(r: dict[str, Any]) -> dict[str, Any]:
+        """``r``, or its retrain (or its reused run's) on the device the experiment's runs of the task trained on;
+        failing both, ``r`` marked as paired across devices (the report names those)."""
         own = devices[r["task"]]
-        if len(own) != 1 or device_of(r) in own:
+        if not own or own == {device_of(r)}:  # no runs of the experiment's on this task, or on r's device
             return r
-        return twins.get((r["run_id"], next(iter(own))), r)
+        if len(own) == 1:
+            device = next(iter(own))
+            twin = twins.get((r["run_id"], device)) or twins.get((r.get("reused_from"), device))
+            if twin is not None:
+                return twin
+        return {**r, "other_device": True}
 
     moved = [{**on_the_tasks_device(r), "experiment": experiment, "variant": ""} for r in records
              if r["experiment"] == source and r["task"] in tasks and r["method"] in methods]
@@ -306,6 +328,15 @@ def with_references(records: list[dict[str, Any]], plan: dict, experiment: str, 
     moved_plan = {(experiment, t, m, ""): n for (e, t, m, v), n in plan.items()
                   if (e == source and t in tasks and m in methods) or e == experiment}
     return rows + moved, {**plan, **moved_plan}
+
+
+def cross_device_note(rows: list[dict[str, Any]]) -> str:
+    """The references ``with_references`` had to take from another device than the runs they are paired with."""
+    across = sorted(r["run_id"] for r in rows if r.get("other_device"))
+    if not across:
+        return ""
+    return ("Paired across devices (no retrain on the runs' device yet: `python benchmarks/reproduce/run.py --retrain "
+            "RUN_ID` there): " + ", ".join(f"`{run_id}`" for run_id in across) + ".\n")
 
 
 def layer_lengths_cell(record: dict[str, Any], layers: int | None = None) -> str:
@@ -636,11 +667,11 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             "tasks and seeds, trained on the arms' device (retrained there where the main grid's ran elsewhere: "
             "section 8):\n"]
     ablation, ablation_plan = with_references(records, plan, "ablation", retrained=retrained)
-    out.append(params_table(ablation, "ablation", ablation_plan))
+    out += [params_table(ablation, "ablation", ablation_plan), cross_device_note(ablation)]
     if ablation:
         out += ["APT − each, paired by seed. Every arm takes a rate that seed 1's dev score chose (APT's or P-tuning "
-                "v2's sweep), and main's seed-1 APT and P-tuning v2 are those very sweep runs, so the last column "
-                "leaves seed 1 out:\n",
+                "v2's sweep), and main's seed-1 APT and P-tuning v2 are those very sweep runs (or their retrains), so "
+                "the last column leaves seed 1 out:\n",
                 *(margins(ablation, "ablation", "apt", other, key="experiment", selection_seed=1, plan=ablation_plan)
                   for other in ("pt2+", "token-gate", "layer-gate", "pt2"))]
     out += ["## 4. Low-resource\n", "Seeded random training subsets (the subset's seed is the run's), the full dev "
@@ -655,10 +686,10 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             "P-tuning v2's swept rate, beside the main grid's P-tuning v2 and APT (on PT-2*'s device, as in section "
             "3):\n"]
     star, star_plan = with_references(records, plan, "pt2-star", retrained=retrained)
-    out.append(params_table(star, "pt2-star", star_plan, lengths=True))
+    out += [params_table(star, "pt2-star", star_plan, lengths=True), cross_device_note(star)]
     if star:
         out += ["Paired by seed (seed 1's dev score chose P-tuning v2's rate, which PT-2* takes, and main's seed-1 "
-                "runs are the sweep's; the last column leaves seed 1 out):\n",
+                "runs are the sweep's or their retrains; the last column leaves seed 1 out):\n",
                 *(margins(star, "pt2-star", a, b, key="experiment", selection_seed=1, plan=star_plan)
                   for a, b in (("pt2*", "pt2"), ("apt", "pt2*")))]
     out += ["## Learning-rate sweep (seed 1, dev metric)\n",

@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -280,19 +281,33 @@ def retrain(run_ids: list[str], commit: bool) -> None:
     if unknown:
         raise SystemExit(f"--retrain: no record of {', '.join(unknown)} in {RECORDS}")
     device = _versions()["device"]
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", device)  # a folder per device: a resumed retrain stays on its device
+    failed = []
     for run_id in run_ids:
-        if any(r["run_id"] == run_id and r["versions"]["device"] == device for r in read_records(RETRAINED)):
-            print(f"=== {run_id}: already retrained on {device}", flush=True)
-            continue
-        original = records[run_id]
-        settings = original["settings"]
-        run = Run(original["experiment"], original["task"], original["method"], settings["method"],
-                  original["variant"], original["seed"], settings)
-        run_dir = RUNS_DIR / "retrained" / run_id
-        print(f"=== {run_id}: retraining on {device}", flush=True)
-        seconds = train_one(run, settings, run_dir)
-        source = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix") else "")
-        append_record(make_record(run, settings, run_dir, seconds, source), commit, RETRAINED)
+        with claim(f"retrain:{slug}:{run_id}") as mine:  # another runner retraining it here: leave it to that one
+            done = any(r["run_id"] == run_id and (r.get("versions") or {}).get("device") == device
+                       for r in read_records(RETRAINED))
+            if not mine or done:
+                print(f"=== {run_id}: {'already retrained' if done else 'another runner retrains it'} on {device}",
+                      flush=True)
+                continue
+            original = records[run_id]
+            settings = original["settings"]
+            run = Run(original["experiment"], original["task"], original["method"], settings["method"],
+                      original["variant"], original["seed"], settings)
+            run_dir = RUNS_DIR / "retrained" / slug / run_id
+            print(f"=== {run_id}: retraining on {device}", flush=True)
+            source = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
+                                                             else "")
+            try:
+                seconds = train_one(run, settings, run_dir)
+            except subprocess.CalledProcessError as err:
+                print(f"=== {run_id}: retraining failed (exit {err.returncode})", flush=True)
+                failed.append(run_id)
+                continue
+            append_record(make_record(run, settings, run_dir, seconds, source), commit, RETRAINED)
+    if failed:
+        raise SystemExit(f"--retrain: {len(failed)} run(s) failed: {', '.join(failed)}")
 
 
 def selected_runs(grid: dict[str, Any], records: list[dict[str, Any]], only: list[str] | None,
@@ -349,6 +364,8 @@ def main() -> None:
     args = parser.parse_args()
     stop_on_sigterm()
     if args.retrain:
+        if args.only or args.task or args.by_task or args.max_runs is not None:
+            parser.error("--retrain takes run ids; --only, --task, --by-task and --max-runs do not apply to it")
         retrain(args.retrain, args.commit)
         return
 

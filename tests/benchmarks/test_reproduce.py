@@ -617,7 +617,12 @@ def test_runs_on_a_gpu_are_named_apart_and_never_price_the_cpu_runs_left():
     assert R.devices_table(records[:1]) == "Every run trained on the CPU.\n"
     only_gpu = R.devices_table(records[1:] + [{**records[0], "run_id": "main/cb-pt2-s1", "experiment": "main",
                                                  "reused_from": "lr-sweep/cb-pt2-x1-s1", **gpu}])
-    assert "| lr-sweep | cb | NVIDIA H200 (2 runs) |" in only_gpu and "main" not in only_gpu, "a reuse trained nowhere"
+    assert "| lr-sweep | cb | NVIDIA H200 (2 runs) |" in only_gpu
+    assert "| main | cb | NVIDIA H200 (1 run) |" in only_gpu, "a reuse counts where its run trained"
+    reused_from_cpu = {**records[0], "run_id": "main/cb-pt2-s1", "experiment": "main", "reused_from": "x"}
+    mixed = R.devices_table([reused_from_cpu, {**record("main/cb-pt2-s2", 70.0, 0.01, experiment="main"), **gpu}])
+    assert "| main | cb | NVIDIA H200 (1 run), cpu (1 run) — mixed |" in mixed
+    assert "device" in RUN._versions()  # what every record now notes (here: this machine's)
 
 
 def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():
@@ -825,10 +830,38 @@ def test_an_ablation_on_another_device_is_paired_with_references_retrained_there
     assert by[("pt2", 1)] == 75.0, "no pt2 retrained there: the main grid's, as before"
     assert "| cb | ablation | 2/3 | +1.8 | 0.0 | 2 / 0 / 0 |" in R.margins(rows, "ablation", "apt", "token-gate",
                                                                      key="experiment", plan=plan)
+    assert R.cross_device_note(rows) == ("Paired across devices (no retrain on the runs' device yet: `python "
+                                         "benchmarks/reproduce/run.py --retrain RUN_ID` there): `main/cb-pt2-s1`, "
+                                         "`main/cb-pt2-s2`.\n")
     # arms on the main grid's own device keep the main grid's runs, whatever was retrained elsewhere
     cpu_arms = [{**a, "versions": {"device": "cpu"}} for a in arms]
     rows, _ = R.with_references(main + cpu_arms, _ablation_plan(), "ablation", retrained=again)
-    assert {(r["method"], r["seed"]): r["value"] for r in rows}[("apt", 1)] == 78.6
+    assert {(r["method"], r["seed"]): r["value"] for r in rows}[("apt", 1)] == 78.6 and not R.cross_device_note(rows)
+    # a retrain on another GPU is no reference for arms on this one; a retrain of the run a record reuses is
+    elsewhere = [{**a, "versions": {"device": "NVIDIA A100"}} for a in again]
+    reused = [{**m, "reused_from": m["run_id"].replace("main/", "lr-sweep/")} for m in main]
+    of_sweep = [{**again[0], "run_id": "lr-sweep/cb-apt-s1"}]
+    rows, _ = R.with_references(reused + arms, _ablation_plan(), "ablation", retrained=elsewhere + of_sweep)
+    by = {(r["method"], r["seed"]): r for r in rows}
+    assert by[("apt", 1)]["value"] == 76.8 and by[("apt", 2)]["value"] == 73.2 and by[("apt", 2)]["other_device"]
+
+
+def test_the_reports_ablation_section_takes_references_retrained_on_the_arms_device(tmp_path):
+    gpu = {"versions": {"device": "NVIDIA H200"}}
+    grid = {**GRID, "experiments": [*GRID["experiments"], {
+        "name": "ablation", "tasks": ["cb"], "seeds": [1, 2],
+        "methods": [{"name": "token-gate", "method": "token-gate", "settings": {"learning_rate": 0.02}}]}]}
+    records = [record(f"main/cb-{m}-s{s}", v, 0.02, experiment="main", method=m, seed=s)
+               for m, vs in (("pt2", (71.4, 73.2)), ("apt", (78.6, 75.0))) for s, v in zip((1, 2), vs)]
+    records += [{**record(f"ablation/cb-token-gate-s{s}", v, 0.02, experiment="ablation", method="token-gate",
+                          seed=s), **gpu} for s, v in ((1, 75.0), (2, 73.2))]
+    again = [{**record(f"main/cb-apt-s{s}", v, 0.02, experiment="main", method="apt", seed=s), **gpu}
+             for s, v in ((1, 76.8), (2, 75.0))]
+    report = R.build_report(records, grid, plots=tmp_path, retrained=again)
+    section = report[report.index("## 3. Ablations"):report.index("## 4. Low-resource")]
+    assert "| cb | ablation | 2 | +1.8 | 0.0 | 2 / 0 / 0 | +1.8 (1 seed) |" in section  # apt − token-gate, H200's
+    assert "`main/cb-pt2-s1`, `main/cb-pt2-s2`" in section  # pt2 has no H200 retrain: named, not hidden
+    assert "| main/cb-apt-s1 | cpu | 78.6 | NVIDIA H200 | 76.8 | -1.8 |" in report[report.index("## 8. Device"):]
 
 
 def test_the_device_check_sets_each_retrained_run_beside_its_original():
@@ -839,11 +872,21 @@ def test_the_device_check_sets_each_retrained_run_beside_its_original():
              for s, v in ((1, 76.8), (2, 75.0))]
     text = R.device_check(main, again)
     assert "| main/cb-apt-s1 | cpu | 78.6 | NVIDIA H200 | 76.8 | -1.8 |" in text
-    assert "| cb | apt | cpu: 75.9 ± 3.8 | NVIDIA H200: 75.9 ± 1.3 | 1.8 |" in text
+    assert "| main | cb | apt | cpu: 75.9 ± 3.8 | NVIDIA H200: 75.9 ± 1.3 | 1.8 |" in text
     assert "--retrain" in R.device_check(main, [])
+    # retrained twice on one device: the last counts, once; a retrain of a run with no record is left out
+    twice = [{**again[0], "value": 71.4}, *again, {**again[0], "run_id": "main/cb-apt-s9"}]
+    assert R.device_check(main, twice) == text
+    # a sweep run and the main record that reuses it, both retrained: one run, counted once
+    sweep = record("lr-sweep/cb-apt-x2-s1", 78.6, 0.02, method="apt")
+    reuse = {**main[0], "reused_from": sweep["run_id"]}
+    both = R.device_check([sweep, reuse, main[1]], again + [{**again[0], "run_id": sweep["run_id"]}])
+    assert sum(line.startswith("| ") and "cb-apt" in line for line in both.splitlines()) == 2
+    another = [{**again[1], "versions": {"device": "NVIDIA A100"}}]
+    assert "| main | cb | apt | cpu: 73.2 | NVIDIA A100: 75.0 | 1.8 |" in R.device_check(main, again + another)
 
 
-def test_retrain_trains_a_recorded_run_again_into_its_own_records(tmp_path, monkeypatch):
+def test_retrain_trains_a_recorded_run_again_into_its_own_records(tmp_path, monkeypatch, capsys):
     _fake_runner(monkeypatch, tmp_path, GRID, {})
     monkeypatch.setattr(RUN, "RETRAINED", tmp_path / "retrained.jsonl")
     monkeypatch.setattr(RUN, "_versions", lambda: {"device": "NVIDIA H200"})
@@ -862,7 +905,8 @@ def test_retrain_trains_a_recorded_run_again_into_its_own_records(tmp_path, monk
         "versions": RUN._versions()})
     monkeypatch.setattr(sys, "argv", ["run.py", "--retrain", "main/cb-pt2+-s1"])
     RUN.main()
-    assert trained == [("main/cb-pt2+-s1", "pt2", settings, tmp_path / "runs" / "retrained" / "main/cb-pt2+-s1")]
+    assert trained == [("main/cb-pt2+-s1", "pt2", settings,
+                        tmp_path / "runs" / "retrained" / "NVIDIA-H200" / "main/cb-pt2+-s1")]
     assert [r["value"] for r in RUN.read_records(RUN.RETRAINED)] == [71.4]
     assert [r["value"] for r in RUN.read_records()] == [75.0], "the grid's own records stay as they were"
     RUN.main()  # already retrained on this device: not again
@@ -870,6 +914,25 @@ def test_retrain_trains_a_recorded_run_again_into_its_own_records(tmp_path, monk
     monkeypatch.setattr(sys, "argv", ["run.py", "--retrain", "main/cb-apt-s9"])
     with pytest.raises(SystemExit, match="no record of main/cb-apt-s9"):
         RUN.main()
+    monkeypatch.setattr(sys, "argv", ["run.py", "--retrain", "main/cb-pt2+-s1", "--task", "cb"])
+    with pytest.raises(SystemExit) as refused:
+        RUN.main()
+    assert refused.value.code == 2 and "do not apply" in capsys.readouterr().err
+    # on another device it trains again; a failure is named, and the runs after it still train
+    RUN.append_record({**original, "run_id": "main/cb-pt2+-s2", "seed": 2}, commit=False)
+    monkeypatch.setattr(RUN, "_versions", lambda: {"device": "NVIDIA A100"})
+
+    def failing(run, settings, run_dir=None):
+        if run.run_id.endswith("s1"):
+            raise RUN.subprocess.CalledProcessError(1, ["adaprefix"])
+        return train(run, settings, run_dir)
+
+    monkeypatch.setattr(RUN, "train_one", failing)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--retrain", "main/cb-pt2+-s1", "--retrain", "main/cb-pt2+-s2"])
+    with pytest.raises(SystemExit, match=r"1 run\(s\) failed: main/cb-pt2\+-s1"):
+        RUN.main()
+    assert [(r["run_id"], r["versions"]["device"]) for r in RUN.read_records(RUN.RETRAINED)][1:] == [
+        ("main/cb-pt2+-s2", "NVIDIA A100")]
 
 
 def test_the_pt2_star_table_gives_each_methods_pseudo_tokens_per_layer_and_pairs_by_seed():
@@ -926,3 +989,21 @@ def test_the_report_sets_main_runs_beside_the_ablation_and_leaves_out_the_select
     rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
     assert rows[:3] == ["pt2", "token-gate", "apt"] and "ft" not in rows  # main's pt2 and apt beside it, not ft
     assert "| cb | ablation | 2 | +0.9 | 3.8 | 1 / 0 / 1 | -1.8 (1 seed) |" in section  # apt − token-gate
+
+
+def test_report_main_reads_the_retrains_beside_the_records(tmp_path, monkeypatch):
+    gpu = {"versions": {"device": "NVIDIA H200"}}
+    monkeypatch.setattr(RUN, "RECORDS", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(R, "FAILURES", tmp_path / "failures.jsonl")
+    monkeypatch.setattr(R, "RETRAINED", tmp_path / "retrained.jsonl")
+    monkeypatch.setattr(R, "REPORT", tmp_path / "report.md")
+    monkeypatch.setattr(R, "README", tmp_path / "README.md")
+    monkeypatch.setattr(R, "PLOTS", tmp_path)
+    monkeypatch.setattr(R, "load_grid", lambda: GRID)
+    (tmp_path / "README.md").write_text(f"intro\n{R.HEADLINE_START}\nold\n{R.HEADLINE_END}\n")
+    RUN.append_record(record("main/cb-apt-s1", 78.6, 0.02, experiment="main", method="apt"), commit=False)
+    RUN.append_record({**record("main/cb-apt-s1", 76.8, 0.02, experiment="main", method="apt"), **gpu}, commit=False,
+                      target=R.RETRAINED)
+    R.main()
+    assert "| main/cb-apt-s1 | cpu | 78.6 | NVIDIA H200 | 76.8 | -1.8 |" in (tmp_path / "report.md").read_text()
+    assert "old" not in (tmp_path / "README.md").read_text()
