@@ -274,8 +274,9 @@ def stop_on_sigterm() -> None:
 def retrain(run_ids: list[str], commit: bool) -> None:
     """Train recorded runs again with their recorded settings on this machine, each into runs/reproduce/retrained/
     and recorded in ``RETRAINED`` (never in the grid's records). The same seed on another device does not give the
-    same run (a GPU's kernels round differently), so the report sets these beside their originals, and takes them as
-    the references of an experiment trained on that device rather than pair it with runs from another."""
+    same run (dropout masks come from the device's own generator, its kernels round differently), so the report
+    sets these beside their originals, and takes them as the references of an experiment trained on that device
+    rather than pair it with runs from another."""
     records = {r["run_id"]: r for r in read_records()}
     unknown = [run_id for run_id in run_ids if run_id not in records]
     if unknown:
