@@ -60,6 +60,11 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
+def source_commit() -> str:
+    """The commit a run trains at, marked -dirty when adaprefix/ has uncommitted changes (what the run depends on)."""
+    return _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix") else "")
+
+
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -298,8 +303,7 @@ def retrain(run_ids: list[str], commit: bool) -> None:
                       original["variant"], original["seed"], settings)
             run_dir = RUNS_DIR / "retrained" / slug / run_id
             print(f"=== {run_id}: retraining on {device}", flush=True)
-            source = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
-                                                             else "")
+            source = source_commit()
             try:
                 seconds = train_one(run, settings, run_dir)
             except subprocess.CalledProcessError as err:
@@ -426,8 +430,7 @@ def main() -> None:
                 sys.exit(128 + signal.SIGTERM)
             waiting_announced = False  # a wait after this run is a new one, worth saying
             print(f"=== {run.run_id} ({len(missing)} missing)", flush=True)
-            commit = _git("rev-parse", "--short", "HEAD") + ("-dirty" if _git("status", "--porcelain", "adaprefix")
-                                                             else "")
+            commit = source_commit()
             try:
                 seconds = train_one(run, settings)
             except subprocess.CalledProcessError as err:  # e.g. a NaN loss: note it, keep the grid going
