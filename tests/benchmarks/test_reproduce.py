@@ -625,6 +625,16 @@ def test_runs_on_a_gpu_are_named_apart_and_never_price_the_cpu_runs_left():
     assert "device" in RUN._versions()  # what every record now notes (here: this machine's)
 
 
+def test_a_record_names_the_gpu_it_trained_on(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H200")
+    assert RUN._versions()["device"] == "NVIDIA H200"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert RUN._versions()["device"] == "cpu"
+
+
 def test_the_dev_metric_table_shows_cb_macro_f1_beside_accuracy():
     records = [{**record(f"parity/cb-pt2-std1-shift-s{s}", 71.43, 0.01, experiment="parity", method="pt2", seed=s,
                          variant="std1-shift"), "dev_metrics": {"accuracy": 71.43, "macro_f1": f1}}
