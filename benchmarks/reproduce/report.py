@@ -380,13 +380,16 @@ def params_table(records: list[dict[str, Any]], experiment: str, plan: dict, len
     return "\n".join(lines) + "\n"
 
 
-def plot_low_resource(records: list[dict[str, Any]], path: Path, experiment: str = "low-resource") -> bool:
+def plot_low_resource(records: list[dict[str, Any]], path: Path, experiment: str = "low-resource",
+                      full: str | None = "full-data") -> bool:
     """The paper's low-resource figure: headline value (mean ± std over seeds) against training examples, one panel
-    per task, one line per method."""
+    per task, one line per method; the ``full`` experiment's runs of the same tasks (the whole training set) end
+    each line."""
     rows = [r for r in records if r["experiment"] == experiment]
     if not rows:
         return False
     tasks = sorted({r["task"] for r in rows}, key=lambda t: (t in NER, t))
+    rows += [r for r in records if full and r["experiment"] == full and r["task"] in tasks]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         runs = [r for r in rows if r["task"] == task]
@@ -681,6 +684,11 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
         out += ["![low-resource](results/low_resource.png)\n", "APT − P-tuning v2 and APT − fine-tuning per "
                 "training-set size, paired by seed:\n",
                 *(margins(records, "low-resource", "apt", other, plan=plan) for other in ("pt2", "ft"))]
+    out += ["### On the full training sets\n", "The same footing on all of WiC's and CoNLL-2003's training data "
+            "(`full-data`, the plot's last points; trained on a GPU):\n", paper_table(records, "full-data", plan)]
+    if any(r["experiment"] == "full-data" for r in records):
+        out += ["Paired by seed:\n", *(margins(records, "full-data", "apt", other, key="experiment", plan=plan)
+                                       for other in ("pt2", "ft"))]
     out += ["## 5. PT-2*\n", "P-tuning v2 with per-layer prefix lengths derived from the task's APT run's gates "
             "(`adaprefix.analysis.layer_lengths`: half the pseudo tokens, shared out by each layer's gate mass), at "
             "P-tuning v2's swept rate, beside the main grid's P-tuning v2 and APT (on PT-2*'s device, as in section "

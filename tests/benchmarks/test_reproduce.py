@@ -980,6 +980,33 @@ def test_the_low_resource_plot_is_drawn_per_task_from_its_own_records(tmp_path):
     assert gap.index("| wic | n32 |") < gap.index("| wic | n128 |")  # the grid's order, not the string order
 
 
+def test_full_data_runs_end_the_low_resource_lines_of_their_own_tasks_only(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(R, "save_figure", lambda fig, path: drawn.append(fig) or True)
+    low = [record(f"low-resource/wic-pt2-n{n}-s{s}", 50.0 + s, 1e-4, experiment="low-resource", task="wic",
+                  variant=f"n{n}", seed=s, train_examples=n, train_examples_full=5428) for n in (32, 128) for s in (1, 2)]
+    full = [record(f"full-data/{t}-pt2-s{s}", 60.0 + s, 1e-4, experiment="full-data", task=t, seed=s,
+                   train_examples=n, train_examples_full=n) for t, n in (("wic", 5428), ("rte", 2490)) for s in (1, 2)]
+    assert R.plot_low_resource(low + full, tmp_path / "low.png")
+    (ax,) = drawn[0].axes  # one panel: rte has no low-resource runs
+    line = ax.lines[0]
+    assert list(line.get_xdata()) == [32, 128, 5428] and list(line.get_ydata()) == [51.5, 51.5, 61.5]
+    assert not R.plot_low_resource(full, tmp_path / "none.png")  # full-data alone is no learning curve
+
+
+def test_the_report_gives_full_data_its_table_and_pairs(tmp_path):
+    grid = {**GRID, "experiments": [*GRID["experiments"], {
+        "name": "full-data", "tasks": ["cb"], "seeds": [1, 2, 3], "methods": ["pt2", "apt", "ft"]}]}
+    records = [record(f"full-data/cb-{m}-s{s}", v, 0.01, experiment="full-data", method=m, seed=s)
+               for m, vs in (("pt2", (57.7, 58.9, 57.8)), ("apt", (59.1, 59.1, 59.2)), ("ft", (63.5, 61.4))) for s, v
+               in zip((1, 2, 3), vs)]
+    report = R.build_report(records, grid, plots=tmp_path)
+    section = report[report.index("### On the full training sets"):report.index("## 5. PT-2*")]
+    assert "| apt | 59.1 ± 0.1 |" in section and "| ft | 62.5 ± 1.5 (2/3) |" in section
+    assert "| cb | full-data | 3 | +1.0 | 0.7 | 3 / 0 / 0 |" in section  # apt − pt2, paired
+    assert "| cb | full-data | 2/3 | -3.4 | 1.5 | 0 / 0 / 2 |" in section  # apt − ft over the seeds ft has
+
+
 def test_a_margin_that_rounds_to_zero_is_never_negative_zero():
     records = [record(f"main/cb-{m}-s{s}", v, 0.01, experiment="main", method=m, seed=s)
                for m, vs in (("apt", (75.0, 71.4, 73.2)), ("pt2", (73.2, 73.2, 73.3))) for s, v in zip((1, 2, 3), vs)]
