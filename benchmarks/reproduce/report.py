@@ -684,9 +684,11 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
         out += ["![low-resource](results/low_resource.png)\n", "APT − P-tuning v2 and APT − fine-tuning per "
                 "training-set size, paired by seed:\n",
                 *(margins(records, "low-resource", "apt", other, plan=plan) for other in ("pt2", "ft"))]
+    full = [r for r in records if r["experiment"] == "full-data"]
+    trained_on = f"; trained on {', '.join(sorted({device_of(r) for r in full}))}" if full else ""
     out += ["### On the full training sets\n", "The same footing on all of WiC's and CoNLL-2003's training data "
-            "(`full-data`, the plot's last points; trained on a GPU):\n", paper_table(records, "full-data", plan)]
-    if any(r["experiment"] == "full-data" for r in records):
+            f"(`full-data`, the plot's last points{trained_on}):\n", paper_table(records, "full-data", plan)]
+    if full:
         out += ["Paired by seed:\n", *(margins(records, "full-data", "apt", other, key="experiment", plan=plan)
                                        for other in ("pt2", "ft"))]
     out += ["## 5. PT-2*\n", "P-tuning v2 with per-layer prefix lengths derived from the task's APT run's gates "
