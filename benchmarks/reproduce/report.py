@@ -12,7 +12,7 @@ import json
 import math
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from grid import (HERE, SWEEP, best_sweep_record, expand, load_grid, planned_runs, resolve_settings,  # noqa: E402
                   sweep_complete)
-from run import FAILURES, RETRAINED, read_records  # noqa: E402
+from run import FAILURES, RETRAINED, device_of, read_records  # noqa: E402
 
 COMMAND = "python benchmarks/reproduce/report.py"
 REPORT = HERE / "report.md"
@@ -70,11 +70,6 @@ def planned_seeds(grid: dict[str, Any], records: list[dict[str, Any]] = (),
     return counts
 
 
-def device_of(record: dict[str, Any]) -> str:
-    """The device a record's run trained on: a GPU's name, or "cpu" (records from before run.py noted it)."""
-    return (record.get("versions") or {}).get("device", "cpu")
-
-
 def device_check(records: list[dict[str, Any]], retrained: list[dict[str, Any]]) -> str:
     """Each retrained run (run.py --retrain) beside its original: the same settings and seed on another device."""
     originals = {r["run_id"]: r for r in records}
@@ -117,9 +112,7 @@ def devices_table(records: list[dict[str, Any]]) -> str:
     by = group(records, "experiment", "task")
     rows = []
     for (experiment, task), recs in sorted(by.items()):
-        counts = defaultdict(int)
-        for r in recs:
-            counts[device_of(r)] += 1
+        counts = Counter(device_of(r) for r in recs)
         if set(counts) != {"cpu"}:
             where = ", ".join(f"{device} ({n} run{'s' if n > 1 else ''})" for device, n in sorted(counts.items()))
             rows.append(f"| {experiment} | {task} | {where}{' — mixed' if len(counts) > 1 else ''} |")

@@ -76,6 +76,11 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "threads": str(torch.get_num_threads()), "device": device}
 
 
+def device_of(record: dict[str, Any]) -> str:
+    """The device a record's run trained on: a GPU's name, or "cpu" (records from before run.py noted it)."""
+    return (record.get("versions") or {}).get("device", "cpu")
+
+
 def make_record(run: Run, settings: dict[str, Any], run_dir: Path, seconds: float, commit: str) -> dict[str, Any]:
     final = json.loads((run_dir / "final_metrics.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -291,8 +296,7 @@ def retrain(run_ids: list[str], commit: bool) -> None:
     failed = []
     for run_id in run_ids:
         with claim(f"retrain:{slug}:{run_id}") as mine:  # another runner retraining it here: leave it to that one
-            done = any(r["run_id"] == run_id and (r.get("versions") or {}).get("device") == device
-                       for r in read_records(RETRAINED))
+            done = any(r["run_id"] == run_id and device_of(r) == device for r in read_records(RETRAINED))
             if not mine or done:
                 print(f"=== {run_id}: {'already retrained' if done else 'another runner retrains it'} on {device}",
                       flush=True)
