@@ -8,6 +8,7 @@ from .inject import attach, detach, load_adapter
 from .multi import AdapterRoutingError, adapter_width, list_adapters
 from .introspect import collect_token_gates, effective_gates, last_token_gates, layer_gates
 from .persistence import AdapterLoadError, BaseModelMismatchWarning, read_adapter_config, save_adapter
+from .text_init import init_prefix_from_text
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "collect_token_gates",
     "detach",
     "effective_gates",
+    "init_prefix_from_text",
     "is_attached",
     "last_token_gates",
     "layer_gates",

@@ -73,6 +73,9 @@ class PrefixAdapter(nn.Module):
         if self.layer_gate is not None:
             lam = self.layer_gate(i).to(device)
             scale = lam if scale is None else lam * scale
+        if config.gate_mode == "exact":  # g weighs each pseudo token's attention weight, inside attention
+            return seam.LayerPrefix(keys=keys, values=values, weight_gate=exact_gate(scale, keys.shape[2]),
+                                    shared=shared)
         query_gate = None
         if scale is not None and scale.ndim == 3:
             query_gate = scale  # (B, T, l): applied inside attention
@@ -80,6 +83,14 @@ class PrefixAdapter(nn.Module):
             factor = scale if scale.ndim == 0 else scale[:, None, :, None]  # (B, 1, l, 1)
             keys, values = keys * factor, values * factor
         return seam.LayerPrefix(keys=keys, values=values, query_gate=query_gate, shared=shared)
+
+
+def exact_gate(scale: torch.Tensor, length: int) -> torch.Tensor:
+    """An exact gate as the attention takes it, (B|1, T|1, l): from lambda (a scalar), lambda * alpha (B, l) or
+    (B, T, l)."""
+    if scale.ndim == 0:
+        return scale.reshape(1, 1, 1).expand(1, 1, length)
+    return scale if scale.ndim == 3 else scale.unsqueeze(1)
 
 
 def layer_device(layer: nn.Module, hidden: torch.Tensor) -> torch.device:

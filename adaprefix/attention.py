@@ -4,8 +4,9 @@ It is registered in transformers' AttentionInterface under ``adaprefix_<impl>`` 
 the host model keeps its own projections, rotary embeddings, cache and mask logic. Per layer, the state it needs
 (the prefix tensors for this forward) hangs on the attention module as its :func:`layer_site`.
 
-Decoders gate the prefix per query position (gate shape (B, T, l)), which a shared key tensor cannot carry. Two
-implementations compute that attention, with the same result:
+Decoders gate the prefix per query position (gate shape (B, T, l)), which a shared key tensor cannot carry, and exact
+gates (``gate_mode="exact"``) weigh a pseudo token's attention weight, which no scaling of its key and value gives.
+Two implementations compute that attention, with the same result:
 
 - :func:`fused_per_query_gated_attention`, the fast path: the real keys go through a fused kernel that also returns
   its log-sum-exp (on CPU, ``aten._scaled_dot_product_flash_attention_for_cpu``), the l prefix columns are computed
@@ -70,6 +71,9 @@ class LayerPrefix:
     keys: torch.Tensor  # (B or 1, kv_heads, l, head_dim), already scaled when the gate is per example
     values: torch.Tensor  # (B or 1, kv_heads, l, head_dim)
     query_gate: torch.Tensor | None = None  # (B, T, l) when each query position has its own gate
+    # (B|1, T|1, l) exact gates g: pseudo token j's unnormalised attention weight is g_j * exp(s_j), its value is not
+    # scaled. Kept apart from query_gate (whose a_j scales logit and value) so a mixed batch can carry both kinds.
+    weight_gate: torch.Tensor | None = None
     shared: ForwardState = field(default_factory=ForwardState)  # per forward, shared by the layers
     # (B, l) bool, True for real prefix columns: a batch mixing adapters of different prefix lengths pads the shorter
     # ones, and padded columns must get exactly zero weight. None: every column is real.
@@ -86,6 +90,9 @@ class LayerSite:
     def __init__(self, layer_index: int):
         self.layer_index = layer_index
         self.prefix: LayerPrefix | None = None
+        # While adaprefix.text_init reads a text's keys and values: the list each attention call appends its
+        # (key, value) to, (B, kv_heads, S, hd) each, as the attention receives them (projected, rotated).
+        self.capture: list | None = None
 
 
 def layer_site(module: nn.Module) -> LayerSite | None:
@@ -133,15 +140,64 @@ def _repeat_heads(x: torch.Tensor, times: int) -> torch.Tensor:
     return x if times == 1 else x.repeat_interleave(times, dim=1)
 
 
+def softmax_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention probabilities are computed in: float32, or the input's own when it is wider (float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def keep_drop_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A mask as bool (True = keep) or float (additive); an integer mask is 1 = keep, 0 = drop, as a 2D padding mask
+    is, and must not be added to the scores as if it were additive (that would keep every key)."""
+    if mask is None or mask.dtype == torch.bool or mask.is_floating_point():
+        return mask
+    return mask != 0
+
+
+def weighted_softmax(scores: torch.Tensor, length: int, weight_gate: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dim of ``scores`` (..., l + S) where column j < l has unnormalised weight g_j exp(s_j).
+
+    ``weight_gate``: g (..., l), broadcast against the first l columns; g = 0 gives the column exactly zero weight.
+    The gate multiplies the exponential rather than adding log g to the logit, so that its gradient at g = 0 is
+    exp(s_j - lse) * (...), not 0 * log'(0) = NaN. The shift m holds no gradient (it cancels); it is the largest
+    exponent among the columns with any weight, so a large logit of a gated-off column cannot underflow the rest.
+    """
+    ct = scores.dtype
+    g = weight_gate.to(ct)
+    with torch.no_grad():
+        m = torch.maximum(scores[..., length:].amax(dim=-1, keepdim=True),
+                          (scores[..., :length] + torch.log(g)).amax(dim=-1, keepdim=True))
+    # The clamp only matters for a column whose g is below exp(-80) while its logit exceeds all others by 80 or more,
+    # where exp would overflow before g brings it back down.
+    e_prefix = torch.exp((scores[..., :length] - m).clamp(max=80.0)) * g
+    e_real = torch.exp(scores[..., length:] - m)
+    total = e_prefix.sum(dim=-1, keepdim=True) + e_real.sum(dim=-1, keepdim=True)
+    return torch.cat([e_prefix, e_real], dim=-1) / total
+
+
+def prefix_softmax(scores: torch.Tensor, length: int, prefix: LayerPrefix) -> torch.Tensor:
+    """Probabilities over [prefix columns; real keys] from masked scores (B, H, T, l + S), in the scores' dtype:
+    a plain softmax, or with exact gates :func:`weighted_softmax`. For the patched attentions (DeBERTa, MPNet), whose
+    gates are pooled (``weight_gate`` (B, 1, l)) or already in the keys and values."""
+    if prefix.weight_gate is None:
+        return nn.functional.softmax(scores, dim=-1)
+    ct = softmax_dtype(scores.dtype)
+    return weighted_softmax(scores.to(ct), length, prefix.weight_gate.unsqueeze(1)).to(scores.dtype)
+
+
 def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPrefix, scaling=None, dropout=0.0,
                               **kwargs):
-    """Attention over [gated prefix; keys] when the gate differs per query position, shape (B, T, l): eager.
+    """Attention over [gated prefix; keys] with a gate inside the attention: eager.
 
-    Scaling pseudo token j's key and value by a_tj for query t equals scaling its logit and its attention weight by
-    a_tj, which is what is computed here (a shared key tensor cannot carry a per-query factor). One (B, H, T, l + S)
-    score matrix, keys and values repeated per query head. This is the reference the fused path is tested against,
-    and what runs where that path cannot (see :func:`fast_path_blocker`): it returns the weights it used, and applies
-    attention dropout.
+    Two gates, either or both (a mixed batch may carry both kinds, each row using one):
+
+    - ``query_gate`` a (B, T, l): scaling pseudo token j's key and value by a_tj for query t equals scaling its logit
+      and its attention weight by a_tj, which is what is computed here (a shared key tensor cannot carry a per-query
+      factor);
+    - ``weight_gate`` g (B|1, T|1, l), exact gates: token j's unnormalised weight is g_tj exp(s_tj), its value as is.
+
+    One (B, H, T, l + S) score matrix, keys and values repeated per query head. This is the reference the fused path
+    is tested against, and what runs where that path cannot (see :func:`fast_path_blocker`): it returns the weights
+    it used, and applies attention dropout.
     """
     unsupported = [k for k in ("softcap", "sinks", "s_aux") if kwargs.get(k) is not None]
     if unsupported:  # none of the supported architectures passes these; fail rather than compute something else
@@ -150,24 +206,34 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
     batch, heads, q_len, head_dim = query.shape
     rep = heads // key.shape[1]
     scaling = head_dim**-0.5 if scaling is None else scaling
-    gate = prefix.query_gate.unsqueeze(1).to(query.dtype)  # (B, 1, T, l)
+    gate = None if prefix.query_gate is None else prefix.query_gate.unsqueeze(1).to(query.dtype)  # (B, 1, T, l)
     pk = _repeat_heads(prefix.keys.expand(batch, -1, -1, -1), rep)  # (B, H, l, hd)
     pv = _repeat_heads(prefix.values.expand(batch, -1, -1, -1), rep)
     k, v = _repeat_heads(key, rep), _repeat_heads(value, rep)  # (B, H, S, hd)
-    prefix_scores = (query @ pk.transpose(-1, -2)) * scaling * gate  # (B, H, T, l)
+    prefix_scores = (query @ pk.transpose(-1, -2)) * scaling  # (B, H, T, l)
+    if gate is not None:
+        prefix_scores = prefix_scores * gate
     if prefix.keep is not None:  # padded prefix columns (mixed adapters): no weight at all
         prefix_scores = prefix_scores.masked_fill(~prefix.keep[:, None, None, :], torch.finfo(prefix_scores.dtype).min)
     scores = (query @ k.transpose(-1, -2)) * scaling  # (B, H, T, S)
+    mask = keep_drop_mask(mask)
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + mask
-    probs = torch.softmax(torch.cat([prefix_scores, scores], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
+    both = torch.cat([prefix_scores, scores], dim=-1)  # (B, H, T, l + S)
+    ct = softmax_dtype(query.dtype)
+    if prefix.weight_gate is None:
+        probs = torch.softmax(both, dim=-1, dtype=ct).to(query.dtype)
+    else:
+        probs = weighted_softmax(both.to(ct), length, prefix.weight_gate.unsqueeze(1)).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     # The weights the values are really mixed with (gate on the prefix columns, after dropout): these are what
     # output_attentions reports, so that weights @ [values] reproduces the output.
-    weights = torch.cat([probs[..., :length] * gate, probs[..., length:]], dim=-1)  # (B, H, T, l + S)
+    if gate is not None:
+        probs = torch.cat([probs[..., :length] * gate, probs[..., length:]], dim=-1)
+    weights = probs  # (B, H, T, l + S)
     out = weights[..., :length] @ pv + weights[..., length:] @ v  # (B, H, T, hd)
     return out.transpose(1, 2).contiguous(), weights
 
@@ -210,15 +276,16 @@ def fast_path_blocker(module, query, key, value, mask, prefix: LayerPrefix, drop
         return "attention dropout while training (the fused CPU kernel has none)"
     if any(kwargs.get(k) is not None for k in ("softcap", "sinks", "s_aux")):
         return "softcap / attention sinks"
-    tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate)
-    if prefix.keep is not None and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate, prefix.weight_gate)
+    if prefix.keep is not None and torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                                   for t in tensors):
         return "padded prefix columns (mixed adapters) while computing gradients"
     if query.device.type != "cpu":
         return f"no fused kernel with log-sum-exp wired up for {query.device.type}"
     if query.dtype not in _FAST_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
         return f"dtype {query.dtype}"
-    if mask is not None and (mask.ndim != 4 or not (mask.dtype == torch.bool or mask.is_floating_point())):
-        return f"a {mask.ndim}D {mask.dtype} mask"
+    if mask is not None and mask.ndim != 4:
+        return f"a {mask.ndim}D mask"
     if value.shape[-1] != query.shape[-1] or query.shape[1] % key.shape[1]:
         return "head shapes"
     return None
@@ -249,11 +316,19 @@ def _kernel_inputs(query, key, mask):
     return q, mask, True
 
 
-def _fused_forward(query, key, value, pk, pv, gate, mask, scale: float, causal: bool, need_lse: bool, keep=None):
+def _heads_gate(gate: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A gate (B|1, T|1, l) as (B|1, 1, 1, T|1, l) in ``dtype``, broadcast over the kv groups and their heads."""
+    return None if gate is None else _cast(gate, dtype)[:, None, None]
+
+
+def _fused_forward(query, key, value, pk, pv, gate, wgate, mask, scale: float, causal: bool, need_lse: bool,
+                   keep=None):
     """The merged attention and, if asked, its log-normaliser; see :func:`fused_per_query_gated_attention`.
 
-    Returns out (B, H, T, hd) in the query's dtype and lse (B, H, T) (or None) in the kernel's log-sum-exp dtype
-    (float32, or float64 for float64 inputs): the log of the softmax denominator over [prefix columns; real keys].
+    ``gate``: the query gate a (scales logit and value), ``wgate``: the exact gate g (weighs the exponential); either
+    may be None. Returns out (B, H, T, hd) in the query's dtype and lse (B, H, T) (or None) in the kernel's
+    log-sum-exp dtype (float32, or float64 for float64 inputs): the log of the softmax denominator over [prefix
+    columns; real keys].
     """
     batch, heads, q_len, head_dim = query.shape
     groups, length = pk.shape[1], pk.shape[2]
@@ -263,31 +338,34 @@ def _fused_forward(query, key, value, pk, pv, gate, mask, scale: float, causal: 
     out_real = out_real.view(batch, groups, rep, q_len, head_dim)  # head h = g * R + r, as repeat_kv numbers them
     lse_real = lse_real.view(batch, groups, rep, q_len)
     ct = lse_real.dtype
-    gate = _cast(gate, ct)[:, None, None]  # (B, 1, 1, T, l), broadcast over the heads
-    logits = _prefix_logits(query, pk, gate, scale)  # (B, G, R, T, l): a_tj * s_tj
+    gate, wgate = _heads_gate(gate, ct), _heads_gate(wgate, ct)  # (B, 1, 1, T, l)
+    logits = _prefix_logits(query, pk, gate, scale, ct)  # (B, G, R, T, l): a_tj * s_tj
+    if wgate is not None:  # g exp(s) = exp(s + log g); log 0 = -inf gives exactly 0 (no gradient is taken here)
+        logits = logits + torch.log(wgate)
     if keep is not None:  # padded prefix columns (mixed adapters): exp(-inf) = 0, and lse_real keeps the row finite
         logits = logits.masked_fill(~keep[:, None, None, None, :], float("-inf"))
     # One softmax over the l prefix logits and the real keys' log-mass: the last column is the real keys' share.
     both = torch.cat([logits, lse_real.unsqueeze(-1)], dim=-1)  # (B, G, R, T, l + 1)
     probs = torch.softmax(both, dim=-1)
-    weights = probs[..., :length] * gate  # the gate on the prefix values too
+    weights = probs[..., :length] if gate is None else probs[..., :length] * gate  # the query gate on the values too
     prefix_out = torch.matmul(weights.reshape(batch, groups, rep * q_len, length), _cast(pv, ct))  # (B, G, R*T, hd)
     out = torch.addcmul(prefix_out.view(batch, groups, rep, q_len, head_dim), _cast(out_real, ct), probs[..., length:])
     lse = torch.logsumexp(both, dim=-1).view(batch, heads, q_len) if need_lse else None
     return _cast(out.view(batch, heads, q_len, head_dim), query.dtype), lse
 
 
-def _prefix_logits(query, pk, gate, scale: float) -> torch.Tensor:
-    """a_tj * (q_t . pk_j) * scale, as (B, G, R, T, l), in the gate's dtype; gate (B, 1, 1, T, l).
+def _prefix_logits(query, pk, gate, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """a_tj * (q_t . pk_j) * scale, as (B, G, R, T, l), in ``dtype``; gate (B, 1, 1, T, l), or None for a = 1.
 
     The R query heads of kv group G read its prefix keys as they are (no copy per query head).
     """
     batch, heads, q_len, head_dim = query.shape
     groups, length = pk.shape[1], pk.shape[2]
     rep = heads // groups
-    grouped = _cast(query, gate.dtype).reshape(batch, groups, rep * q_len, head_dim)  # a view when decoding
-    scores = torch.matmul(grouped, _cast(pk, gate.dtype).transpose(-1, -2))  # (B, G, R*T, l)
-    return scores.view(batch, groups, rep, q_len, length).mul_(scale) * gate
+    grouped = _cast(query, dtype).reshape(batch, groups, rep * q_len, head_dim)  # a view when decoding
+    scores = torch.matmul(grouped, _cast(pk, dtype).transpose(-1, -2))  # (B, G, R*T, l)
+    scores = scores.view(batch, groups, rep, q_len, length).mul_(scale)
+    return scores if gate is None else scores * gate
 
 
 class _FusedGatedAttention(torch.autograd.Function):
@@ -298,20 +376,21 @@ class _FusedGatedAttention(torch.autograd.Function):
     is exactly the real keys' share of the merged gradient (as in ring attention). Prefix columns: the gradient of
     the surrogate sum_j p_j (a_j grad . pv_j - sum(grad * out)) with p_j = exp(a_j s_j - lse), lse held fixed, which
     is the softmax gradient for logit a_j s_j and value a_j pv_j; autograd takes it through the small (B, H, T, l)
-    tensors to q, the prefix and the gate.
+    tensors to q, the prefix and the gate. An exact gate g multiplies p_j (p_j = g_j exp(a_j s_j - lse)): the same
+    surrogate then also gives g's gradient, exp(a_j s_j - lse) (...), which is finite at g = 0 (log g's is not).
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, pk, pv, gate, mask, scale, causal):
-        out, lse = _fused_forward(query, key, value, pk, pv, gate, mask, scale, causal, need_lse=True)
-        ctx.save_for_backward(query, key, value, pk, pv, gate, mask, out, lse)
+    def forward(ctx, query, key, value, pk, pv, gate, wgate, mask, scale, causal):
+        out, lse = _fused_forward(query, key, value, pk, pv, gate, wgate, mask, scale, causal, need_lse=True)
+        ctx.save_for_backward(query, key, value, pk, pv, gate, wgate, mask, out, lse)
         ctx.scale, ctx.causal = scale, causal
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        query, key, value, pk, pv, gate, mask, out, lse = ctx.saved_tensors
+        query, key, value, pk, pv, gate, wgate, mask, out, lse = ctx.saved_tensors
         batch, heads, q_len, head_dim = query.shape
         groups, length = pk.shape[1], pk.shape[2]
         rep, ct = heads // groups, lse.dtype
@@ -322,26 +401,28 @@ class _FusedGatedAttention(torch.autograd.Function):
             grad_out.view(shape), q, key, value, out.view(shape), lse.view(shape[:-1]), 0.0, ctx.causal,
             attn_mask=kernel_mask, scale=ctx.scale)
         grad_q = grad_q.reshape(query.shape)
-        wanted = [i for i in (0, 3, 4, 5) if ctx.needs_input_grad[i]]
+        inputs = {i: t for i, t in zip((0, 3, 4, 5, 6), (query, pk, pv, gate, wgate)) if t is not None}
+        wanted = [i for i in inputs if ctx.needs_input_grad[i]]
         grads = {}
         if wanted:
             with torch.enable_grad():
-                inputs = zip((0, 3, 4, 5), (query, pk, pv, gate))
-                leaves = {i: t.detach().requires_grad_(i in wanted) for i, t in inputs}
-                a = _cast(leaves[5], ct)[:, None, None]  # (B, 1, 1, T, l)
+                leaves = {i: t.detach().requires_grad_(i in wanted) for i, t in inputs.items()}
+                a, w = _heads_gate(leaves.get(5), ct), _heads_gate(leaves.get(6), ct)  # (B, 1, 1, T, l)
                 g = _cast(grad_out, ct)
                 d = (g * _cast(out, ct)).sum(dim=-1).view(batch, groups, rep, q_len, 1)
-                logits = _prefix_logits(leaves[0], leaves[3], a, ctx.scale)  # (B, G, R, T, l)
+                logits = _prefix_logits(leaves[0], leaves[3], a, ctx.scale, ct)  # (B, G, R, T, l)
                 probs = torch.exp(logits - lse.view(batch, groups, rep, q_len, 1))
+                if w is not None:
+                    probs = probs * w
                 g_dot_pv = torch.matmul(g.reshape(batch, groups, rep * q_len, head_dim),
                                         _cast(leaves[4], ct).transpose(-1, -2))  # (B, G, R*T, l)
                 g_dot_pv = g_dot_pv.view(batch, groups, rep, q_len, length)
-                surrogate = (probs * (a * g_dot_pv - d)).sum()
+                surrogate = (probs * ((g_dot_pv if a is None else a * g_dot_pv) - d)).sum()
                 found = torch.autograd.grad(surrogate, [leaves[i] for i in wanted])
             grads = {i: _cast(g_i, leaves[i].dtype) for i, g_i in zip(wanted, found)}
         if 0 in grads:
             grad_q = grad_q + grads[0]
-        return (grad_q, grad_k, grad_v, grads.get(3), grads.get(4), grads.get(5), None, None, None)
+        return (grad_q, grad_k, grad_v, grads.get(3), grads.get(4), grads.get(5), grads.get(6), None, None, None)
 
 
 def fused_per_query_gated_attention(module, query, key, value, attention_mask, prefix: LayerPrefix, scaling=None,
@@ -364,10 +445,12 @@ def fused_per_query_gated_attention(module, query, key, value, attention_mask, p
             causal = True
         else:
             attention_mask = explicit_mask(None, query, key_len, True)
+    attention_mask = keep_drop_mask(attention_mask)
     mask = None if attention_mask is None else prefix.shared.additive_mask(attention_mask, query.dtype)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate)  # gate (B, T, l)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    # gates (B, T, l) or, pooled exact gates, (B, 1, l)
+    tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate, prefix.weight_gate)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out = _FusedGatedAttention.apply(*tensors, mask, scale, causal)
     else:
         out, _ = _fused_forward(*tensors, mask, scale, causal, need_lse=False, keep=prefix.keep)
@@ -396,10 +479,12 @@ def prefix_attention(impl: str, module, query, key, value, attention_mask, **kwa
     """
     site = layer_site(module)
     inner = _inner_function(type(module), impl)
+    if site is not None and site.capture is not None:
+        site.capture.append((key.detach(), value.detach()))
     if site is None or site.prefix is None:
         return inner(module, query, key, value, attention_mask, **kwargs)
     prefix = site.prefix
-    if prefix.query_gate is not None:
+    if prefix.query_gate is not None or prefix.weight_gate is not None:
         return gated_attention(module, query, key, value, attention_mask, prefix, **kwargs)
     mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
     if prefix.keep is None:

@@ -10,6 +10,10 @@ from .errors import AdaprefixError
 
 METHODS = ("apt", "pt2", "token-gate", "layer-gate")
 POOLINGS = ("auto", "mean", "cls", "token")
+GATE_MODES = ("scale", "exact")
+#: What each gate mode does, for help texts (one entry per mode in GATE_MODES).
+GATE_MODE_NOTES = {"scale": "the paper's: the gate scales the pseudo token's key and value",
+                   "exact": "the gate weighs the pseudo token's attention weight; 0 removes it exactly"}
 #: What each method attaches, for help texts (one entry per method in METHODS).
 METHOD_NOTES = {"apt": "both gates, the paper's method", "pt2": "P-tuning v2, no gates",
                 "token-gate": "token gate only, an ablation", "layer-gate": "layer gate only, an ablation"}
@@ -104,8 +108,24 @@ class AdaptivePrefixConfig:
         metadata={"help": "Initial bias b_i of the token gate: alpha starts near sigmoid(b). 0 -> 0.5; large values "
                   "start from plain P-tuning v2 but saturate the sigmoid."},
     )
-    layer_gate_init: float = field(
-        default=1.0, metadata={"help": "Initial layer-level scalar lambda_i (unconstrained, as in the paper)."}
+    layer_gate_init: float | None = field(
+        default=None,
+        metadata={"help": "Initial layer-level scalar lambda_i (unconstrained, as in the paper). None: 1.0 with "
+                  "gate_mode 'scale' (start from the ungated prefix), 0.0 with 'exact' (start at the frozen model)."},
+    )
+    gate_mode: Literal[GATE_MODES] = field(
+        default="scale",
+        metadata={"help": "How the gate g = lambda_i * alpha_ij acts on pseudo token j: " + choices_help(
+            GATE_MODES, GATE_MODE_NOTES) + ". 'exact' gives the token the unnormalised attention weight "
+            "g * exp(q.k_j / sqrt(d)) and leaves its value unscaled, so g = 1 is pt2 and g = 0 is the frozen "
+            "model; it uses |lambda| (the weight must not be negative) and starts lambda at 0 unless "
+            "layer_gate_init says otherwise. Not for pt2, which has no gate."},
+    )
+    prefix_init_text: str | None = field(
+        default=None,
+        metadata={"help": "Record of the text whose keys and values the prefix was initialised from "
+                  "(adaprefix.init_prefix_from_text, or the training config's prefix_init_text); None: random init. "
+                  "Set by that function, not read by attach."},
     )
     train_head: bool | None = field(
         default=None,
@@ -145,9 +165,19 @@ class AdaptivePrefixConfig:
             _refuse("shift_positions", "true or false", self.shift_positions)
         if not _is_number(self.token_gate_weight_std) or self.token_gate_weight_std < 0:
             _refuse("token_gate_weight_std", "a value >= 0", self.token_gate_weight_std)
+        if self.gate_mode not in GATE_MODES:
+            _refuse("gate_mode", f"one of {', '.join(GATE_MODES)}", self.gate_mode)
+        if self.gate_mode == "exact" and not (self.use_token_gate or self.use_layer_gate):
+            raise ConfigError(f"gate_mode: 'exact' weighs a gate, and method {self.method!r} has none; use "
+                              "method 'apt' (or 'token-gate', 'layer-gate') with it, or gate_mode 'scale'")
+        if self.layer_gate_init is None:
+            self.layer_gate_init = 0.0 if self.gate_mode == "exact" else 1.0
         for name in ("token_gate_bias_init", "layer_gate_init"):
             if not _is_number(getattr(self, name)):
                 _refuse(name, "a number", getattr(self, name))
+        if self.prefix_init_text is not None and not (isinstance(self.prefix_init_text, str)
+                                                      and self.prefix_init_text.strip()):
+            _refuse("prefix_init_text", "None or a non-empty text", self.prefix_init_text)
         if self.train_head is not None and not isinstance(self.train_head, bool):
             _refuse("train_head", "None, true or false", self.train_head)
 

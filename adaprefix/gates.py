@@ -38,14 +38,30 @@ class TokenGate(nn.Module):
 
 
 class LayerGate(nn.Module):
-    """lambda_i: one unconstrained learnable scalar per layer."""
+    """lambda_i: one learnable scalar per layer, unconstrained (the paper) or, for exact gates, used as |lambda_i|."""
 
     def __init__(self, config: AdaptivePrefixConfig, num_layers: int):
         super().__init__()
         self.scale = nn.Parameter(torch.full((num_layers,), float(config.layer_gate_init)))
+        self.absolute = config.gate_mode == "exact"
 
     def forward(self, layer: int) -> torch.Tensor:
-        return self.scale[layer]
+        return self.values()[layer]
+
+    def values(self) -> torch.Tensor:
+        """Every layer's lambda as the attention uses it, shape (N,)."""
+        return nonnegative(self.scale) if self.absolute else self.scale
+
+
+def nonnegative(x: torch.Tensor) -> torch.Tensor:
+    """|x|, with gradient +1 at x = 0 instead of abs's 0.
+
+    An exact gate weighs a pseudo token's attention weight, which must not be negative, and starts at exactly 0 so
+    the adapter starts at the frozen model. abs has no dead region (a clamp at 0 has one: pushed below 0, it never
+    returns), but torch gives abs a zero gradient at 0, where every exact gate starts: it would never move.
+    """
+    sign = torch.where(x < 0, -1.0, 1.0).to(x.dtype).detach()
+    return x * sign
 
 
 def pool_hidden(hidden: torch.Tensor, keep: torch.Tensor | None, pooling: str) -> torch.Tensor:

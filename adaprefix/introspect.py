@@ -13,9 +13,10 @@ from .gates import masked_mean, padding_weights
 
 
 def layer_gates(model: nn.Module) -> torch.Tensor | None:
-    """lambda_i for every layer, shape (N,); None when the method has no layer gate."""
+    """lambda_i for every layer as the attention uses it (|lambda_i| for exact gates), shape (N,); None when the
+    method has no layer gate."""
     gate = adapter_runtime(model).adapter.layer_gate
-    return None if gate is None else gate.scale.detach().clone()
+    return None if gate is None else gate.values().detach().clone()
 
 
 def last_token_gates(model: nn.Module) -> torch.Tensor | None:

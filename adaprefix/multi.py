@@ -339,7 +339,8 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
     ref = real[0].keys
     length = max(part.keys.shape[2] for part in real)
     per_query = any(part.query_gate is not None for part in real)
-    keys, values, gates, lengths = [], [], [], []
+    exact = any(part.weight_gate is not None for part in real)
+    keys, values, gates, weight_gates, lengths = [], [], [], [], []
     for rows, part in parts:
         n = len(rows)
         l = part.keys.shape[2] if part is not None else 0  # None: PT-2*'s layer without a prefix for this adapter
@@ -350,13 +351,18 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
         if per_query:  # rows of an adapter without a per-query gate get gate 1: their keys are already scaled
             gate = part.query_gate if part is not None and part.query_gate is not None else ref.new_ones(n, q_len, l)
             gates.append(nn.functional.pad(gate.to(ref.dtype), (0, length - l), value=1.0))  # (n, T, L)
+        if exact:  # rows of an adapter without exact gates get weight 1: what they have is in their keys or gate
+            gate = part.weight_gate if part is not None and part.weight_gate is not None else ref.new_ones(n, 1, l)
+            gate = gate.to(ref.dtype).expand(n, q_len, -1)
+            weight_gates.append(nn.functional.pad(gate, (0, length - l), value=1.0))  # (n, T, L)
         lengths += [l] * n
     inverse = routing.inverse(batch, ref.device)
     keep = None
     if min(lengths) < length:  # (B, L): real prefix columns, in batch order
         keep = torch.arange(length, device=ref.device) < torch.tensor(lengths, device=ref.device)[inverse, None]
     return seam.LayerPrefix(keys=torch.cat(keys)[inverse], values=torch.cat(values)[inverse],
-                            query_gate=torch.cat(gates)[inverse] if per_query else None, shared=shared, keep=keep)
+                            query_gate=torch.cat(gates)[inverse] if per_query else None,
+                            weight_gate=torch.cat(weight_gates)[inverse] if exact else None, shared=shared, keep=keep)
 
 
 @dataclass
@@ -378,13 +384,14 @@ class _Stack:
 
 def _build_stack(runtime: AdapterRuntime, layer: nn.Module, hidden: torch.Tensor) -> _Stack | None:
     """The stacks of this forward's adapters; None where one of them needs its own code path: per-layer lengths
-    (PT-2*), per-query gates beside pooled ones, prefix dropout while training, or prefixes on several devices (a
-    layer on another device than the stack takes the loop on its own: routed_layer_prefix checks every layer)."""
+    (PT-2*), exact gates, per-query gates beside pooled ones, prefix dropout while training, or prefixes on several
+    devices (a layer on another device than the stack takes the loop on its own: routed_layer_prefix checks every
+    layer)."""
     routing = runtime.routing
     entries = [(name, *_entry_of(runtime, name)) for name in routing.groups]
     gated = [config.use_token_gate for _, config, _ in entries]
     poolings = tuple(sorted({config.gate_pooling for _, config, _ in entries if config.use_token_gate}))
-    if (any(config.prefix_lengths is not None for _, config, _ in entries)
+    if (any(config.prefix_lengths is not None or config.gate_mode == "exact" for _, config, _ in entries)
             or ("token" in poolings and len(poolings) > 1)
             or (layer.training and any(config.prefix_dropout for _, config, _ in entries))):
         return None

@@ -29,7 +29,9 @@ BAD = [
     ("shift_positions", 1, "true or false"),
     ("token_gate_weight_std", -0.1, "a value >= 0"),
     ("token_gate_bias_init", "0", "a number"),
-    ("layer_gate_init", None, "a number"),
+    ("layer_gate_init", "1", "a number"),
+    ("gate_mode", "log", "one of scale, exact"),
+    ("prefix_init_text", "  ", "None or a non-empty text"),
     ("train_head", "no", "None, true or false"),
 ]
 
@@ -40,6 +42,19 @@ def test_a_bad_field_is_refused_naming_the_field_what_it_expects_and_what_it_got
         AdaptivePrefixConfig(**{field: value})
     assert str(err.value) == f"{field}: expected {expected}, got {value!r}"
     assert isinstance(err.value, AdaprefixError) and isinstance(err.value, ValueError)
+
+
+def test_the_layer_gate_starts_at_1_for_scaling_gates_and_at_0_for_exact_ones_unless_given():
+    assert AdaptivePrefixConfig().layer_gate_init == 1.0
+    assert AdaptivePrefixConfig(gate_mode="exact").layer_gate_init == 0.0
+    assert AdaptivePrefixConfig(gate_mode="exact", layer_gate_init=0.5).layer_gate_init == 0.5
+    # Resolved at construction, so a saved config reloads to the same start whatever the default becomes.
+    assert AdaptivePrefixConfig.from_dict(AdaptivePrefixConfig(gate_mode="exact").to_dict()).layer_gate_init == 0.0
+
+
+def test_exact_gates_are_refused_for_pt2_which_has_no_gate():
+    with pytest.raises(ConfigError, match="gate_mode: 'exact' weighs a gate, and method 'pt2' has none"):
+        AdaptivePrefixConfig(method="pt2", gate_mode="exact")
 
 
 def test_per_layer_lengths_and_the_projection_are_refused_together_naming_both():
@@ -80,7 +95,7 @@ def test_round_trip_through_a_dict_and_json_gives_the_same_config():
 
 def test_from_dict_names_unknown_fields_and_lists_the_known_ones():
     with pytest.raises(ConfigError, match=re.escape("adapter.json: unknown field(s) prefix_lenght; known fields: "
-                                                    "gate_pooling, layer_gate_init, method")):
+                                                    "gate_mode, gate_pooling, layer_gate_init, method")):
         AdaptivePrefixConfig.from_dict({"prefix_lenght": 8}, source="adapter.json")
 
 

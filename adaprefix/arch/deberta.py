@@ -12,12 +12,16 @@ import types
 import torch
 import torch.nn as nn
 
-from ..attention import layer_site
+from ..attention import layer_site, prefix_softmax
 
 
 def _prefix_forward(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
                     relative_pos=None, rel_embeddings=None):
     site = layer_site(self)
+    if site is not None and site.capture is not None:  # adaprefix.text_init reads the keys and values
+        batch, heads = hidden_states.shape[0], self.num_attention_heads
+        kv = [self.transpose_for_scores(proj(hidden_states), heads) for proj in (self.key_proj, self.value_proj)]
+        site.capture.append(tuple(x.view(batch, heads, *x.shape[1:]).detach() for x in kv))  # (B, H, T, hd)
     if site is None or site.prefix is None:
         return type(self).forward(self, hidden_states, attention_mask, output_attentions, query_states,
                                   relative_pos, rel_embeddings)
@@ -47,7 +51,7 @@ def _prefix_forward(self, hidden_states, attention_mask, output_attentions=False
         pad = site.prefix.keep[:, None, None, :].expand(*mask.shape[:-1], length)
     mask = torch.cat([pad, mask], dim=-1)
     scores = scores.masked_fill(~mask, torch.finfo(query.dtype).min)
-    probs = self.dropout(nn.functional.softmax(scores, dim=-1))
+    probs = self.dropout(prefix_softmax(scores, length, site.prefix))
     context = torch.bmm(probs.view(-1, probs.size(-2), probs.size(-1)), torch.cat([prefix_values, value], dim=1))
     context = context.view(-1, heads, context.size(-2), context.size(-1)).permute(0, 2, 1, 3).contiguous()
     context = context.view(*context.shape[:-2], -1)  # (B, T, H*hd)

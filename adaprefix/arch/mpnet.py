@@ -15,12 +15,16 @@ import types
 import torch
 import torch.nn as nn
 
-from ..attention import layer_site, widen_mask, widen_mask_rows
+from ..attention import layer_site, prefix_softmax, widen_mask, widen_mask_rows
 
 
 def _prefix_forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False,
                     **kwargs):
     site = layer_site(self)
+    if site is not None and site.capture is not None:  # adaprefix.text_init reads the keys and values
+        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+        site.capture.append(tuple(proj(hidden_states).view(shape).transpose(1, 2).detach()
+                                  for proj in (self.k, self.v)))  # (B, H, T, hd)
     if site is None or site.prefix is None:
         return type(self).forward(self, hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
     prefix = site.prefix
@@ -41,7 +45,7 @@ def _prefix_forward(self, hidden_states, attention_mask=None, position_bias=None
         scores = scores + widen_mask_rows(attention_mask, prefix.keep, k.shape[2], scores.dtype)
     elif attention_mask is not None:  # (B, 1, T, T) additive; prefix columns always visible
         scores = scores + widen_mask(attention_mask, length)
-    probs = self.dropout(nn.functional.softmax(scores, dim=-1))
+    probs = self.dropout(prefix_softmax(scores, length, prefix))
     context = torch.matmul(probs, values).permute(0, 2, 1, 3).contiguous()  # (B, T, H, hd)
     context = context.view(*context.shape[:-2], self.all_head_size)  # (B, T, H*hd)
     out = self.o(context)
