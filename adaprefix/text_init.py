@@ -25,7 +25,6 @@ import torch
 import torch.nn as nn
 
 from .adapter import adapter_runtime
-from .arch import resolve_arch
 from .config import ConfigError
 
 
@@ -105,7 +104,7 @@ def init_prefix_from_text(model: nn.Module, tokenizer, text: str) -> list[int]:
                           "cannot be set to a text's keys and values; set prefix_projection to False")
     ids = text_token_ids(tokenizer, text, config.prefix_length)
     per_layer = text_keys_values(model, ids)
-    _, shape, _, _ = resolve_arch(model)
+    shape = runtime.shape
     encoder = runtime.adapter.prefix
     for i, (keys, values) in enumerate(per_layer):
         kv = torch.stack([keys, values])  # (2, kv_heads, L, head_dim)

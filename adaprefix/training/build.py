@@ -14,6 +14,7 @@ from ..adapter import PARAM_PREFIX
 from ..arch import HIDDEN_DROPOUT_NAMES, hidden_dropout_name
 from ..inject import attach
 from ..tasks import Task, custom_task, get_task
+from ..text_init import init_prefix_from_text
 from ..tasks.base import tokenizer_limit
 from .config import TrainConfig, TrainConfigError
 from .display import load_pretrained
@@ -87,6 +88,8 @@ def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, atta
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.adapter is not None and attach_adapter:
         attach(model, cfg.adapter)
+        if cfg.adapter.prefix_init_text is not None:  # the prefix starts as this text's keys and values
+            init_prefix_from_text(model, tokenizer, cfg.adapter.prefix_init_text)
     return model
 
 

