@@ -20,8 +20,10 @@ is complete only when no extension is pending). A flat sweep (the best tied with
 and is not extended; a sweep run that failed (a NaN loss) counts as the sweep's worst value. The sweep's variants
 must differ in learning rate only: an extension copies the settings of the sweep's first run with the new rate.
 
-An experiment may also list ``cut:`` entries, ``{task, variants, seeds}``: those cells run only the seeds given (what
-2 CPU cores could not afford is written in the grid file itself, beside the experiment it thins).
+An experiment may also list ``cut:`` entries, ``{task, variants, methods, seeds}``: those cells run only the seeds
+given (what 2 CPU cores could not afford is written in the grid file itself, beside the experiment it thins); the
+first entry that names a cell applies. ``prefix_init_text: from_task`` takes the task's ``init_text`` (a real-token
+initialisation, :func:`adaprefix.init_prefix_from_text`).
 """
 
 from __future__ import annotations
@@ -97,15 +99,21 @@ def _for_kind(settings: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return {**settings, **own}
 
 
-def _kept_seeds(experiment: dict[str, Any], task: str, variant: str) -> set[int] | None:
-    """The seeds a ``cut:`` entry leaves to (task, variant), or None when no entry names that cell."""
+def _kept_seeds(experiment: dict[str, Any], task: str, variant: str, method: str) -> set[int] | None:
+    """The seeds the first ``cut:`` entry naming (task, variant, method) leaves to it, or None when none names it.
+    An entry without ``variants`` (``methods``) names every variant (method)."""
     for cut in experiment.get("cut") or []:
         if not isinstance(cut, dict) or not {"task", "seeds"} <= set(cut):
-            raise GridError(f"experiment {experiment['name']}: a cut is {{task, variants, seeds}}, got {cut!r}")
+            raise GridError(f"experiment {experiment['name']}: a cut is {{task, variants, methods, seeds}}, got "
+                            f"{cut!r}")
         unknown = set(cut.get("variants") or []) - set(experiment.get("variants") or {})
         if unknown:
             raise GridError(f"experiment {experiment['name']}: cut names unknown variants {sorted(unknown)}")
-        if cut["task"] == task and (not cut.get("variants") or variant in cut["variants"]):
+        unknown = set(cut.get("methods") or []) - {name for name, _, _ in _arms(experiment)}
+        if unknown:
+            raise GridError(f"experiment {experiment['name']}: cut names unknown methods {sorted(unknown)}")
+        if (cut["task"] == task and (not cut.get("variants") or variant in cut["variants"])
+                and (not cut.get("methods") or method in cut["methods"])):
             return {int(seed) for seed in cut["seeds"]}
     return None
 
@@ -126,11 +134,11 @@ def expand(grid: dict[str, Any]) -> list[Run]:
         for seed in experiment["seeds"]:
             for variant, variant_settings in variants.items():
                 for task in experiment["tasks"]:
-                    kept = _kept_seeds(experiment, task, variant)
-                    if kept is not None and int(seed) not in kept:
-                        continue
                     protocol = grid["tasks"][task]
                     for method, train_method, arm_settings in _arms(experiment):
+                        kept = _kept_seeds(experiment, task, variant, method)
+                        if kept is not None and int(seed) not in kept:
+                            continue
                         kind = "ft" if train_method == "ft" else "prefix"
                         settings = {**grid["defaults"], **protocol.get("common", {}), **protocol.get(kind, {}),
                                     **_for_kind(experiment.get("settings"), kind), **arm_settings,
@@ -162,6 +170,11 @@ def resolve_settings(grid: dict[str, Any], run: Run, records: list[dict[str, Any
         if lengths is None:
             return None
         settings["prefix_lengths"] = lengths
+    if settings.get("prefix_init_text") == "from_task":  # the task's own text (its init_text: in grid.yaml)
+        text = grid["tasks"][run.task].get("init_text")
+        if not text:
+            raise GridError(f"{run.run_id}: prefix_init_text: from_task, but task {run.task} has no init_text")
+        settings["prefix_init_text"] = text
     length_scale = settings.pop("prefix_length_scale", None)
     if length_scale is not None:
         settings["prefix_length"] = round(int(settings["prefix_length"]) * float(length_scale))
