@@ -110,15 +110,18 @@ class _BasePostHook:
 def _shifted_positions(base: nn.Module, inputs: dict, length: int) -> torch.Tensor:
     """Positions as P-tuning v2 gave them by feeding the prefix as `length` cached tokens."""
     ids = inputs.get("input_ids")
-    embeddings = getattr(base, "embeddings", None)
-    if ids is not None and getattr(embeddings, "padding_idx", None) is not None:
+    padding_idx = getattr(getattr(base, "embeddings", None), "padding_idx", None)
+    if ids is not None and padding_idx is not None:
         # RoBERTa-style (RoBERTa, XLM-R, MPNet): count from padding_idx + 1, padding keeps padding_idx; the formula
         # of RoBERTa's create_position_ids_from_input_ids, which MPNet's embeddings do not carry as a method.
-        keep = ids.ne(embeddings.padding_idx).int()
-        positions = ((torch.cumsum(keep, dim=1).type_as(keep) + length) * keep).long() + embeddings.padding_idx
+        keep = ids.ne(padding_idx).int()
+        positions = ((torch.cumsum(keep, dim=1).type_as(keep) + length) * keep).long() + padding_idx
     else:
         reference = ids if ids is not None else inputs["inputs_embeds"]
-        positions = torch.arange(length, length + reference.shape[1], device=reference.device)
+        # From embeddings, RoBERTa-style models cannot see padding and number every token from padding_idx + 1
+        # (their create_position_ids_from_inputs_embeds); the shift starts there too, as on the ids path.
+        start = length + (padding_idx + 1 if padding_idx is not None else 0)
+        positions = torch.arange(start, start + reference.shape[1], device=reference.device)
         positions = positions.unsqueeze(0).expand(reference.shape[0], -1)
     table = getattr(base.config, "max_position_embeddings", None)
     if table is not None and positions.numel() and int(positions.max()) >= table:

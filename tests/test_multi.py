@@ -175,6 +175,27 @@ def test_mixed_per_layer_lengths_and_shifted_positions(tmp_path):
     _check_rows(mixed, refs, rows, {n: 3 for n in paths})
 
 
+@pytest.mark.parametrize("arch", ["roberta", "mpnet"])
+def test_mixed_shifted_positions_from_inputs_embeds_equal_those_from_input_ids(tmp_path, arch):
+    """Rows of an adapter that shifts and of one that does not, given as embeddings: each gets the positions its
+    tokens get as ids (counted from padding_idx + 1 on these models, plus the row's shift)."""
+    def build(labels):
+        return tiny_model(arch, "eager" if arch == "mpnet" else "sdpa", num_labels=3)
+
+    configs = {"shift": dict(method="apt", prefix_length=4, shift_positions=True, token_gate_weight_std=0.5),
+               "plain": dict(method="pt2", prefix_length=2)}
+    paths = _save_adapters(tmp_path, build, configs, labels={})
+    model = _multi(build, paths)
+    rows = ["shift", "plain", "plain", "shift"]
+    ids, mask = tiny_batch(4, 9, pad_last=3)
+    ids = ids.masked_fill(mask == 0, model.base_model.embeddings.padding_idx)
+    with torch.no_grad():
+        from_ids = model(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+        embeds = model.base_model.embeddings.word_embeddings(ids)
+        from_embeds = model(inputs_embeds=embeds, attention_mask=mask, adapter_names=rows).logits
+    torch.testing.assert_close(from_embeds, from_ids)
+
+
 def test_set_adapter_switches_what_a_plain_forward_runs_and_what_is_saved(tmp_path):
     def build(labels):
         return tiny_model("bert", "sdpa", num_labels=labels or 3)
