@@ -357,8 +357,17 @@ class AdaptivePrefixMixin:
 
     def generate(self, *args, adapter_names=None, **kwargs):
         """``generate`` of the host model; ``adapter_names`` (one per prompt) sends each prompt through its adapter."""
-        with routed(self, adapter_names):
+        with routed(self, adapter_names, prompts=_prompt_count(args, kwargs)):
             return super().generate(*args, **kwargs)
+
+
+def _prompt_count(args, kwargs) -> int | None:
+    """The number of prompts given to ``generate`` (its first argument, or the ids, embeddings or mask by name)."""
+    for value in (args[0] if args else None, *(kwargs.get(k) for k in ("inputs", "input_ids", "inputs_embeds",
+                                                                       "attention_mask"))):
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    return None
 
 
 def _called_by_trainer() -> bool:

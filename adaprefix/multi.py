@@ -536,13 +536,22 @@ def _end(model: nn.Module, runtime: AdapterRuntime) -> None:
 
 
 @contextlib.contextmanager
-def routed(model: nn.Module, adapter_names) -> Iterator[None]:
-    """Route every forward inside the block by ``adapter_names`` (what ``generate(adapter_names=...)`` uses)."""
+def routed(model: nn.Module, adapter_names, prompts: int | None = None) -> Iterator[None]:
+    """Route every forward inside the block by ``adapter_names`` (what ``generate(adapter_names=...)`` uses).
+
+    ``prompts``: the number of prompts, which must equal the number of names. Checked here because the forwards
+    inside only see rows, and generate() repeats each prompt per beam or returned sequence: a batch of 4 rows fits
+    2 names (2 beams each) as well as 4.
+    """
     runtime = adapter_runtime(model)
     if adapter_names is None or runtime.routing is not None:
         yield
         return
-    _start(model, runtime, make_routing(model, adapter_names), owner="context")
+    routing = make_routing(model, adapter_names)
+    if prompts is not None and prompts != len(routing.names):
+        raise AdapterRoutingError(f"adapter_names has {len(routing.names)} names but there are {prompts} prompts; "
+                                  "give one name per prompt (beams and returned sequences follow their prompt's)")
+    _start(model, runtime, routing, owner="context")
     try:
         yield
     finally:

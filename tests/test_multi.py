@@ -141,6 +141,27 @@ def test_mixed_decoder_forward_and_generate_equal_each_adapter_alone(tmp_path, a
     assert model.active_adapter == "apt4"  # routing ends with generate
 
 
+def test_generate_refuses_a_number_of_names_other_than_the_number_of_prompts(tmp_path):
+    """generate() repeats each prompt per beam or returned sequence, so a row count that is a multiple of the names
+    must not pass for one name per prompt: 4 prompts with 2 names would run prompts 2-3 on the second adapter."""
+    def build(labels):
+        return tiny_model("llama", "sdpa")
+
+    paths = _save_adapters(tmp_path, build, {k: CONFIGS[k] for k in ("apt4", "pt7")})
+    model = _multi(build, paths)
+    ids = torch.randint(3, 96, (4, 5), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=2, do_sample=False, pad_token_id=0)
+    with pytest.raises(AdapterRoutingError, match="adapter_names has 2 names but there are 4 prompts"):
+        model.generate(ids, adapter_names=["apt4", "pt7"], **kwargs)
+    with pytest.raises(AdapterRoutingError, match="adapter_names has 4 names but there are 2 prompts"):
+        model.generate(input_ids=ids[:2], adapter_names=["apt4", "pt7"] * 2, num_beams=2, **kwargs)
+    with pytest.raises(AdapterRoutingError, match="adapter_names has 2 names but there are 4 prompts"):
+        model.generate(inputs_embeds=model.get_input_embeddings()(ids), adapter_names=["apt4", "pt7"], **kwargs)
+    # A refused call leaves no routing behind: the next plain generate runs the active adapter on every prompt.
+    reference = _alone(build, paths["apt4"], None).generate(ids, **kwargs)
+    assert torch.equal(model.generate(ids, **kwargs), reference)
+
+
 def test_padded_prefix_columns_get_exactly_zero_attention_weight(tmp_path):
     def build(labels):
         return tiny_model("bert", "eager", num_labels=labels or 3)
