@@ -209,14 +209,20 @@ def delete_adapter(model: nn.Module, name: str) -> None:
 
 
 def adapter_width(model: nn.Module, name: str) -> int | None:
-    """The size of the last dimension of adapter ``name``'s head output (its number of labels), read from the head's
-    last parameter's first dimension; None for an adapter without a head of its own."""
+    """The size of the last dimension of adapter ``name``'s head output (its number of labels); None for an adapter
+    without a head of its own.
+
+    Read from the first dimension of the last parameter of the head's output module. A head may span several of the
+    model's modules (DistilBERT's ``pre_classifier`` and ``classifier``, DeBERTa's ``pooler`` and ``classifier``);
+    the output module is the one the model registers last, as models register their head in the order it runs.
+    """
     entry = _entry(model, name)
-    last = None
-    for module in entry.heads.values():
-        for p in module.parameters():
-            last = p
-    return None if last is None else int(last.shape[0])
+    order = list(model._modules)
+    for path in sorted(entry.heads, key=order.index, reverse=True):
+        params = list(entry.heads[path].parameters())
+        if params:
+            return int(params[-1].shape[0])
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,9 +506,16 @@ class RoutingPreHook:
         if isinstance(inputs, torch.Tensor) and inputs.shape[0] != len(routing.names):
             raise AdapterRoutingError(f"adapter_names has {len(routing.names)} names but the batch has "
                                       f"{inputs.shape[0]} examples; give one name per example")
-        if kwargs.get("labels") is not None and len({adapter_width(module, n) for n in routing.groups}) > 1:
-            raise AdapterRoutingError("labels with adapters whose heads have different widths: the model's loss "
-                                      "reads one number of labels; compute a loss per adapter")
+        if kwargs.get("labels") is not None:
+            # The model's loss reads one number of labels: the active adapter's, also for rows all on another one.
+            active = self.runtime.adapter_name
+            widths = {n: adapter_width(module, n) for n in [active, *routing.groups]}
+            if len(set(widths.values())) > 1:
+                listed = ", ".join(f"{n}: {w}" for n, w in widths.items())
+                raise AdapterRoutingError(f"labels with adapters whose heads have different widths ({listed}; the "
+                                          f"active adapter {active!r} sets the number of labels the model's loss "
+                                          "reads); compute a loss per adapter, or set_adapter() to the rows' "
+                                          "adapter first")
         _start(module, self.runtime, routing)
         return args, kwargs
 

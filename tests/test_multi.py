@@ -246,6 +246,24 @@ def test_set_adapter_switches_what_a_plain_forward_runs_and_what_is_saved(tmp_pa
     assert not hasattr(model, "adaprefix_bank")
 
 
+@pytest.mark.parametrize("arch,impl", [("distilbert", "sdpa"), ("deberta-v2", "eager")])
+def test_adapter_width_is_the_output_module_s_when_the_head_spans_several_modules(tmp_path, arch, impl):
+    """DistilBERT's head is pre_classifier + classifier, DeBERTa's pooler + classifier: the width is the number of
+    labels (the classifier's), not the hidden size, so the guard on labels of different widths holds."""
+    def build(labels):
+        return tiny_model(arch, impl, num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    model = _multi(build, paths)
+    assert [adapter_width(model, n) for n in paths] == [3, 2, 5]
+    ids, mask = tiny_batch(2, 7)
+    with pytest.raises(AdapterRoutingError, match="different widths"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "pt7"], labels=torch.tensor([0, 1]))
+    # Rows all on one adapter narrower than the active one: the model's loss reads the active adapter's width.
+    with pytest.raises(AdapterRoutingError, match="different widths"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["pt7", "pt7"], labels=torch.tensor([0, 1]))
+
+
 def test_routing_and_loading_errors_name_the_problem(tmp_path):
     def build(labels):
         return tiny_model("bert", "sdpa", num_labels=labels or 3)
