@@ -66,6 +66,7 @@ class AdapterEntry:
     adapter: PrefixAdapter
     heads: dict[str, nn.Module]  # top-level head module name -> this adapter's module
     saved_names: list[str]  # parameter names (as when active) that save_adapter writes
+    labels: tuple[dict, dict] | None = None  # the model config's id2label, label2id when it was last active
 
 
 @dataclass
@@ -177,12 +178,18 @@ def add_adapter(model: nn.Module, name: str, config: AdaptivePrefixConfig, adapt
 
 
 def set_adapter(model: nn.Module, name: str) -> None:
-    """Make ``name`` the active adapter: the one a forward without ``adapter_names`` runs, and that is saved."""
+    """Make ``name`` the active adapter: the one a forward without ``adapter_names`` runs, and that is saved.
+
+    An adapter with another number of labels also sets the model's (``config.num_labels``, with generic label names,
+    and the model's ``num_labels``), which its loss and ``save_pretrained``'s config read; switching back restores
+    the label names the model had while the earlier adapter was active.
+    """
     runtime = adapter_runtime(model)
     entry = _entry(model, name)
     if name == runtime.adapter_name:
         return
     current = adapter_bank(model).entries[runtime.adapter_name]
+    _switch_labels(model, current, entry)
     slots = _bank_modules(model)
     del slots[name]
     model.add_module("adaprefix", entry.adapter)
@@ -192,6 +199,19 @@ def set_adapter(model: nn.Module, name: str) -> None:
     runtime.adapter, runtime.config, runtime.saved_names = entry.adapter, entry.config, list(entry.saved_names)
     runtime.adapter_name = name
     runtime.token_gates = [None] * runtime.shape.num_layers  # the last forward's gates were another adapter's
+
+
+def _switch_labels(model: nn.Module, leaving: AdapterEntry, entering: AdapterEntry) -> None:
+    config = model.config
+    leaving.labels = (copy.copy(config.id2label), copy.copy(config.label2id))
+    width = adapter_width(model, entering.name)
+    if entering.labels is not None:
+        config.id2label, config.label2id = (copy.copy(m) for m in entering.labels)
+    # Only a change of width is a change of labels: a multiple-choice head is 1 wide whatever num_labels says.
+    elif width is not None and width != adapter_width(model, leaving.name):
+        config.num_labels = width  # transformers names them LABEL_0 ... for a new count
+    if isinstance(getattr(model, "num_labels", None), int) and isinstance(config.num_labels, int):
+        model.num_labels = config.num_labels  # what the classification heads' losses read
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:

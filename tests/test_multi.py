@@ -264,6 +264,39 @@ def test_adapter_width_is_the_output_module_s_when_the_head_spans_several_module
         model(input_ids=ids, attention_mask=mask, adapter_names=["pt7", "pt7"], labels=torch.tensor([0, 1]))
 
 
+def test_set_adapter_to_another_number_of_labels_sets_the_model_s_number_of_labels(tmp_path):
+    """The model's loss and its saved config read the number of labels: after set_adapter they are the active
+    adapter's, so a forward with labels gives that adapter's loss and save_pretrained writes a loadable model."""
+    from transformers import AutoModelForSequenceClassification
+
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    model = _multi(build, paths)
+    model.config.id2label = {0: "no", 1: "maybe", 2: "yes"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    ids, mask = tiny_batch(3, 7)
+    labels = torch.tensor([4, 0, 2])
+    model.set_adapter("tok2")
+    assert model.config.num_labels == 5 and model.num_labels == 5
+    with torch.no_grad():
+        expected = _alone(build, paths["tok2"], 5)(input_ids=ids, attention_mask=mask, labels=labels).loss
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask, labels=labels).loss, expected)
+    model.save_pretrained(tmp_path / "full")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full").eval()
+    restored = load_adapter(reloaded, tmp_path / "full")
+    with torch.no_grad():
+        torch.testing.assert_close(restored(input_ids=ids, attention_mask=mask).logits,
+                                   model(input_ids=ids, attention_mask=mask).logits)
+    model.set_adapter("pt7")
+    assert model.config.num_labels == 2 and model.num_labels == 2
+    model.set_adapter("apt4")  # back to the first: its label names come back with its number of labels
+    assert model.config.id2label == {0: "no", 1: "maybe", 2: "yes"} and model.num_labels == 3
+    model.delete_adapter("apt4")  # deleting the active adapter activates pt7, with its number of labels
+    assert model.config.num_labels == 2 and model.num_labels == 2
+
+
 def test_routing_and_loading_errors_name_the_problem(tmp_path):
     def build(labels):
         return tiny_model("bert", "sdpa", num_labels=labels or 3)
