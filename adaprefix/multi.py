@@ -507,6 +507,15 @@ class RoutedHead(nn.Module):
         return result
 
 
+def _refuse_when_disabled(runtime: AdapterRuntime) -> None:
+    # No prefix runs inside disable_adapter(), so routed rows would get their adapter's head on the bare backbone:
+    # neither the base model nor the adapter.
+    if not runtime.enabled:
+        raise AdapterRoutingError("adapter_names inside disable_adapter(): the adapters' prefixes are off there, so "
+                                  "no row would run its adapter; drop adapter_names to run the base model, or run "
+                                  "the routed forward outside the disable_adapter() block")
+
+
 class RoutingPreHook:
     """Before the model's forward: takes ``adapter_names`` out of its arguments and routes the forward by it."""
 
@@ -519,6 +528,7 @@ class RoutingPreHook:
         names = kwargs.pop("adapter_names")
         if names is None:
             return args, kwargs
+        _refuse_when_disabled(self.runtime)
         routing = make_routing(module, names)
         inputs = kwargs.get("input_ids", args[0] if args else None)
         if inputs is None:
@@ -580,6 +590,7 @@ def routed(model: nn.Module, adapter_names, prompts: int | None = None) -> Itera
     if adapter_names is None or runtime.routing is not None:
         yield
         return
+    _refuse_when_disabled(runtime)
     routing = make_routing(model, adapter_names)
     if prompts is not None and prompts != len(routing.names):
         raise AdapterRoutingError(f"adapter_names has {len(routing.names)} names but there are {prompts} prompts; "

@@ -336,6 +336,28 @@ def test_routing_and_loading_errors_name_the_problem(tmp_path):
     assert list_adapters(model) == ["apt4", "pt7"]
 
 
+def test_adapter_names_inside_disable_adapter_are_refused(tmp_path):
+    """Inside disable_adapter() no prefix runs, so routing rows would give each row its adapter's head on the bare
+    backbone, which is neither the base model nor any adapter."""
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=3)
+
+    paths = _save_adapters(tmp_path, build, {k: CONFIGS[k] for k in ("apt4", "pt7")}, labels={})
+    model = _multi(build, paths)
+    ids, mask = tiny_batch(2, 7)
+    with model.disable_adapter():
+        with pytest.raises(AdapterRoutingError, match=r"adapter_names inside disable_adapter\(\)"):
+            model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "pt7"])
+        with pytest.raises(AdapterRoutingError, match=r"adapter_names inside disable_adapter\(\)"):
+            model.generate(ids, attention_mask=mask, adapter_names=["apt4", "pt7"], max_new_tokens=1)
+        with torch.no_grad():
+            base = model(input_ids=ids, attention_mask=mask).logits
+    assert type(model.classifier).__name__ == "Linear"  # the refused calls left no routing behind
+    with torch.no_grad():
+        mixed = model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "pt7"]).logits
+    assert not torch.allclose(mixed, base)
+
+
 def test_a_deepcopy_routes_like_the_original_and_owns_its_adapters(tmp_path):
     def build(labels):
         return tiny_model("bert", "sdpa", num_labels=labels or 3)
