@@ -84,6 +84,7 @@ class _BasePreHook:
         if want_weights is None:
             want_weights = getattr(module.config, "output_attentions", False)
         runtime.forward_state = seam.ForwardState(want_weights=bool(want_weights))
+        runtime.gates_routed = runtime.routing is not None
         if runtime.routing is not None:  # rows name their adapters: each one's prefix once, and its rows' shift
             begin_routed_forward(runtime, runtime.padding_mask)
             shifts = position_shifts(runtime)

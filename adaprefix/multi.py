@@ -45,7 +45,8 @@ BANK_ATTR = "adaprefix_bank"  # nn.ModuleDict of the inactive adapters' modules 
 
 
 class AdapterRoutingError(AdaprefixError, ValueError):
-    """``adapter_names`` does not fit the batch or names an adapter the model does not have."""
+    """``adapter_names`` does not fit the batch, names an adapter the model does not have, or is given where rows
+    cannot be routed (inside ``disable_adapter()``); or what was asked needs a forward without it."""
 
 
 class _Slot(nn.Module):
