@@ -21,6 +21,10 @@ adapter. Where that happens:
   copy of it on that adapter's rows. Heads of different widths (numbers of labels) are padded to the widest with
   ``-inf``: ``logits[i, ..., :C_i]`` is row i's adapter's output and the columns after it are ``-inf``, so
   ``softmax`` gives them 0 and ``argmax`` never picks them (:func:`adapter_width` gives C_i).
+
+Refused (:class:`AdapterRoutingError`): a number of names other than the examples' (the prompts' for ``generate``),
+``labels`` with adapters of different widths (the model's loss reads one, the active adapter's), and
+``adapter_names`` inside ``disable_adapter()``, where no prefix runs.
 """
 
 from __future__ import annotations
