@@ -133,6 +133,7 @@ class AdapterRuntime:
         self.padding_mask: torch.Tensor | None = None  # (B, S) keep-mask of real keys of the last forward, if known
         self.forward_state: seam.ForwardState | None = None  # shared by the layers while the base model runs
         self.token_gates: list[torch.Tensor | None] = [None] * shape.num_layers  # last forward, detached
+        self.gates_routed = False  # the last forward ran with adapter_names, which records no token gates
         self.arg_names = list(inspect.signature(model.base_model.forward).parameters)
         # Several adapters on one model (adaprefix.multi): this adapter's name, the others, and the adapter of
         # each row of the current forward (None: every row runs the active adapter, the code path of one adapter).

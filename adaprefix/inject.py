@@ -84,6 +84,7 @@ class _BasePreHook:
         if want_weights is None:
             want_weights = getattr(module.config, "output_attentions", False)
         runtime.forward_state = seam.ForwardState(want_weights=bool(want_weights))
+        runtime.gates_routed = runtime.routing is not None
         if runtime.routing is not None:  # rows name their adapters: each one's prefix once, and its rows' shift
             begin_routed_forward(runtime, runtime.padding_mask)
             shifts = position_shifts(runtime)
@@ -110,15 +111,18 @@ class _BasePostHook:
 def _shifted_positions(base: nn.Module, inputs: dict, length: int) -> torch.Tensor:
     """Positions as P-tuning v2 gave them by feeding the prefix as `length` cached tokens."""
     ids = inputs.get("input_ids")
-    embeddings = getattr(base, "embeddings", None)
-    if ids is not None and getattr(embeddings, "padding_idx", None) is not None:
+    padding_idx = getattr(getattr(base, "embeddings", None), "padding_idx", None)
+    if ids is not None and padding_idx is not None:
         # RoBERTa-style (RoBERTa, XLM-R, MPNet): count from padding_idx + 1, padding keeps padding_idx; the formula
         # of RoBERTa's create_position_ids_from_input_ids, which MPNet's embeddings do not carry as a method.
-        keep = ids.ne(embeddings.padding_idx).int()
-        positions = ((torch.cumsum(keep, dim=1).type_as(keep) + length) * keep).long() + embeddings.padding_idx
+        keep = ids.ne(padding_idx).int()
+        positions = ((torch.cumsum(keep, dim=1).type_as(keep) + length) * keep).long() + padding_idx
     else:
         reference = ids if ids is not None else inputs["inputs_embeds"]
-        positions = torch.arange(length, length + reference.shape[1], device=reference.device)
+        # From embeddings, RoBERTa-style models cannot see padding and number every token from padding_idx + 1
+        # (their create_position_ids_from_inputs_embeds); the shift starts there too, as on the ids path.
+        start = length + (padding_idx + 1 if padding_idx is not None else 0)
+        positions = torch.arange(start, start + reference.shape[1], device=reference.device)
         positions = positions.unsqueeze(0).expand(reference.shape[0], -1)
     table = getattr(base.config, "max_position_embeddings", None)
     if table is not None and positions.numel() and int(positions.max()) >= table:
@@ -354,8 +358,17 @@ class AdaptivePrefixMixin:
 
     def generate(self, *args, adapter_names=None, **kwargs):
         """``generate`` of the host model; ``adapter_names`` (one per prompt) sends each prompt through its adapter."""
-        with routed(self, adapter_names):
+        with routed(self, adapter_names, prompts=_prompt_count(args, kwargs)):
             return super().generate(*args, **kwargs)
+
+
+def _prompt_count(args, kwargs) -> int | None:
+    """The number of prompts given to ``generate`` (its first argument, or the ids, embeddings or mask by name)."""
+    for value in (args[0] if args else None, *(kwargs.get(k) for k in ("inputs", "input_ids", "inputs_embeds",
+                                                                       "attention_mask"))):
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    return None
 
 
 def _called_by_trainer() -> bool:

@@ -10,6 +10,7 @@ import torch.nn as nn
 from .adapter import adapter_runtime
 from .config import ConfigError
 from .gates import masked_mean, padding_weights
+from .multi import AdapterRoutingError
 
 
 def layer_gates(model: nn.Module) -> torch.Tensor | None:
@@ -23,9 +24,14 @@ def last_token_gates(model: nn.Module) -> torch.Tensor | None:
     """alpha from the last forward, shape (B, N, l); per-query gates are averaged over real tokens.
 
     With per-layer prefix lengths (PT-2*), l is the longest layer's and a layer's missing pseudo tokens are NaN.
-    None when the method has no token gate or no forward has run yet.
+    None when the method has no token gate or no forward has run yet. Raises
+    :class:`~adaprefix.multi.AdapterRoutingError` after a forward with ``adapter_names``, which records no gates.
     """
     runtime = adapter_runtime(model)
+    if runtime.gates_routed:
+        raise AdapterRoutingError("last_token_gates: the last forward ran with adapter_names, which records no token "
+                                  "gates (its rows may run adapters whose gates differ in shape); to read an "
+                                  "adapter's gates, model.set_adapter(name) and run its rows without adapter_names")
     lengths = runtime.config.layer_lengths(runtime.shape.num_layers)
     if runtime.adapter.token_gate is None or any(g is None for g, n in zip(runtime.token_gates, lengths) if n):
         return None

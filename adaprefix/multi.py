@@ -21,6 +21,10 @@ adapter. Where that happens:
   copy of it on that adapter's rows. Heads of different widths (numbers of labels) are padded to the widest with
   ``-inf``: ``logits[i, ..., :C_i]`` is row i's adapter's output and the columns after it are ``-inf``, so
   ``softmax`` gives them 0 and ``argmax`` never picks them (:func:`adapter_width` gives C_i).
+
+Refused (:class:`AdapterRoutingError`): a number of names other than the examples' (the prompts' for ``generate``),
+``labels`` with adapters of different widths (the model's loss reads one, the active adapter's), and
+``adapter_names`` inside ``disable_adapter()``, where no prefix runs.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ BANK_ATTR = "adaprefix_bank"  # nn.ModuleDict of the inactive adapters' modules 
 
 
 class AdapterRoutingError(AdaprefixError, ValueError):
-    """``adapter_names`` does not fit the batch or names an adapter the model does not have."""
+    """``adapter_names`` does not fit the batch, names an adapter the model does not have, or is given where rows
+    cannot be routed (inside ``disable_adapter()``); or what was asked needs a forward without it."""
 
 
 class _Slot(nn.Module):
@@ -66,6 +71,7 @@ class AdapterEntry:
     adapter: PrefixAdapter
     heads: dict[str, nn.Module]  # top-level head module name -> this adapter's module
     saved_names: list[str]  # parameter names (as when active) that save_adapter writes
+    labels: tuple[dict, dict] | None = None  # the model config's id2label, label2id when it was last active
 
 
 @dataclass
@@ -177,12 +183,18 @@ def add_adapter(model: nn.Module, name: str, config: AdaptivePrefixConfig, adapt
 
 
 def set_adapter(model: nn.Module, name: str) -> None:
-    """Make ``name`` the active adapter: the one a forward without ``adapter_names`` runs, and that is saved."""
+    """Make ``name`` the active adapter: the one a forward without ``adapter_names`` runs, and that is saved.
+
+    An adapter with another number of labels also sets the model's (``config.num_labels``, with generic label names,
+    and the model's ``num_labels``), which its loss and ``save_pretrained``'s config read; switching back restores
+    the label names the model had while the earlier adapter was active.
+    """
     runtime = adapter_runtime(model)
     entry = _entry(model, name)
     if name == runtime.adapter_name:
         return
     current = adapter_bank(model).entries[runtime.adapter_name]
+    _switch_labels(model, current, entry)
     slots = _bank_modules(model)
     del slots[name]
     model.add_module("adaprefix", entry.adapter)
@@ -192,6 +204,19 @@ def set_adapter(model: nn.Module, name: str) -> None:
     runtime.adapter, runtime.config, runtime.saved_names = entry.adapter, entry.config, list(entry.saved_names)
     runtime.adapter_name = name
     runtime.token_gates = [None] * runtime.shape.num_layers  # the last forward's gates were another adapter's
+
+
+def _switch_labels(model: nn.Module, leaving: AdapterEntry, entering: AdapterEntry) -> None:
+    config = model.config
+    leaving.labels = (copy.copy(config.id2label), copy.copy(config.label2id))
+    width = adapter_width(model, entering.name)
+    if entering.labels is not None:
+        config.id2label, config.label2id = (copy.copy(m) for m in entering.labels)
+    # Only a change of width is a change of labels: a multiple-choice head is 1 wide whatever num_labels says.
+    elif width is not None and width != adapter_width(model, leaving.name):
+        config.num_labels = width  # transformers names them LABEL_0 ... for a new count
+    if isinstance(getattr(model, "num_labels", None), int) and isinstance(config.num_labels, int):
+        model.num_labels = config.num_labels  # what the classification heads' losses read
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
@@ -209,14 +234,20 @@ def delete_adapter(model: nn.Module, name: str) -> None:
 
 
 def adapter_width(model: nn.Module, name: str) -> int | None:
-    """The size of the last dimension of adapter ``name``'s head output (its number of labels), read from the head's
-    last parameter's first dimension; None for an adapter without a head of its own."""
+    """The size of the last dimension of adapter ``name``'s head output (its number of labels); None for an adapter
+    without a head of its own.
+
+    Read from the first dimension of the last parameter of the head's output module. A head may span several of the
+    model's modules (DistilBERT's ``pre_classifier`` and ``classifier``, DeBERTa's ``pooler`` and ``classifier``);
+    the output module is the one the model registers last, as models register their head in the order it runs.
+    """
     entry = _entry(model, name)
-    last = None
-    for module in entry.heads.values():
-        for p in module.parameters():
-            last = p
-    return None if last is None else int(last.shape[0])
+    order = list(model._modules)
+    for path in sorted(entry.heads, key=order.index, reverse=True):
+        params = list(entry.heads[path].parameters())
+        if params:
+            return int(params[-1].shape[0])
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -488,6 +519,15 @@ class RoutedHead(nn.Module):
         return result
 
 
+def _refuse_when_disabled(runtime: AdapterRuntime) -> None:
+    # No prefix runs inside disable_adapter(), so routed rows would get their adapter's head on the bare backbone:
+    # neither the base model nor the adapter.
+    if not runtime.enabled:
+        raise AdapterRoutingError("adapter_names inside disable_adapter(): the adapters' prefixes are off there, so "
+                                  "no row would run its adapter; drop adapter_names to run the base model, or run "
+                                  "the routed forward outside the disable_adapter() block")
+
+
 class RoutingPreHook:
     """Before the model's forward: takes ``adapter_names`` out of its arguments and routes the forward by it."""
 
@@ -500,6 +540,7 @@ class RoutingPreHook:
         names = kwargs.pop("adapter_names")
         if names is None:
             return args, kwargs
+        _refuse_when_disabled(self.runtime)
         routing = make_routing(module, names)
         inputs = kwargs.get("input_ids", args[0] if args else None)
         if inputs is None:
@@ -507,9 +548,16 @@ class RoutingPreHook:
         if isinstance(inputs, torch.Tensor) and inputs.shape[0] != len(routing.names):
             raise AdapterRoutingError(f"adapter_names has {len(routing.names)} names but the batch has "
                                       f"{inputs.shape[0]} examples; give one name per example")
-        if kwargs.get("labels") is not None and len({adapter_width(module, n) for n in routing.groups}) > 1:
-            raise AdapterRoutingError("labels with adapters whose heads have different widths: the model's loss "
-                                      "reads one number of labels; compute a loss per adapter")
+        if kwargs.get("labels") is not None:
+            # The model's loss reads one number of labels: the active adapter's, also for rows all on another one.
+            active = self.runtime.adapter_name
+            widths = {n: adapter_width(module, n) for n in [active, *routing.groups]}
+            if len(set(widths.values())) > 1:
+                listed = ", ".join(f"{n}: {w}" for n, w in widths.items())
+                raise AdapterRoutingError(f"labels with adapters whose heads have different widths ({listed}; the "
+                                          f"active adapter {active!r} sets the number of labels the model's loss "
+                                          "reads); compute a loss per adapter, or set_adapter() to the rows' "
+                                          "adapter first")
         _start(module, self.runtime, routing)
         return args, kwargs
 
@@ -543,13 +591,23 @@ def _end(model: nn.Module, runtime: AdapterRuntime) -> None:
 
 
 @contextlib.contextmanager
-def routed(model: nn.Module, adapter_names) -> Iterator[None]:
-    """Route every forward inside the block by ``adapter_names`` (what ``generate(adapter_names=...)`` uses)."""
+def routed(model: nn.Module, adapter_names, prompts: int | None = None) -> Iterator[None]:
+    """Route every forward inside the block by ``adapter_names`` (what ``generate(adapter_names=...)`` uses).
+
+    ``prompts``: the number of prompts, which must equal the number of names. Checked here because the forwards
+    inside only see rows, and generate() repeats each prompt per beam or returned sequence: a batch of 4 rows fits
+    2 names (2 beams each) as well as 4.
+    """
     runtime = adapter_runtime(model)
     if adapter_names is None or runtime.routing is not None:
         yield
         return
-    _start(model, runtime, make_routing(model, adapter_names), owner="context")
+    _refuse_when_disabled(runtime)
+    routing = make_routing(model, adapter_names)
+    if prompts is not None and prompts != len(routing.names):
+        raise AdapterRoutingError(f"adapter_names has {len(routing.names)} names but there are {prompts} prompts; "
+                                  "give one name per prompt (beams and returned sequences follow their prompt's)")
+    _start(model, runtime, routing, owner="context")
     try:
         yield
     finally:

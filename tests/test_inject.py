@@ -373,3 +373,16 @@ def test_a_forward_that_raises_leaves_no_prefix_behind():
         model(input_ids=ids, attention_mask=mask)
     runtime = adapter_runtime(model)
     assert runtime.prefix is None and all(site.prefix is None for site in runtime.sites)
+
+
+@pytest.mark.parametrize("name", ["roberta", "xlm-roberta", "mpnet"])
+def test_shift_positions_from_inputs_embeds_matches_input_ids_on_models_counting_from_padding_idx(name):
+    # RoBERTa-style embeddings number tokens from padding_idx + 1, from ids and from inputs_embeds alike; the shift
+    # must start there on both paths (right padding: the real tokens get the same positions either way).
+    model = attach(tiny_model(name), AdaptivePrefixConfig(method="pt2", prefix_length=4, shift_positions=True))
+    ids, mask = tiny_batch()
+    ids = ids.masked_fill(mask == 0, model.base_model.embeddings.padding_idx)
+    with torch.no_grad():
+        from_ids = model(input_ids=ids, attention_mask=mask).logits
+        embeds = model.base_model.embeddings.word_embeddings(ids)
+        torch.testing.assert_close(model(inputs_embeds=embeds, attention_mask=mask).logits, from_ids)

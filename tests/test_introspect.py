@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from adaprefix import (AdaptivePrefixConfig, ConfigError, adapter_runtime, attach, collect_token_gates, effective_gates,
-                       last_token_gates, layer_gates)
+from adaprefix import (AdapterRoutingError, AdaptivePrefixConfig, ConfigError, adapter_runtime, attach,
+                       collect_token_gates, effective_gates, last_token_gates, layer_gates)
 from tiny_models import tiny_batch, tiny_model
 
 
@@ -47,3 +47,18 @@ def test_collect_refuses_a_method_without_token_gate():
     assert layer_gates(model) is None
     with pytest.raises(ConfigError, match="method: 'pt2' has no token gate to collect"):
         collect_token_gates(model, [dict(zip(("input_ids", "attention_mask"), tiny_batch()))])
+
+
+def test_last_token_gates_after_a_forward_with_adapter_names_is_refused():
+    # A routed forward records no gates (its rows may run adapters whose gates differ in shape); the gates of the
+    # forward before it must not be handed out as its own.
+    model = attach(tiny_model("bert"), AdaptivePrefixConfig(prefix_length=4, token_gate_weight_std=1.0))
+    ids, mask = tiny_batch()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+        before = last_token_gates(model)
+        model(input_ids=ids[:1], attention_mask=mask[:1], adapter_names=["default"])
+        with pytest.raises(AdapterRoutingError, match="last_token_gates: the last forward ran with adapter_names"):
+            last_token_gates(model)
+        model(input_ids=ids, attention_mask=mask)  # a plain forward records its gates again
+    torch.testing.assert_close(last_token_gates(model), before)

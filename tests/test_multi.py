@@ -141,6 +141,27 @@ def test_mixed_decoder_forward_and_generate_equal_each_adapter_alone(tmp_path, a
     assert model.active_adapter == "apt4"  # routing ends with generate
 
 
+def test_generate_refuses_a_number_of_names_other_than_the_number_of_prompts(tmp_path):
+    """generate() repeats each prompt per beam or returned sequence, so a row count that is a multiple of the names
+    must not pass for one name per prompt: 4 prompts with 2 names would run prompts 2-3 on the second adapter."""
+    def build(labels):
+        return tiny_model("llama", "sdpa")
+
+    paths = _save_adapters(tmp_path, build, {k: CONFIGS[k] for k in ("apt4", "pt7")})
+    model = _multi(build, paths)
+    ids = torch.randint(3, 96, (4, 5), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=2, do_sample=False, pad_token_id=0)
+    with pytest.raises(AdapterRoutingError, match="adapter_names has 2 names but there are 4 prompts"):
+        model.generate(ids, adapter_names=["apt4", "pt7"], **kwargs)
+    with pytest.raises(AdapterRoutingError, match="adapter_names has 4 names but there are 2 prompts"):
+        model.generate(input_ids=ids[:2], adapter_names=["apt4", "pt7"] * 2, num_beams=2, **kwargs)
+    with pytest.raises(AdapterRoutingError, match="adapter_names has 2 names but there are 4 prompts"):
+        model.generate(inputs_embeds=model.get_input_embeddings()(ids), adapter_names=["apt4", "pt7"], **kwargs)
+    # A refused call leaves no routing behind: the next plain generate runs the active adapter on every prompt.
+    reference = _alone(build, paths["apt4"], None).generate(ids, **kwargs)
+    assert torch.equal(model.generate(ids, **kwargs), reference)
+
+
 def test_padded_prefix_columns_get_exactly_zero_attention_weight(tmp_path):
     def build(labels):
         return tiny_model("bert", "eager", num_labels=labels or 3)
@@ -175,6 +196,27 @@ def test_mixed_per_layer_lengths_and_shifted_positions(tmp_path):
     _check_rows(mixed, refs, rows, {n: 3 for n in paths})
 
 
+@pytest.mark.parametrize("arch", ["roberta", "mpnet"])
+def test_mixed_shifted_positions_from_inputs_embeds_equal_those_from_input_ids(tmp_path, arch):
+    """Rows of an adapter that shifts and of one that does not, given as embeddings: each gets the positions its
+    tokens get as ids (counted from padding_idx + 1 on these models, plus the row's shift)."""
+    def build(labels):
+        return tiny_model(arch, "eager" if arch == "mpnet" else "sdpa", num_labels=3)
+
+    configs = {"shift": dict(method="apt", prefix_length=4, shift_positions=True, token_gate_weight_std=0.5),
+               "plain": dict(method="pt2", prefix_length=2)}
+    paths = _save_adapters(tmp_path, build, configs, labels={})
+    model = _multi(build, paths)
+    rows = ["shift", "plain", "plain", "shift"]
+    ids, mask = tiny_batch(4, 9, pad_last=3)
+    ids = ids.masked_fill(mask == 0, model.base_model.embeddings.padding_idx)
+    with torch.no_grad():
+        from_ids = model(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+        embeds = model.base_model.embeddings.word_embeddings(ids)
+        from_embeds = model(inputs_embeds=embeds, attention_mask=mask, adapter_names=rows).logits
+    torch.testing.assert_close(from_embeds, from_ids)
+
+
 def test_set_adapter_switches_what_a_plain_forward_runs_and_what_is_saved(tmp_path):
     def build(labels):
         return tiny_model("bert", "sdpa", num_labels=labels or 3)
@@ -202,6 +244,57 @@ def test_set_adapter_switches_what_a_plain_forward_runs_and_what_is_saved(tmp_pa
         model.delete_adapter("apt4")
     detach(model)
     assert not hasattr(model, "adaprefix_bank")
+
+
+@pytest.mark.parametrize("arch,impl", [("distilbert", "sdpa"), ("deberta-v2", "eager")])
+def test_adapter_width_is_the_output_module_s_when_the_head_spans_several_modules(tmp_path, arch, impl):
+    """DistilBERT's head is pre_classifier + classifier, DeBERTa's pooler + classifier: the width is the number of
+    labels (the classifier's), not the hidden size, so the guard on labels of different widths holds."""
+    def build(labels):
+        return tiny_model(arch, impl, num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    model = _multi(build, paths)
+    assert [adapter_width(model, n) for n in paths] == [3, 2, 5]
+    ids, mask = tiny_batch(2, 7)
+    with pytest.raises(AdapterRoutingError, match="different widths"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "pt7"], labels=torch.tensor([0, 1]))
+    # Rows all on one adapter narrower than the active one: the model's loss reads the active adapter's width.
+    with pytest.raises(AdapterRoutingError, match="different widths"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["pt7", "pt7"], labels=torch.tensor([0, 1]))
+
+
+def test_set_adapter_to_another_number_of_labels_sets_the_model_s_number_of_labels(tmp_path):
+    """The model's loss and its saved config read the number of labels: after set_adapter they are the active
+    adapter's, so a forward with labels gives that adapter's loss and save_pretrained writes a loadable model."""
+    from transformers import AutoModelForSequenceClassification
+
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    model = _multi(build, paths)
+    model.config.id2label = {0: "no", 1: "maybe", 2: "yes"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    ids, mask = tiny_batch(3, 7)
+    labels = torch.tensor([4, 0, 2])
+    model.set_adapter("tok2")
+    assert model.config.num_labels == 5 and model.num_labels == 5
+    with torch.no_grad():
+        expected = _alone(build, paths["tok2"], 5)(input_ids=ids, attention_mask=mask, labels=labels).loss
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask, labels=labels).loss, expected)
+    model.save_pretrained(tmp_path / "full")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full").eval()
+    restored = load_adapter(reloaded, tmp_path / "full")
+    with torch.no_grad():
+        torch.testing.assert_close(restored(input_ids=ids, attention_mask=mask).logits,
+                                   model(input_ids=ids, attention_mask=mask).logits)
+    model.set_adapter("pt7")
+    assert model.config.num_labels == 2 and model.num_labels == 2
+    model.set_adapter("apt4")  # back to the first: its label names come back with its number of labels
+    assert model.config.id2label == {0: "no", 1: "maybe", 2: "yes"} and model.num_labels == 3
+    model.delete_adapter("apt4")  # deleting the active adapter activates pt7, with its number of labels
+    assert model.config.num_labels == 2 and model.num_labels == 2
 
 
 def test_routing_and_loading_errors_name_the_problem(tmp_path):
@@ -241,6 +334,28 @@ def test_routing_and_loading_errors_name_the_problem(tmp_path):
     with pytest.raises(AdapterLoadError, match=r"task head lives in no module, the model's adapters' in \['classifier'\]"):
         model.load_adapter(tmp_path / "headless", adapter_name="headless")
     assert list_adapters(model) == ["apt4", "pt7"]
+
+
+def test_adapter_names_inside_disable_adapter_are_refused(tmp_path):
+    """Inside disable_adapter() no prefix runs, so routing rows would give each row its adapter's head on the bare
+    backbone, which is neither the base model nor any adapter."""
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=3)
+
+    paths = _save_adapters(tmp_path, build, {k: CONFIGS[k] for k in ("apt4", "pt7")}, labels={})
+    model = _multi(build, paths)
+    ids, mask = tiny_batch(2, 7)
+    with model.disable_adapter():
+        with pytest.raises(AdapterRoutingError, match=r"adapter_names inside disable_adapter\(\)"):
+            model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "pt7"])
+        with pytest.raises(AdapterRoutingError, match=r"adapter_names inside disable_adapter\(\)"):
+            model.generate(ids, attention_mask=mask, adapter_names=["apt4", "pt7"], max_new_tokens=1)
+        with torch.no_grad():
+            base = model(input_ids=ids, attention_mask=mask).logits
+    assert type(model.classifier).__name__ == "Linear"  # the refused calls left no routing behind
+    with torch.no_grad():
+        mixed = model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "pt7"]).logits
+    assert not torch.allclose(mixed, base)
 
 
 def test_a_deepcopy_routes_like_the_original_and_owns_its_adapters(tmp_path):
