@@ -7,6 +7,7 @@ from .errors import AdaprefixError
 from .inject import attach, detach, load_adapter
 from .multi import AdapterRoutingError, adapter_width, list_adapters
 from .introspect import collect_token_gates, effective_gates, last_token_gates, layer_gates
+from .peft_format import PeftConversionWarning, export_peft
 from .persistence import AdapterLoadError, BaseModelMismatchWarning, read_adapter_config, save_adapter
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "AdapterRoutingError",
     "AdapterStateError",
     "BaseModelMismatchWarning",
+    "PeftConversionWarning",
     "ConfigError",
     "UnsupportedModelError",
     "adapter_runtime",
@@ -26,6 +28,7 @@ __all__ = [
     "collect_token_gates",
     "detach",
     "effective_gates",
+    "export_peft",
     "is_attached",
     "last_token_gates",
     "layer_gates",
