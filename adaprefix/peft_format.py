@@ -105,7 +105,7 @@ def read_peft_adapter(path: str | os.PathLike,
     flat_width = shape.num_layers * 2 * shape.kv_dim
     weights = folder / PEFT_WEIGHTS_NAME
     if prompt is None:
-        raise AdapterLoadError(f"{weights}: no {PROMPT_KEY!r} tensor; PEFT saves a prefix-tuning prefix under that name")
+        raise AdapterLoadError(f"{weights}: no {PROMPT_KEY!r} tensor; PEFT saves a prefix-tuning prefix under it")
     if tuple(prompt.shape) != (length, flat_width):
         _refuse(weights, PROMPT_KEY, f"shape {(length, flat_width)} (num_virtual_tokens, num_layers * 2 * token_dim)",
                 tuple(prompt.shape))
@@ -120,7 +120,7 @@ def read_peft_adapter(path: str | os.PathLike,
             f"{PROMPT_KEY} ({length} tokens" + (", the output of PEFT's prefix projection" if
                                                 meta.get("prefix_projection") else "")
             + f"), prefix_dropout 0 (PEFT has none), {shift}"
-            + (f", task head {sorted({n.split('.')[0] for n in head})}" if head else ", no task head (the model's own)"),
+            + (f", task head {sorted({n.split('.')[0] for n in head})}" if head else ", no task head (the model's)"),
             PeftConversionWarning,
             stacklevel=3,  # the caller of load_adapter
         )

@@ -1,4 +1,4 @@
-"""The hub fallback's calls: every task asks ``datasets.load_dataset`` for a script-free repository at a pinned revision.
+"""The hub fallback's calls: every task asks ``datasets.load_dataset`` for a script-free repository, pinned.
 
 ``datasets`` >= 4.0 refuses repositories that load through a script, so a call with a bare legacy id ("conll2003",
 "super_glue") or without a revision must fail here, with ``load_dataset`` faked (no network).
@@ -14,7 +14,7 @@ import pytest
 from adaprefix.tasks import get_task
 
 SUPERGLUE_CONFIGS = {"boolq": "boolq", "cb": "cb", "copa": "copa", "rte": "rte", "wic": "wic", "wsc": "wsc.fixed"}
-# The repositories and revisions chosen (README "Data from the hub" gives the evidence); a rename must fail here.
+# The repositories and revisions chosen (README, "Command line", the Data item, gives the evidence); a rename fails.
 EXPECTED = {
     "conll03": ("eriktks/conll2003", None, "refs/convert/parquet"),
     **{task: ("aps/super_glue", config, "3de24cf8022e94f4ee4b9d55a6f539891524d646")
@@ -78,7 +78,7 @@ def test_hub_fallback_asks_for_the_pinned_script_free_repository(task, tmp_path,
     assert (call["path"], call["name"], call["revision"]) == EXPECTED[task]
     assert call["split"] == "validation"
     assert call["path"] not in SCRIPT_REPOSITORIES
-    path, _, revision = EXPECTED[task]
+    path = EXPECTED[task][0]
     assert examples and all(str(ex["source"]).startswith(f"hub:{path}") for ex in examples)
 
 
