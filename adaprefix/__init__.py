@@ -7,6 +7,7 @@ from .errors import AdaprefixError
 from .inject import attach, detach, load_adapter
 from .multi import AdapterRoutingError, adapter_width, list_adapters
 from .introspect import collect_token_gates, effective_gates, last_token_gates, layer_gates
+from .peft_format import PeftConversionWarning, export_peft
 from .persistence import AdapterLoadError, BaseModelMismatchWarning, read_adapter_config, save_adapter
 from .text_init import init_prefix_from_text
 
@@ -19,6 +20,7 @@ __all__ = [
     "AdapterRoutingError",
     "AdapterStateError",
     "BaseModelMismatchWarning",
+    "PeftConversionWarning",
     "ConfigError",
     "UnsupportedModelError",
     "adapter_runtime",
@@ -27,6 +29,7 @@ __all__ = [
     "collect_token_gates",
     "detach",
     "effective_gates",
+    "export_peft",
     "init_prefix_from_text",
     "is_attached",
     "last_token_gates",

@@ -29,6 +29,7 @@ from .config import AdaptivePrefixConfig, ConfigError
 from .multi import (BANK_ATTR, RoutingPostHook, RoutingPreHook, add_adapter, adapter_configs, check_adapter_name,
                     begin_routed_forward, delete_adapter, list_adapters, position_shifts, routed, routed_layer_prefix,
                     set_adapter)
+from .peft_format import is_peft_folder, read_peft_adapter
 from .persistence import AdapterLoadError, check_adapter_tensors, read_adapter, save_adapter
 
 
@@ -474,13 +475,17 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     :class:`~adaprefix.persistence.BaseModelMismatchWarning`: the prefix was learned for other weights.
     Everything the files alone can tell is checked before attaching; a model the tensors do not fit is detached
     again before the :class:`~adaprefix.persistence.AdapterLoadError` is raised.
+
+    A PEFT prefix-tuning folder (``adapter_config.json`` with ``peft_type: PREFIX_TUNING``) loads as a ``pt2``
+    adapter, with a :class:`~adaprefix.peft_format.PeftConversionWarning` saying so (:mod:`adaprefix.peft_format`).
     """
+    read_adapter_files = read_peft_adapter if is_peft_folder(path) else read_adapter
     if is_attached(model):
         if adapter_name is None:
             raise AdapterStateError(f"this model already has an adapter ({', '.join(list_adapters(model))}); pass "
                                     "adapter_name=... to load another one beside it, or adaprefix.detach(model) first")
         with model.disable_adapter():  # the backbone as it is without adapters, which is what the files describe
-            config, tensors = read_adapter(path, model)
+            config, tensors = read_adapter_files(path, model)
             spec, shape, _, causal = resolve_arch(model)
         config = _resolve_config(config, model, causal, spec.patched_attention)
         param = next(model.parameters())
@@ -492,7 +497,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
         return model
     if adapter_name is not None:
         check_adapter_name(adapter_name)
-    config, tensors = read_adapter(path, model)
+    config, tensors = read_adapter_files(path, model)
     attach(model, config)
     if adapter_name is not None:
         adapter_runtime(model).adapter_name = adapter_name

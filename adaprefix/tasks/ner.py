@@ -23,7 +23,7 @@ from .base import Example
 from .conll import ConllFormat, Sentence, read_conll
 from .data_dir import find_data_file, locate_data_file
 from .errors import DataError
-from .hub import hub_fallback
+from .hub import CONLL2003, hub_fallback
 from .kinds import TokenClassificationTask
 
 _DEFAULT_FILES = {"train": ("train.txt",), "dev": ("dev.txt", "valid.txt"), "test": ("test.txt",)}
@@ -122,7 +122,7 @@ class CoNLL03(ConllTask):
         boundary_prefixes=("-DOCSTART-",), columns_doc="token POS chunk NER",
     )
     fixed_labels = tuple(_bio(["PER", "LOC", "ORG", "MISC"]))
-    hub_path = "conll2003"
+    hub_source = CONLL2003
 
     def _load(self, split: str, data_dir: str | Path | None) -> list[Example]:
         try:
@@ -132,7 +132,7 @@ class CoNLL03(ConllTask):
         return super()._load(split, data_dir)
 
     def _load_from_hub(self, split: str, missing: DataError) -> list[Example]:
-        records, features, where = hub_fallback(missing, self.hub_path, None, split)
+        records, features, where = hub_fallback(missing, self.hub_source, None, split)
         names = features["ner_tags"].feature.names
         sents = [
             Sentence(list(r["tokens"]), [names[t] for t in r["ner_tags"]], i + 1, [i + 1] * len(r["tokens"]))

@@ -13,12 +13,11 @@ from typing import Any
 from .base import Example, Task
 from .data_dir import find_data_file, locate_data_file
 from .errors import DataError
-from .hub import hub_fallback
+from .hub import SUPER_GLUE, hub_fallback
 from .kinds import MultipleChoiceTask, SequenceClassificationTask
 from .readers import get_field, get_str, read_jsonl
 
 _FILES = {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}
-HUB_PATH = "super_glue"
 
 
 class SuperGlueTask(Task):
@@ -55,7 +54,7 @@ class SuperGlueTask(Task):
         return [self._example(rec, split, path, line) for line, rec in read_jsonl(path)]
 
     def _load_from_hub(self, split: str, missing: DataError) -> list[Example]:
-        records, _, where = hub_fallback(missing, HUB_PATH, self.hub_config, split)
+        records, _, where = hub_fallback(missing, SUPER_GLUE, self.hub_config, split)
         return [self._example(hub_record_to_jsonl(rec), split, where, i + 1) for i, rec in enumerate(records)]
 
     def example_from_record(self, rec: dict[str, Any], where: Any, line: int | None) -> Example:

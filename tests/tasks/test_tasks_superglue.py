@@ -258,8 +258,8 @@ def test_hub_fallback_converts_records(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake(path, config, split):
-        calls.append((path, config, split))
+    def fake(source, config, split):
+        calls.append((source.path, config, split))
         return [
             {"text": "t", "span1_index": 0, "span2_index": 3, "span1_text": "Mark", "span2_text": "he", "idx": 0, "label": 1},
             {"text": "u", "span1_index": 0, "span2_index": 3, "span1_text": "Ann", "span2_text": "she", "idx": 1, "label": -1},
@@ -269,7 +269,7 @@ def test_hub_fallback_converts_records(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "load_hub_split", fake)
     examples = get_task("wsc").load("test", tmp_path)
-    assert calls == [("super_glue", "wsc.fixed", "test")]
+    assert calls == [("aps/super_glue", "wsc.fixed", "test")]
     assert [ex["label"] for ex in examples] == [1, None]
     assert get_task("wsc").format(examples[0]) == ("he: t", "Mark")
 
@@ -277,7 +277,7 @@ def test_hub_fallback_converts_records(tmp_path, monkeypatch):
 def test_hub_failure_gives_clear_error(tmp_path, monkeypatch):
     import adaprefix.tasks.hub as hub
 
-    def fail(path, config, split):
+    def fail(source, config, split):
         raise ConnectionError("hub unreachable")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
