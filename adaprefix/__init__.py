@@ -9,6 +9,7 @@ from .multi import AdapterRoutingError, adapter_width, list_adapters
 from .introspect import collect_token_gates, effective_gates, last_token_gates, layer_gates
 from .peft_format import PeftConversionWarning, export_peft
 from .persistence import AdapterLoadError, BaseModelMismatchWarning, read_adapter_config, save_adapter
+from .pruning import PruneResult, PruningWarning, prune_adapter
 from .text_init import init_prefix_from_text
 
 __version__ = "0.1.0"
@@ -22,6 +23,8 @@ __all__ = [
     "BaseModelMismatchWarning",
     "PeftConversionWarning",
     "ConfigError",
+    "PruneResult",
+    "PruningWarning",
     "UnsupportedModelError",
     "adapter_runtime",
     "adapter_width",
@@ -36,6 +39,7 @@ __all__ = [
     "layer_gates",
     "list_adapters",
     "load_adapter",
+    "prune_adapter",
     "read_adapter_config",
     "save_adapter",
 ]
