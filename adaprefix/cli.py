@@ -170,6 +170,29 @@ def gates(
 
 
 @app.command()
+def prune(
+    run_dir: Path = typer.Argument(..., help="A run folder of an apt run (best with --gate-mode exact)."),
+    output: Path = typer.Option(..., help="New folder for the pruned run (eval / predict / serve take it)."),
+    threshold: float = typer.Option(0.01, min=0.0, help="Keep a pseudo token only if its gate exceeds this on "
+                                                        "some example of the split."),
+    split: str = typer.Option("dev", help="Split whose examples decide which gates open."),
+):
+    """Drop the pseudo tokens whose gate never opens: an adapter with per-layer prefix lengths (PT-2*'s form)."""
+    from .tasks import canonical_split
+    from .training.runs import prune_run
+
+    try:
+        result = prune_run(run_dir, output, threshold, canonical_split(split))
+    except AdaprefixError as err:
+        _fail(err)
+    before = int((~result.max_gates.isnan()).sum())
+    table = Table("layer", "kept", "of", title=f"{output}: {sum(result.lengths)} of {before} pseudo tokens kept")
+    for i, (kept, gates) in enumerate(zip(result.lengths, result.max_gates)):
+        table.add_row(str(i + 1), str(kept), str(int((~gates.isnan()).sum())))
+    out.print(table)
+
+
+@app.command()
 def serve(
     run_dirs: list[str] = typer.Argument(..., metavar="RUN_DIR...",
                                          help="Run folders of `adaprefix train` (prefix methods), one adapter each, "

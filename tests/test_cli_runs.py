@@ -180,3 +180,23 @@ def test_train_help_lists_every_setting():
     for setting in ("--epochs", "--learning-rate", "--lr-schedule", "--prefix-length", "--gate-pooling",
                     "--train-file"):
         assert setting in result.stdout
+
+
+def test_exact_gates_from_a_text_train_and_prune_into_a_run_that_evaluates(tiny_backbone, sentiment_files, tmp_path):
+    run, pruned = tmp_path / "run", tmp_path / "pruned"
+    settings = tiny_settings(tiny_backbone, sentiment_files, run, gate_mode="exact",
+                             prefix_init_text="a wonderful film", prefix_dropout=0.0)
+    result = _train(settings)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "adapter" / "adaprefix_config.json").read_text())["config"]
+    assert saved["gate_mode"] == "exact" and saved["prefix_init_text"] == "a wonderful film"
+    result = runner.invoke(app, ["prune", str(run), "--output", str(pruned), "--threshold", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((pruned / "pruned.json").read_text())
+    assert sum(report["lengths"]) == 8  # 2 layers x 4 tokens: after a few steps every exact gate is above 0
+    assert runner.invoke(app, ["eval", str(pruned)]).exit_code == 0
+    kept = json.loads((pruned / "eval_dev.json").read_text())["dev_accuracy"]
+    assert runner.invoke(app, ["eval", str(run)]).exit_code == 0
+    assert kept == json.loads((run / "eval_dev.json").read_text())["dev_accuracy"]
+    refused = runner.invoke(app, ["prune", str(run), "--output", str(tmp_path / "none"), "--threshold", "1000"])
+    assert refused.exit_code != 0 and "use a lower threshold" in refused.output

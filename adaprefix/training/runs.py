@@ -112,3 +112,46 @@ def predict(loaded: LoadedRun, inputs: Sequence[dict[str, Any]], batch_size: int
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
         results += [answer(task, loaded.labels, logits[i], starts[i]) for i in range(len(rows))]
     return results
+
+
+def prune_run(run_dir: str | Path, output: str | Path, threshold: float, split: str = "dev",
+              max_examples: int = 512):
+    """A copy of the run in ``output`` whose adapter keeps only the pseudo tokens whose gate exceeded ``threshold``
+    on ``split`` (:func:`adaprefix.pruning.prune_adapter`); ``adaprefix eval`` and ``predict`` take it as any run.
+    Returns the :class:`~adaprefix.pruning.PruneResult`."""
+    import dataclasses
+    import shutil
+
+    import yaml
+
+    from ..files import atomic_write_text
+    from ..pruning import prune_adapter
+
+    run, target = Path(run_dir), Path(output)
+    if target.resolve() == run.resolve():
+        raise RunNotFoundError(f"{target}: the pruned run must go to another folder than {run}")
+    if target.exists() and any(target.iterdir()):
+        raise RunNotFoundError(f"{target}: not empty; give a new folder for the pruned run")
+    loaded = load_run(run)
+    cfg, task = loaded.config, loaded.task
+    if cfg.method == "ft":
+        raise RunNotFoundError(f"{run}: a fine-tuning run has no adapter to prune")
+    examples = task.load(split, cfg.data_dir)[:max_examples]
+    rows = list(task.encode(examples, loaded.tokenizer, resolve_max_length(cfg, task, loaded.tokenizer)).dataset)
+    collate = task.collator(loaded.tokenizer)
+    batches = (collate(rows[i:i + cfg.eval_batch_size]) for i in range(0, len(rows), cfg.eval_batch_size))
+    result = prune_adapter(loaded.model, batches, threshold)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer", "labels.json", "generation.json"):
+        source = run / name
+        if source.is_dir():
+            shutil.copytree(source, target / name)
+        elif source.is_file():
+            shutil.copy2(source, target / name)
+    loaded.model.save_adapter(target / "adapter")
+    pruned = dataclasses.replace(cfg, adapter=loaded.model.adapter_config, output_dir=str(target))
+    atomic_write_text(target / "config.yaml", yaml.safe_dump(pruned.to_dict(), sort_keys=False))
+    atomic_write_json(target / "pruned.json", {"source": str(run), "threshold": threshold, "split": split,
+                                               "lengths": result.lengths, "kept": result.kept,
+                                               "max_gates": result.max_gates.nan_to_num(-1.0).tolist()})
+    return result
