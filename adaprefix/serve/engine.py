@@ -33,15 +33,10 @@ from ..training.build import build_model, build_task, resolve_max_length
 from ..training.config import load_train_config
 from ..training.display import library_output
 from ..training.generation import read_generation_settings
+from .settings import ServeError, Settings
 
-OVERFLOW = ("truncate", "refuse")
 GENERATION = "generation"  # the model group of decoder adapters (language-model adapters and generation runs)
-BATCHING = ("mixed", "per-adapter")
 UNBOUNDED = 10**9  # a max_length no input reaches: encode without truncation to see which inputs are over
-
-
-class ServeError(AdaprefixError, ValueError):
-    """A run folder cannot be served beside the others; the message names the folder and the mismatch."""
 
 
 class UnknownAdapterError(AdaprefixError, LookupError):
@@ -50,37 +45,6 @@ class UnknownAdapterError(AdaprefixError, LookupError):
 
 class InputError(AdaprefixError, ValueError):
     """A request's inputs do not fit its adapter's task (or are over-long under ``on_overflow='refuse'``)."""
-
-
-@dataclass
-class Settings:
-    """How the server batches, treats over-long inputs, and what one request may ask (its admission limits)."""
-
-    max_batch_size: int = 32  # rows per forward
-    max_wait_ms: float = 5.0  # how long the first row of a batch waits for others
-    on_overflow: str = "truncate"  # an input over the run's max_length: 'truncate' (and flag it) or 'refuse'
-    batching: str = "mixed"  # 'per-adapter': one adapter per forward, as a single-adapter server (for comparison)
-    max_new_tokens: int = 256  # the most /v1/generate may ask for
-    max_body_bytes: int = 2 * 2**20  # a request body's size, checked before it is read
-    max_inputs: int = 1024  # inputs (rows) per request
-    max_request_tokens: int = 2**17  # tokens of a request's inputs, as encoded (after any truncation)
-    max_queue: int = 4096  # rows admitted and not answered yet, all requests together; past it: 429
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_new_tokens", "max_body_bytes", "max_inputs", "max_request_tokens",
-                     "max_queue"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ServeError(f"{name}: expected a positive integer, got {value!r}")
-        if not isinstance(self.max_wait_ms, (int, float)) or self.max_wait_ms < 0:
-            raise ServeError(f"max_wait_ms: expected a number >= 0, got {self.max_wait_ms!r}")
-        if self.on_overflow not in OVERFLOW:
-            raise ServeError(f"on_overflow: expected one of {', '.join(OVERFLOW)}, got {self.on_overflow!r}")
-        if self.batching not in BATCHING:
-            raise ServeError(f"batching: expected one of {', '.join(BATCHING)}, got {self.batching!r}")
-        if self.max_queue < self.max_inputs:  # a request of max_inputs could then never be admitted
-            raise ServeError(f"max_queue: {self.max_queue} is below max_inputs ({self.max_inputs}); a request of "
-                             "max_inputs inputs would always be refused")
 
 
 @dataclass
