@@ -105,7 +105,8 @@ def test_an_unknown_field_is_refused_not_ignored(client):
 
 
 def test_every_error_has_one_shape(client):
-    answers = {404: client.get("/nope"), 405: client.delete("/v1/predict"),
+    answers = {400: client.post("/v1/predict", content=b"\xff", headers={"content-type": "application/json"}),
+               404: client.get("/nope"), 405: client.delete("/v1/predict"),
                422: client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"})}
     for status, response in answers.items():
         assert response.status_code == status
@@ -122,8 +123,8 @@ def test_openapi_documents_the_errors_as_sent(client):
     assert "HTTPValidationError" not in schema["components"]["schemas"]  # FastAPI's {"detail": ...}: never sent
     for path in ("/v1/predict", "/v1/generate"):
         responses = schema["paths"][path]["post"]["responses"]
-        assert set(responses) == {"200", "404", "413", "422", "429", "500"}
-        for status in ("404", "413", "422", "429", "500"):
+        assert set(responses) == {"200", "400", "404", "413", "422", "429", "500"}
+        for status in ("400", "404", "413", "422", "429", "500"):
             assert responses[status]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/ErrorResponse"}
         assert "Retry-After" in responses["429"]["headers"]

@@ -90,7 +90,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
-        message = {404: f"no route {request.url.path}; the routes are {routes()}",
+        message = {400: "malformed request body: it is not UTF-8 text, so not JSON",
+                   404: f"no route {request.url.path}; the routes are {routes()}",
                    405: f"{request.method} is not allowed on {request.url.path}; the routes are {routes()}"}
         return _error(err.status_code, message.get(err.status_code, str(err.detail)), err.headers)
 

@@ -99,6 +99,7 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying aga
 #: The errors each kind of route can answer, for its OpenAPI entry.
 SERVER_ERRORS = {500: _documented("An unexpected failure; the server's log has its traceback.")}
 REQUEST_ERRORS = {
+    400: _documented("A body that is not text (not UTF-8), so not JSON either."),
     404: _documented("No adapter of that name."),
     413: _documented("Over a limit of this server: body size (--max-body-bytes), inputs per request (--max-inputs) "
                      "or tokens per request (--max-request-tokens)."),
