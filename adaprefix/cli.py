@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import AdaprefixError
+from .serve.settings import Settings
 from .training.docs import setting_help, settings_epilog
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -199,10 +200,15 @@ def serve(
                                               "named after the folder, or NAME=PATH."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    max_batch_size: int = typer.Option(32, help="Most inputs per forward."),
-    max_wait_ms: float = typer.Option(5.0, help="How long the first input of a batch waits for others (ms)."),
-    on_overflow: str = typer.Option("truncate", help="An input over the run's max_length: truncate (flagged in "
-                                                     "the answer) or refuse (422)."),
+    max_batch_size: int = typer.Option(Settings.default("max_batch_size"), help=Settings.help("max_batch_size")),
+    max_wait_ms: float = typer.Option(Settings.default("max_wait_ms"), help=Settings.help("max_wait_ms")),
+    on_overflow: str = typer.Option(Settings.default("on_overflow"), help=Settings.help("on_overflow")),
+    max_body_bytes: int = typer.Option(Settings.default("max_body_bytes"), help=Settings.help("max_body_bytes")),
+    max_inputs: int = typer.Option(Settings.default("max_inputs"), help=Settings.help("max_inputs")),
+    max_request_tokens: int = typer.Option(Settings.default("max_request_tokens"),
+                                           help=Settings.help("max_request_tokens")),
+    max_queue: int = typer.Option(Settings.default("max_queue"), help=Settings.help("max_queue")),
+    max_new_tokens: int = typer.Option(Settings.default("max_new_tokens"), help=Settings.help("max_new_tokens")),
 ):
     """Serve the adapters of several runs on one backbone over HTTP; requests for any of them share forwards.
 
@@ -216,11 +222,13 @@ def serve(
         console.print(f"[bold red]error:[/] {escape(message)}Install it with: {escape(INSTALL)}", highlight=False,
                       soft_wrap=True)  # escaped: rich would read "[serve]" as markup
         raise typer.Exit(code=2)
-    from .serve.engine import Engine, Settings
+    from .serve.engine import Engine
 
     try:
-        engine = Engine.from_runs(run_dirs, Settings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                                                     on_overflow=on_overflow))
+        engine = Engine.from_runs(run_dirs, Settings(
+            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, on_overflow=on_overflow,
+            max_body_bytes=max_body_bytes, max_inputs=max_inputs, max_request_tokens=max_request_tokens,
+            max_queue=max_queue, max_new_tokens=max_new_tokens))
     except AdaprefixError as err:
         _fail(err)
     import uvicorn

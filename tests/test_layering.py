@@ -53,10 +53,10 @@ def test_no_core_module_imports_the_layers_above_it(name):
     assert not [m for m in GRAPH[name] if m.startswith(ABOVE_THE_CORE)]
 
 
-def test_no_two_core_modules_import_each_other_even_through_others():
-    # The package itself (adaprefix/__init__.py) is the public face that imports everything; persistence reads
-    # __version__ from it when it reports a format mismatch. It is not one of the modules checked here.
-    edges = {name: {m for m in GRAPH[name] if m in CORE and m != name} for name in CORE}
+def _circles(modules: dict[str, Path], face: str) -> list[str]:
+    """Edges ``a -> b`` of ``modules`` where ``b`` leads back to ``a``, through any others; ``face`` (the package's
+    ``__init__``, which imports everything as the public face) is left out."""
+    edges = {n: {m for m in _imports(n, p) if m in modules and m not in (n, face)} for n, p in modules.items()}
 
     def reachable(start: str) -> set[str]:
         seen, todo = set(), [start]
@@ -66,5 +66,19 @@ def test_no_two_core_modules_import_each_other_even_through_others():
                 todo.append(n)
         return seen
 
-    circles = sorted(f"{a} -> {b}" for a in CORE for b in edges[a] if a in reachable(b))
-    assert circles == []
+    return sorted(f"{a} -> {b}" for a in modules for b in edges[a] if a in reachable(b))
+
+
+def test_no_two_core_modules_import_each_other_even_through_others():
+    # persistence reads __version__ from the package itself when it reports a format mismatch.
+    assert _circles(CORE, "adaprefix") == []
+
+
+TASKS = {_module_name(p): p for p in PACKAGE.glob("tasks/**/*.py")}
+
+
+def test_no_two_task_modules_import_each_other_and_none_reads_anothers_private_names():
+    assert _circles(TASKS, "adaprefix.tasks") == []
+    private = sorted(f"{name}: {m}" for name, path in TASKS.items() for m in _imports(name, path)
+                     if m.rpartition(".")[2].startswith("_") and not m.endswith("__init__"))
+    assert private == []

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Import names of the extras (train, plot, serve, gguf) and of the benchmarks' extra: the core loads none of them.
 EXTRA_MODULES = ("typer", "rich", "datasets", "seqeval", "matplotlib", "tensorboard", "accelerate", "peft", "fastapi",
-                 "uvicorn", "gguf")
+                 "uvicorn", "fastapi_offline", "gguf")
 
 CORE_USE = """
 import json, sys

@@ -76,3 +76,20 @@ def test_readme_backbone_table_lists_every_packaged_backbone():
 
     names = _first_column(_section("Backbones: packaged weights and GGUF files"), "| `--model` |")
     assert names == [*PACKAGED, "path/to/model.gguf"]
+
+
+def test_readme_serve_command_shows_every_setting_flag_with_its_default():
+    import dataclasses
+
+    from adaprefix.serve.settings import Settings
+
+    text = README.read_text()
+    command = text[text.index("adaprefix serve runs/"):]
+    command = command[:command.index("```")]
+    shown = dict(re.findall(r"--([a-z-]+) ([\w.|]+)", command))
+    for setting in dataclasses.fields(Settings):
+        if setting.name == "batching":  # a benchmark's comparison, not a serving choice: no flag
+            continue
+        flag = setting.name.replace("_", "-")
+        assert flag in shown, flag
+        assert shown[flag].split("|")[0] == str(setting.default).removesuffix(".0"), flag

@@ -8,9 +8,6 @@ and a CoNLL04 tagging run (another head class, sharing the backbone tensors). Re
 import copy
 import json
 import shutil
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -24,40 +21,15 @@ from adaprefix.serve.app import create_app
 from adaprefix.serve.engine import Engine, ServeError, Settings
 from adaprefix.tasks.inputs import input_view, parse_inputs
 from adaprefix.training import load_run, predict
-from run_helpers import CONLL04, SENTIMENT
+from run_helpers import SENTIMENT
+from serve_helpers import train as _train, uvicorn_server
 
 runner = CliRunner()
-TOPICS = [("the striker scored twice", "sport"), ("shares fell on Monday", "money"), ("a new vaccine trial", "health"),
-          ("the keeper saved a penalty", "sport"), ("interest rates rose again", "money"),
-          ("doctors warn about flu", "health")]
-
-
-def _train(settings: dict) -> None:
-    args = [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
-    result = runner.invoke(cli, ["train", "--quiet", *args])
-    assert result.exit_code == 0, result.output
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_backbone, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve-runs")
-
-    def jsonl(name, rows):
-        path = root / name
-        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
-        return str(path)
-
-    conll = root / "data" / "conll04"
-    conll.mkdir(parents=True)
-    for split in ("train", "dev", "test"):
-        (conll / f"{split}.txt").write_text(CONLL04 * 2)
-    common = {"model": tiny_backbone, "epochs": 1, "batch_size": 4, "max_length": 16, "learning_rate": 0.05}
-    _train({**common, "task": "custom", "train_file": jsonl("s.jsonl", SENTIMENT * 2), "dev_file": jsonl(
-        "sd.jsonl", SENTIMENT), "output_dir": root / "sentiment", "prefix_length": 4})
-    _train({**common, "task": "custom", "train_file": jsonl("t.jsonl", TOPICS * 2), "dev_file": jsonl(
-        "td.jsonl", TOPICS), "output_dir": root / "topics", "method": "pt2", "prefix_length": 7})
-    _train({**common, "task": "conll04", "data_dir": root / "data", "output_dir": root / "ner", "prefix_length": 3})
-    return {name: root / name for name in ("sentiment", "topics", "ner")}
+def runs(serve_runs):
+    return serve_runs
 
 
 @pytest.fixture(scope="module")
@@ -193,33 +165,13 @@ def test_runs_that_cannot_share_the_backbone_are_refused_at_start(runs, tiny_bac
         Settings(on_overflow="drop")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_real_uvicorn_server_answers_on_localhost(runs):
-    import uvicorn
-
     engine = Engine.from_runs([str(runs["sentiment"]), f"topic={runs['topics']}"])
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
+    with uvicorn_server(create_app(engine)) as (base, _):
         assert httpx.get(f"{base}/health").json()["adapters"] == 2
         answer = httpx.post(f"{base}/v1/predict", json={"adapter": "topic", "inputs": ["shares fell"]}).json()
         _same(answer["predictions"][0], _reference(runs["topics"], ["shares fell"])[0])
         assert httpx.post(f"{base}/v1/predict", json={"adapter": "x", "inputs": ["y"]}).status_code == 404
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_generate_mixes_decoder_adapters_in_one_batch(tmp_path):
@@ -370,8 +322,9 @@ def test_generate_cuts_a_prompt_that_leaves_no_room_and_refuses_it_if_asked(tmp_
         in refused.json()["error"]
 
 
-def test_a_row_that_fails_its_forward_fails_alone(runs, monkeypatch):
-    """Rows of several requests share a forward; one that makes it raise gets the error, the others their answers."""
+def test_a_row_that_fails_its_forward_fails_alone(runs, monkeypatch, caplog):
+    """Rows of several requests share a forward; one that makes it raise gets the error, the others their answers.
+    The error's text (which may hold server paths) goes to the log, not to the client."""
     engine = Engine.from_runs([str(runs["sentiment"])], Settings(max_batch_size=16, max_wait_ms=200))
     run = engine.run
 
@@ -388,6 +341,7 @@ def test_a_row_that_fails_its_forward_fails_alone(runs, monkeypatch):
             answers = [f.result() for f in futures]
         health = client.get("/health").json()
     assert [a.status_code for a in answers] == [200, 500, 200]
-    assert "this row cannot be computed" in answers[1].json()["error"]
+    assert answers[1].json()["error"] == "internal error (RuntimeError); the server's log has the details"
+    assert "this row cannot be computed" in caplog.text
     assert answers[0].json()["predictions"][0]["text"] == "a wonderful film"
     assert health["rows"] == 2

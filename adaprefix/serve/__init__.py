@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..extras import missing_distributions
 
 # Import name -> distribution: the "serve" extra of pyproject.toml (tests/test_packaging.py keeps the two in step).
-SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn"}
+SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "fastapi_offline": "fastapi-offline"}
 INSTALL = 'pip install "adaprefix[serve]"'
 
 

@@ -33,15 +33,10 @@ from ..training.build import build_model, build_task, resolve_max_length
 from ..training.config import load_train_config
 from ..training.display import library_output
 from ..training.generation import read_generation_settings
+from .settings import ServeError, Settings
 
-OVERFLOW = ("truncate", "refuse")
 GENERATION = "generation"  # the model group of decoder adapters (language-model adapters and generation runs)
-BATCHING = ("mixed", "per-adapter")
 UNBOUNDED = 10**9  # a max_length no input reaches: encode without truncation to see which inputs are over
-
-
-class ServeError(AdaprefixError, ValueError):
-    """A run folder cannot be served beside the others; the message names the folder and the mismatch."""
 
 
 class UnknownAdapterError(AdaprefixError, LookupError):
@@ -50,27 +45,6 @@ class UnknownAdapterError(AdaprefixError, LookupError):
 
 class InputError(AdaprefixError, ValueError):
     """A request's inputs do not fit its adapter's task (or are over-long under ``on_overflow='refuse'``)."""
-
-
-@dataclass
-class Settings:
-    """How the server batches and treats over-long inputs."""
-
-    max_batch_size: int = 32  # rows per forward
-    max_wait_ms: float = 5.0  # how long the first row of a batch waits for others
-    on_overflow: str = "truncate"  # an input over the run's max_length: 'truncate' (and flag it) or 'refuse'
-    batching: str = "mixed"  # 'per-adapter': one adapter per forward, as a single-adapter server (for comparison)
-    max_new_tokens: int = 256  # the most /v1/generate may ask for
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
-            raise ServeError(f"max_batch_size: expected a positive integer, got {self.max_batch_size!r}")
-        if not isinstance(self.max_wait_ms, (int, float)) or self.max_wait_ms < 0:
-            raise ServeError(f"max_wait_ms: expected a number >= 0, got {self.max_wait_ms!r}")
-        if self.on_overflow not in OVERFLOW:
-            raise ServeError(f"on_overflow: expected one of {', '.join(OVERFLOW)}, got {self.on_overflow!r}")
-        if self.batching not in BATCHING:
-            raise ServeError(f"batching: expected one of {', '.join(BATCHING)}, got {self.batching!r}")
 
 
 @dataclass
@@ -113,6 +87,11 @@ class Row:
     @property
     def key(self) -> str:
         return self.adapter
+
+    @property
+    def tokens(self) -> int:
+        """Its length as encoded (a multiple-choice input: its longest choice's), for the per-request limit."""
+        return _length(self.features["input_ids"])
 
 
 @dataclass
@@ -274,9 +253,11 @@ class Engine:
             raise InputError(f"over the {limit}-token limit of adapter {name!r}: {details}; shorten them, or start "
                              "the server with --on-overflow truncate")
         result = []
-        for example, row, cut in zip(examples, encoded.rows, encoded.truncated):
+        for i, (example, row, cut) in enumerate(zip(examples, encoded.rows, encoded.truncated)):
             labels = row.pop("labels", None)
             starts = word_starts(labels) if task.kind == "token-classification" else None
+            if starts is not None and sum(starts) < len(example["tokens"]):
+                _check_words_kept(served, example["tokens"], i)
             result.append(Row(name, row, input_view(example), truncated=cut, word_starts=starts))
         return result
 
@@ -367,6 +348,20 @@ def _same_path(path: str) -> str:
 def _length(ids) -> int:
     """Tokens of an encoded input; a multiple-choice input is as long as its longest choice."""
     return max(len(choice) for choice in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def _check_words_kept(served: ServedAdapter, words: list[str], index: int) -> None:
+    """Refuse a tagging input with words that the tokenizer drops whole ("", spaces, zero-width or control
+    characters): they would get no tag, and the answer would have fewer tags than words with nothing to say which
+    are missing. (Fewer tags because the input was cut to max_length is flagged as truncated instead.)"""
+    encoding = served.tokenizer([words], is_split_into_words=True, add_special_tokens=False)
+    kept = set(encoding.word_ids(0))
+    lost = [i for i in range(len(words)) if i not in kept]
+    if lost:
+        shown = ", ".join(f"tokens[{i}] ({ascii(words[i])})" for i in lost[:5]) + (" ..." if len(lost) > 5 else "")
+        raise InputError(f"inputs[{index}]: {len(lost)} of its {len(words)} words have no sub-token in adapter "
+                         f"{served.name!r}'s tokenizer, so they could get no tag: {shown}; drop them or replace "
+                         "them with visible text")
 
 
 def _examples(task: Task, inputs: Sequence[Any]) -> list[dict[str, Any]]:

@@ -10,28 +10,13 @@ from typing import Any, Sequence
 
 from .base import Example
 from .conll import ConllFormat
+from .custom_files import given_path, read_records, split_paths
+from .custom_generation import CustomGenerationTask, is_generation_data
 from .errors import DataError, Verbatim
 from .formats import DATA_KINDS, FORMAT_FLAG, check_format, detect_format
 from .kinds import SequenceClassificationTask
 from .ner import ConllTask
-from .readers import QUOTING_FLAG, TSV_QUOTING, get_field, read_json_or_jsonl, read_table
-
-
-def _given_path(paths: dict[str, Path | None], split: str, task_name: str) -> Path:
-    path = paths.get(split)
-    if path is None:
-        raise DataError(
-            f"task {task_name!r} has no {split} file",
-            hint=f"Pass --{split}-file PATH ({split}=PATH in Python).",
-        )
-    if not path.is_file():
-        raise DataError(f"file not found for the {split} split of task {task_name!r}", path=path,
-                        hint="Check the path (relative paths are taken from the current directory).")
-    return path
-
-
-def _split_paths(train: Any, dev: Any, test: Any) -> dict[str, Path | None]:
-    return {s: Path(p) if p is not None else None for s, p in (("train", train), ("dev", dev), ("test", test))}
+from .readers import QUOTING_FLAG, TSV_QUOTING, get_field
 
 
 def _label_text(value: Any) -> str | None:
@@ -50,21 +35,6 @@ def _sort_labels(labels: set[str]) -> list[str]:
         return sorted(labels, key=int)  # "2" before "10" for numeric labels
     except ValueError:
         return sorted(labels)
-
-
-def read_records(path: Path, file_format: str, tsv_quoting: str, kind: str) -> list[tuple[int, dict[str, Any]]]:
-    """``(line, record)`` pairs of a jsonl / json / csv / tsv file read as ``file_format`` (``auto``: sniffed);
-    a file that looks like tagging columns is refused, since ``kind`` (classification, generation) reads tables."""
-    fmt = detect_format(path, file_format)
-    if fmt == "conll":
-        raise DataError(
-            "this file looks like tagging data (token and tag columns, a blank line between sentences), but "
-            f"the task reads {kind} data", path=path,
-            hint=f"Pass {FORMAT_FLAG} tsv, csv or jsonl if it is a table, or train a tagging task on it.",
-        )
-    if fmt == "jsonl":
-        return read_json_or_jsonl(path)
-    return read_table(path, "," if fmt == "csv" else "\t", quoting="csv" if fmt == "csv" else tsv_quoting)
 
 
 class CustomSequenceTask(SequenceClassificationTask):
@@ -105,7 +75,7 @@ class CustomSequenceTask(SequenceClassificationTask):
     ) -> None:
         super().__init__([str(x) for x in labels] if labels is not None else None)
         self.name = name
-        self.paths = _split_paths(train, dev, test)
+        self.paths = split_paths(train, dev, test)
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
         self.file_format = check_format(file_format or "auto")
         if self.file_format == "conll":
@@ -127,7 +97,7 @@ class CustomSequenceTask(SequenceClassificationTask):
         return read_records(path, self.file_format, self.tsv_quoting, "classification")
 
     def _collect_labels(self, data_dir: str | Path | None) -> list[str]:
-        path = _given_path(self.paths, "train", self.name)
+        path = given_path(self.paths, "train", self.name)
         found = set()
         for line, rec in self._records(path):
             label = _label_text(get_field(rec, self.label_column, path=path, line=line))
@@ -139,7 +109,7 @@ class CustomSequenceTask(SequenceClassificationTask):
         return _sort_labels(found)
 
     def _load(self, split: str, data_dir: str | Path | None) -> list[Example]:
-        path = _given_path(self.paths, split, self.name)
+        path = given_path(self.paths, split, self.name)
         self.labels_for(data_dir)
         label2id = self.label2id
         out = []
@@ -211,7 +181,7 @@ class CustomTokenTask(ConllTask):
     ) -> None:
         super().__init__(list(labels) if labels is not None else None)
         self.name = name
-        self.paths = _split_paths(train, dev, test)
+        self.paths = split_paths(train, dev, test)
         self.fmt = ConllFormat(
             token_column=token_column, tag_column=tag_column, num_columns=num_columns,
             delimiter=delimiter, boundary_prefixes=tuple(boundary_prefixes),
@@ -223,7 +193,7 @@ class CustomTokenTask(ConllTask):
         return str(path) if path is not None else None
 
     def _split_file(self, split: str, data_dir: str | Path | None) -> Path:
-        return _given_path(self.paths, split, self.name)
+        return given_path(self.paths, split, self.name)
 
 
 def custom_task(
@@ -250,13 +220,11 @@ def custom_task(
     and test files are read the same way. The task's ``file_format`` and ``data_kind`` are the ones chosen, never
     ``auto``, so a run can record them and rebuild the task without the train file.
     """
-    from .custom_generation import CustomGenerationTask, is_generation_data
-
     fmt = check_format(file_format)
     if kind not in DATA_KINDS:
         raise DataError(field="kind", expected=f"one of {', '.join(DATA_KINDS)}", got=kind)
     if fmt == "auto":  # an explicit format needs no train file: a finished run predicts without it
-        fmt = detect_format(_given_path(_split_paths(train, None, None), "train", "custom"), fmt,
+        fmt = detect_format(given_path(split_paths(train, None, None), "train", "custom"), fmt,
                             tag_column=tag_column)
     if kind == "auto":
         train_path = Path(train) if train is not None else None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Example
-from .custom import _given_path, _split_paths, read_records
+from .custom_files import given_path, read_records, split_paths
 from .errors import DataError
 from .kinds.generation import GenerationTask
 from .readers import get_field
@@ -52,7 +52,7 @@ class CustomGenerationTask(GenerationTask):
     ) -> None:
         super().__init__(labels=[])  # no label set: the completions are free text
         self.name = name
-        self.paths = _split_paths(train, dev, test)
+        self.paths = split_paths(train, dev, test)
         self.prompt_column, self.completion_column = prompt_column, completion_column
         self.file_format = file_format or "auto"
         if self.file_format == "conll":
@@ -66,7 +66,7 @@ class CustomGenerationTask(GenerationTask):
         return str(path) if path is not None else None
 
     def _load(self, split: str, data_dir: str | Path | None) -> list[Example]:
-        path = _given_path(self.paths, split, self.name)
+        path = given_path(self.paths, split, self.name)
         records = read_records(path, self.file_format, self.tsv_quoting, "generation")
         return [self._example(rec, path, line, required=split != "test") for line, rec in records]
 

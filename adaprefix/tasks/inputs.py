@@ -54,8 +54,24 @@ def examples_from_records(task: Task, records: Sequence[tuple[int | None, dict[s
         if missing:
             raise DataError(f"missing field(s) {', '.join(missing)}; present: {', '.join(record) or 'none'}",
                             path=where, line=line)
-        examples.append({key: record[column] for key, column in columns.items()})
+        example = {key: record[column] for key, column in columns.items()}
+        for key, column in columns.items():
+            _check_input_field(key, column, example[key], where, line)
+        examples.append(example)
     return examples
+
+
+def _check_input_field(key: str, column: str, value: Any, where: str | Path, line: int | None) -> None:
+    """A tagging record's words are a list of strings and a text is a string: anything else would be tagged
+    letter by letter, or reach the tokenizer as a number."""
+    if key == "tokens":
+        if not isinstance(value, list) or not all(isinstance(word, str) for word in value):
+            hint = ("A text is split into words at spaces: give it as the input itself, not as its tokens."
+                    if isinstance(value, str) else None)
+            raise DataError(path=where, line=line, field=column, expected="a list of words (strings)",
+                            got=value, hint=hint)
+    elif not isinstance(value, str):
+        raise DataError(path=where, line=line, field=column, expected="a string", got=value)
 
 
 def parse_inputs(task: Task, text: str | None = None, text_pair: str | None = None,
@@ -76,6 +92,10 @@ def parse_inputs(task: Task, text: str | None = None, text_pair: str | None = No
     else:
         raise DataError("give an input text (and pair), or --file")
     if task.kind == "token-classification":
+        for number, row in enumerate(rows, 1):
+            if len(row) > 1:  # a second text has no place in a tagging input: refused, not dropped
+                raise DataError(f"input {number}: {len(row)} texts, but tagging task {task.name!r} takes one (its "
+                                "words, split at spaces)")
         return [{"tokens": row[0].split()} for row in rows]
     if task.kind == "multiple-choice" or len(fields) > 2:
         raise DataError(f"task {task.name!r} takes fields {', '.join(fields)}: pass --file with jsonl records in "
