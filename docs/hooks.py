@@ -112,6 +112,21 @@ def on_files(files, config):
     return files
 
 
+#: A Sphinx role left in a docstring, as the markdown renderer leaves it: ``:class:`~adaprefix.x.Y` `` becomes
+#: ``:class:<code>~adaprefix.x.Y</code>``. Shown as the code name alone (the last part after a ``~``), as Sphinx would.
+ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):<code>(~?)([\w.]+)</code>")
+
+
+def _role(match: re.Match) -> str:
+    name = match.group(2).rsplit(".", 1)[-1] if match.group(1) else match.group(2)
+    return f"<code>{name}</code>"
+
+
+def on_page_content(html, page, config, files):
+    """Docstrings use Sphinx roles (``:func:`x` ``); show them as code, not as the raw role."""
+    return ROLE.sub(_role, html)
+
+
 def on_page_markdown(markdown, page, config, files):
     """Replace every ``<!-- generated: NAME -->`` line with what its generator renders."""
     def render(match: re.Match) -> str:
