@@ -85,9 +85,14 @@ def test_home_page_renders(site):
         assert (site / link).is_file(), link
 
 
+def _text(main: str) -> str:
+    """The page's words as a reader sees them: no tags, entities decoded, whitespace collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", main)).split())
+
+
 def test_python_reference_has_every_public_name_with_its_docstring(site):
     main = _main_content(_html(site, "reference/python.html"))
-    text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", main)).split())
+    text = _text(main)
     for name in adaprefix.__all__:
         assert f'id="adaprefix.{name}"' in main, name
         first_line = getattr(adaprefix, name).__doc__.strip().splitlines()[0]
@@ -99,6 +104,7 @@ def test_configuration_and_cli_references_are_generated(site):
     config = _main_content(_html(site, "reference/configuration.html"))
     for name, help_text in AdaptivePrefixConfig.field_help().items():
         assert f"<code>{name}</code>" in config, name
+        assert " ".join(help_text.split()) in _text(config), name   # whole: no "|" in it cut the table's cell
     cli = _main_content(_html(site, "reference/cli.html"))
     group = typer.main.get_command(app)
     for name, command in group.commands.items():

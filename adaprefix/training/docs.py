@@ -61,7 +61,7 @@ def _escape_cell(text: str) -> str:
 def field_table(cls: type) -> str:
     """A markdown table of a config dataclass: field, default and meaning (its help), one row per field."""
     rows = ["| field | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{f.name}` | `{_default(f)!r}` | {_help(f)} |" for f in fields(cls)]
+    rows += [f"| `{f.name}` | `{_default(f)!r}` | {_escape_cell(_help(f))} |" for f in fields(cls)]
     return "\n".join(rows) + "\n"
 
 
