@@ -260,6 +260,7 @@ class AdaptivePrefixMixin:
 
     @property
     def adapter_config(self) -> AdaptivePrefixConfig:
+        """The active adapter's config (as saved in its ``adaprefix_config.json``)."""
         return adapter_runtime(self).config
 
     def save_adapter(self, path) -> None:
@@ -326,6 +327,8 @@ class AdaptivePrefixMixin:
         return result
 
     def trainable_parameter_count(self) -> int:
+        """The number of parameters that require grad: prefix, gates and task head (PEFT's
+        ``print_trainable_parameters`` prints this)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # Several adapters on one model (adaprefix.multi), under PEFT's names.

@@ -9,7 +9,8 @@ head (PEFT's ``modules_to_save``) is saved under the host model's parameter name
 What PEFT runs and adaprefix reproduces: the prefix enters as past key values, which shifts real tokens' positions by
 l; there is no prefix dropout. An encoder's adapter therefore loads with ``shift_positions=True`` and
 ``prefix_dropout=0``. adaprefix keeps decoders' positions (``shift_positions`` is refused for them), so a decoder's
-PEFT prefix runs with unshifted positions unless the caller passes ``position_ids`` shifted by l (README, "PEFT").
+PEFT prefix runs with unshifted positions unless the caller passes ``position_ids`` shifted by l
+(docs/guides/from-peft.md).
 """
 
 from __future__ import annotations

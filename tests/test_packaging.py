@@ -71,6 +71,8 @@ def test_core_dependencies_are_torch_transformers_safetensors_and_the_rest_are_e
     # httpx: what fastapi's TestClient (the serve tests) runs on; the server itself needs the other two.
     assert sorted(map(_name, extras["serve"])) == sorted([*SERVE_MODULES.values(), "httpx"])
     assert list(map(_name, extras["gguf"])) == ["gguf"]
+    assert "adaprefix[docs]" in extras["test"]  # tests/test_docs.py builds the documentation site
+    assert sorted(map(_name, extras["docs"])) == ["mkdocs", "mkdocs-material", "mkdocstrings", "mkdocstrings-python"]
     assert "adaprefix[all,bench]" in extras["test"]  # the suite runs the command line, training, plots and the LoRA dry run
     assert sorted(map(_name, extras["train"])) == sorted(TRAIN_MODULES.values())
     assert list(map(_name, extras["plot"])) == ["matplotlib"]

@@ -1,6 +1,6 @@
 """PT-2*: per-layer prefix lengths derived from what a trained APT adapter's gates learned.
 
-The rule (documented in the README and used by the reproduction grid):
+The rule (documented in docs/guides/gates.md and used by the reproduction grid):
 
 1. Take the effective gate G, shape (N layers, l pseudo tokens): the mean over a dev set of lambda_i * alpha_ij
    (``adaprefix gates`` writes it to gates.json as ``effective_gate``).

@@ -65,7 +65,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     # Sliding-window and global layers both go through the seam: the host builds each layer's mask (window or
-    # full), and the seam prepends prefix columns visible to every query (see README, Architectures).
+    # full), and the seam prepends prefix columns visible to every query (see docs/reference/models.md, Architectures).
     "gemma3_text": _LLAMA_LIKE,
 }
 

@@ -2,7 +2,8 @@
 the package index, what each is, how it is installed and where it is found afterwards.
 
 Each one is a :class:`PackagedBackbone` in :data:`PACKAGED`, the one list the command line, the error messages and
-the README's table are read from. What the packages are and how they were checked: /work/shared/MODELS.md.
+the backbone table of docs/reference/models.md are read from. What the packages are and how they were checked:
+/work/shared/MODELS.md.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class HubDataset:
 
 # datasets >= 4.0 refuses repositories that load through a script ("Dataset scripts are no longer supported"), which
 # the bare ids "conll2003" and "super_glue" were. Both ids below hold parquet files only, and a revision pins what they
-# hold (README, "Command line", the Data item, gives the evidence for each).
+# hold (docs/reference/tasks.md, the Data item, gives the evidence for each).
 #: CoNLL-2003: the hub's parquet export of the canonical repository (where "conll2003" redirects); the export branch
 #: keeps the ClassLabel tag names the loader maps ids back with.
 CONLL2003 = HubDataset("eriktks/conll2003", "refs/convert/parquet")

@@ -1,5 +1,6 @@
-"""The settings as people read them, rendered from the dataclasses' field help: the CLI's help and the README's
-configuration table. ``python -m adaprefix.training.docs`` prints the README's table."""
+"""The settings as people read them, rendered from the dataclasses' field help: the CLI's help and the documentation
+site's configuration and command-line tables (docs/hooks.py fills them in at build time).
+``python -m adaprefix.training.docs`` prints the configuration table."""
 
 from __future__ import annotations
 
@@ -40,10 +41,27 @@ def settings_epilog() -> str:
     return "".join(lines)
 
 
+def settings_tables() -> str:
+    """Every ``--key value`` setting of ``adaprefix train`` as markdown: one table per group, with default and help."""
+    parts = []
+    for group, group_fields in (("run", run_fields()), ("custom", section_fields("custom")),
+                                ("adapter", section_fields("adapter"))):
+        rows = [f"**{GROUPS[group]}**", "", "| setting | default | meaning |", "|---|---|---|"]
+        rows += [f"| `--{f.name.replace('_', '-')}` | `{_default(f)!r}` | {_escape_cell(_help(f))} |"
+                 for f in group_fields]
+        parts.append("\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
+def _escape_cell(text: str) -> str:
+    """Help text as one markdown table cell: a ``|`` would end the cell, a ``<name>`` would be read as HTML."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def field_table(cls: type) -> str:
     """A markdown table of a config dataclass: field, default and meaning (its help), one row per field."""
     rows = ["| field | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{f.name}` | `{_default(f)!r}` | {_help(f)} |" for f in fields(cls)]
+    rows += [f"| `{f.name}` | `{_default(f)!r}` | {_escape_cell(_help(f))} |" for f in fields(cls)]
     return "\n".join(rows) + "\n"
 
 

@@ -14,7 +14,7 @@ import pytest
 from adaprefix.tasks import get_task
 
 SUPERGLUE_CONFIGS = {"boolq": "boolq", "cb": "cb", "copa": "copa", "rte": "rte", "wic": "wic", "wsc": "wsc.fixed"}
-# The repositories and revisions chosen (README, "Command line", the Data item, gives the evidence); a rename fails.
+# The repositories and revisions chosen (docs/reference/tasks.md, the Data item, gives the evidence); a rename fails.
 EXPECTED = {
     "conll03": ("eriktks/conll2003", None, "refs/convert/parquet"),
     **{task: ("aps/super_glue", config, "3de24cf8022e94f4ee4b9d55a6f539891524d646")
