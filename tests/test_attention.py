@@ -91,3 +91,34 @@ def test_per_query_path_refuses_options_it_does_not_implement(option):
     q, k, v, causal, prefix = _random_inputs()
     with pytest.raises(NotImplementedError, match=option):
         per_query_gated_attention(torch.nn.Module(), q, k, v, causal, prefix, **{option: 1.0})
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_integer_4d_mask_keeps_its_ones_and_drops_its_zeros_on_the_per_query_path(fused):
+    """1 keep, 0 drop, as a 2D padding mask reads: the same as the bool mask, not added to the scores."""
+    from adaprefix.attention import fast_path, gated_attention
+
+    q, k, v, causal, prefix = _random_inputs()
+    module = torch.nn.Module().eval()
+    with fast_path(fused), torch.no_grad():
+        as_bool, _ = gated_attention(module, q, k, v, causal, prefix)
+        as_int, _ = gated_attention(module, q, k, v, causal.long(), prefix)
+    torch.testing.assert_close(as_int, as_bool, rtol=1e-6, atol=1e-6)
+
+
+def test_a_float64_model_gets_float64_attention_probabilities():
+    q, k, v, causal, prefix = (x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                               for x in _random_inputs())
+    prefix = LayerPrefix(prefix.keys.double(), prefix.values.double(), prefix.query_gate.double())
+    out, weights = per_query_gated_attention(torch.nn.Module().eval(), q, k, v, causal, prefix)
+    # The reference in float64 by hand: one softmax over [gated prefix logits; masked real logits].
+    rep = q.shape[1] // k.shape[1]
+    pk, pv = (x.expand(2, -1, -1, -1).repeat_interleave(rep, dim=1) for x in (prefix.keys, prefix.values))
+    kr, vr = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    gate = prefix.query_gate.unsqueeze(1)
+    logits = torch.cat([(q @ pk.transpose(-1, -2)) * 8**-0.5 * gate,
+                        ((q @ kr.transpose(-1, -2)) * 8**-0.5).masked_fill(~causal, float("-inf"))], dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    expected = probs[..., :3] * gate @ pv + probs[..., 3:] @ vr
+    assert weights.dtype == torch.float64
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-12, atol=1e-12)
