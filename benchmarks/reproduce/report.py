@@ -32,7 +32,7 @@ REPORT = HERE / "report.md"
 PLOTS = HERE / "results"
 SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "wsc")
 NER = ("conll03", "conll04", "ontonotes")
-METHOD_ORDER = ("ft", "pt2", "pt2+", "pt2*", "token-gate", "layer-gate", "apt")
+METHOD_ORDER = ("ft", "pt2", "pt2+", "pt2*", "token-gate", "layer-gate", "apt", "exact", "pt2-text")
 METHOD_COLORS = {"ft": "tab:green", "pt2": "tab:blue", "apt": "tab:orange"}  # as in the bar plots: pt2 blue, apt orange
 
 
@@ -273,6 +273,18 @@ def epoch_choice_table(records: list[dict[str, Any]], experiment: str) -> str:
         best = statistics.fmean(max(r["dev_by_epoch"]) for r in runs)
         last = statistics.fmean(r["dev_by_epoch"][-1] for r in runs)
         lines.append(f"| {task} | {method} | {len(runs)} | {best:.1f} | {last:.1f} | {best - last:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def best_epoch_table(records: list[dict[str, Any]]) -> str:
+    """Per task and method: the epoch of the best dev score, each seed's and their mean, out of the run's epochs."""
+    lines = ["| task | method | seeds | best epoch per seed | mean | of epochs |", "|---|---|---:|---|---:|---:|"]
+    for (task, method), runs in sorted(group(records, "task", "method").items(),
+                                       key=lambda k: (k[0][0], _method_key(k[0][1]))):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        epochs = [r["best_epoch"] for r in runs]
+        lines.append(f"| {task} | {method} | {len(runs)} | {', '.join(map(str, epochs))} | "
+                     f"{statistics.fmean(epochs):.1f} | {runs[0]['epochs']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -714,6 +726,20 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             "and its kernels round differently (and the GPU machine had its own torch build). Where an ablation's or "
             "PT-2*'s runs trained on another device than the main grid's, sections 3 and 5 take these as the "
             "references.\n", device_check(records, retrained)]
+    out += ["## 9. Starting at the frozen model (issue 24)\n",
+            "Two starts a fresh prefix does not have, beside the main grid's P-tuning v2 and APT on the same tasks "
+            "and seeds: `exact` (APT with exact gates, `gate_mode: exact`: lambda starts at 0, so the model starts "
+            "exactly at the frozen one; without the position shift, which would move it even then) and `pt2-text` "
+            "(P-tuning v2 whose prefix starts as the frozen model's keys and values of the task's `init_text`). "
+            "Each takes its own swept rate (`lr-sweep`, seed 1):\n"]
+    start, start_plan = with_references(records, plan, "exact-start", retrained=retrained)
+    out += [params_table(start, "exact-start", start_plan), cross_device_note(start)]
+    if start:
+        out += ["Paired by seed (seed 1's dev score chose each arm's rate; the last column leaves it out):\n",
+                *(margins(start, "exact-start", a, b, key="experiment", selection_seed=1, plan=start_plan)
+                  for a, b in (("exact", "pt2"), ("exact", "apt"), ("pt2-text", "pt2"), ("pt2-text", "apt"))),
+                "The epoch of the best dev score (the main grid's prefix runs peaked late; does a start at the "
+                "frozen model peak earlier?):\n", best_epoch_table(start)]
     out += ["## Progress\n", "What the grid still misses (`python benchmarks/reproduce/run.py --list` names each run). "
             "Minutes are wall time of the CPU runs on 2 cores, mostly shared with other work (a resumed run counts "
             "the work each of its sittings kept).\n", progress_table(records, grid, failed)]

@@ -100,6 +100,7 @@ def main() -> None:
 
     import adaprefix
     from bench import _free_port, make_runs  # noqa: E402 - after the path that picks the adaprefix measured
+    from adaprefix.analysis.run_info import machine_metadata, run_metadata
     from adaprefix.serve.app import create_app
     from adaprefix.serve.engine import Engine, Settings
 
@@ -122,7 +123,8 @@ def main() -> None:
             thread.join(timeout=60)
     record = {"label": args.label, "adaprefix": str(Path(adaprefix.__file__).parent), "torch_threads":
               torch.get_num_threads(), "settings": {k: v for k, v in vars(args).items() if k not in ("code", "out")},
-              **result, "elapsed_s": round(time.perf_counter() - started, 1)}
+              **result, "elapsed_s": round(time.perf_counter() - started, 1),
+              "metadata": {**run_metadata(), "machine": machine_metadata()}}
     print(json.dumps(record), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "fairness.json"
