@@ -89,12 +89,16 @@ class RowSampler:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for i, sampling, generator in self.rows:
-            logits = scores[i].float() / sampling.temperature
+            logits = scores[i].float()
+            # Shifted so that the largest is 0 before dividing: a temperature near 0 (1e-300) then gives -inf, not
+            # inf - inf = nan, and the draw is the greedy token, as the limit should be.
+            logits = (logits - logits.max()) / sampling.temperature
             if sampling.top_p < 1:
                 ordered, order = torch.sort(logits, descending=True)
                 cumulative = ordered.softmax(-1).cumsum(-1)
                 # Drop a token once the more likely ones already reach top_p; the most likely always stays.
                 dropped = cumulative - ordered.softmax(-1) >= sampling.top_p
+                dropped[0] = False  # also where top_p is below float32's least (5e-324 compares as 0)
                 logits = logits.scatter(0, order, ordered.masked_fill(dropped, float("-inf")))
             token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
             scores[i] = float("-inf")

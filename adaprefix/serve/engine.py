@@ -49,9 +49,10 @@ class InputError(AdaprefixError, ValueError):
     """A request's inputs do not fit its adapter's task (or are over-long under ``on_overflow='refuse'``);
     ``param`` names the request field at fault where one is."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.param = param
+        self.code = code  # OpenAI's name for the error, for the OpenAI-compatible routes
 
 
 @dataclass
@@ -311,12 +312,14 @@ class Engine:
                 for i, (ids, example) in enumerate(zip(prompts, examples))]
 
     def prompts(self, name: str, texts: Sequence[str], max_new_tokens: int, fields: tuple[str, str, str] = (
-            "adapter", "inputs", "max_new_tokens"), add_special_tokens: bool = True) -> list[Row]:
+            "adapter", "inputs", "max_new_tokens"), add_special_tokens: bool = True,
+                on_overflow: str | None = None) -> list[Row]:
         """The prompts of a /v1/generate request as rows for ``name`` (a generative adapter), as given. A prompt
         that leaves no room for ``max_new_tokens`` within the model's positions is cut from its start (its leading
         special tokens kept) and flagged, or refused under ``on_overflow='refuse'``. ``fields`` are the request's
         names of the adapter, the prompts and the budget, for the errors (/v1/completions: model, prompt,
-        max_tokens); ``add_special_tokens`` False for a prompt that holds them already (a chat template's)."""
+        max_tokens); ``add_special_tokens`` False for a prompt that holds them already (a chat template's);
+        ``on_overflow`` overrides the server's setting."""
         served = self.adapter(name)
         adapter, prompts, budget = fields
         if not served.generative:
@@ -337,11 +340,12 @@ class Engine:
                 raise InputError(f"{budget}: {max_new_tokens} leaves no room for a prompt within the "
                                  f"{limit} positions of adapter {name!r}'s model", param=budget)
             over = [i for i, row in enumerate(ids) if len(row) > room]
-            if over and self.settings.on_overflow == "refuse":
+            if over and (on_overflow or self.settings.on_overflow) == "refuse":
                 details = ", ".join(f"{prompts}[{i}] ({len(ids[i])} tokens)" for i in over)
+                hint = "" if on_overflow else ", or start the server with --on-overflow truncate"
                 raise InputError(f"over the {room}-token prompt limit of adapter {name!r} ({limit} positions less "
-                                 f"the {max_new_tokens} new tokens): {details}; shorten them, ask for fewer new "
-                                 "tokens, or start the server with --on-overflow truncate", param=prompts)
+                                 f"the {max_new_tokens} new tokens): {details}; shorten them or ask for fewer new "
+                                 f"tokens{hint}", param=prompts, code="context_length_exceeded")
             ids = [cut_prompt(row, room, lead) for row in ids]
         return [Row(name, {"input_ids": row}, {"prompt": text}, truncated=i in over)
                 for i, (row, text) in enumerate(zip(ids, texts))]
