@@ -1,9 +1,11 @@
-"""The HTTP face of ``adaprefix serve`` (FastAPI): health, the adapters, predictions and generations.
+"""The HTTP face of ``adaprefix serve`` (FastAPI): health, the adapters, predictions and generations, and the
+OpenAI-compatible routes (:mod:`.openai_api`).
 
 Every error is a JSON object ``{"error": ...}`` naming the problem, and none stops the server or closes the
 client's connection: 404 for an unknown adapter or route, 405 for a wrong method, 413 for a request over a size
 limit, 422 for a malformed body or inputs that do not fit the adapter's task, 429 when the queue is full, 500 for
-anything unexpected. Limits are checked before the work they bound (:mod:`.admission`). A request whose client
+anything unexpected. The OpenAI-compatible routes answer the same errors in OpenAI's shape (``{"error": {"message",
+"type", "param", "code"}}``, 400 where the others say 422), since that is the shape OpenAI clients read. Limits are checked before the work they bound (:mod:`.admission`). A request whose client
 goes away stops waiting, and its rows not yet in a forward are dropped. The OpenAPI page is at /docs, served from
 the installed fastapi-offline package (no CDN); the schema at /openapi.json documents each error as sent.
 """

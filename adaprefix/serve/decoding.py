@@ -89,8 +89,8 @@ class RowSampler:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for i, sampling, generator in self.rows:
-            logits = scores[i].float()
-            # Shifted so that the largest is 0 before dividing: a temperature near 0 (1e-300) then gives -inf, not
+            logits = scores[i].double()  # in float32 a temperature of 1e-300 would be 0
+            # Shifted so that the largest is 0 before dividing: a temperature near 0 then gives -inf, not
             # inf - inf = nan, and the draw is the greedy token, as the limit should be.
             logits = (logits - logits.max()) / sampling.temperature
             if sampling.top_p < 1:
