@@ -5,6 +5,7 @@ References come from outside the server: each adapter loaded alone on a fresh co
 greedily with the code `adaprefix predict` generates with (generate_completions).
 """
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -125,6 +126,19 @@ def test_the_stream_is_server_sent_events_ending_with_done(served):
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line for line in response.iter_lines() if line]
     assert all(line.startswith("data: ") for line in events) and events[-1] == "data: [DONE]"
+
+
+def test_a_stream_whose_client_leaves_frees_its_queue_places_and_the_server_goes_on(served):
+    base = served[1]
+    with httpx.stream("POST", f"{base}/v1/completions", json={"model": "qa", "prompt": PROMPTS, "max_tokens": 32,
+                                                               "stream": True}) as response:
+        next(response.iter_lines())
+    for _ in range(200):
+        if httpx.get(f"{base}/health").json()["queued"] == 0:
+            break
+        time.sleep(0.05)
+    assert httpx.get(f"{base}/health").json()["queued"] == 0
+    assert httpx.post(f"{base}/v1/completions", json={"model": "qa", "prompt": "Hi", "max_tokens": 2}).status_code == 200
 
 
 def test_stop_strings_cut_the_text_streamed_or_not(served):

@@ -58,9 +58,12 @@ class OpenAIServing:
                                            for served in self.engine.adapters.values() if served.generative]}
 
     async def completion(self, body: CompletionRequest, request: Request) -> Any:
+        """A /v1/completions answer: OpenAI's ``text_completion``, whole or as a stream."""
         return await self._answer(body, request, body.prompts, "prompt", chat=False)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
+        """A /v1/chat/completions answer: the messages rendered by the backbone tokenizer's chat template, answered
+        as OpenAI's ``chat.completion``, whole or as a stream; refused by name without a template."""
         served = self.engine.adapter(body.model)
         template = getattr(served.tokenizer, "chat_template", None) if served.generative else None
         if served.generative and not template:
