@@ -12,10 +12,13 @@ and hands each streaming row the new text that can no longer change.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+
+log = logging.getLogger("adaprefix.serve")
 
 #: finish_reason of a completion that ended at EOS or a stop string, and of one that used its whole budget.
 STOP, LENGTH = "stop", "length"
@@ -149,6 +152,8 @@ class RowWatcher:
                 text, reason = text[:at], STOP
         row.done = Completion(text, reason, len(row.ids) + eos)
         if row.stream is not None:
+            if not text.startswith(row.stream.sent):  # a tokenizer whose decoding changed settled text: say so
+                log.warning("streamed text %r is not a prefix of the completion %r", row.stream.sent, text)
             delta = text[len(row.stream.sent):] if text.startswith(row.stream.sent) else ""
             row.stream.sent += delta
             row.stream.send(delta, row.done)
