@@ -212,7 +212,9 @@ def serve(
 ):
     """Serve the adapters of several runs on one backbone over HTTP; requests for any of them share forwards.
 
-    Endpoints: GET /health, GET /v1/adapters, POST /v1/predict, POST /v1/generate; the OpenAPI page is /docs.
+    Endpoints: GET /health, GET /v1/adapters, POST /v1/predict, POST /v1/generate, and the OpenAI-compatible
+    GET /v1/models, POST /v1/completions and POST /v1/chat/completions (the adapter is `model`); the OpenAPI page
+    is /docs.
     """
     from .serve import INSTALL, missing_serve_modules
 

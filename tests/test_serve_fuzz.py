@@ -3,7 +3,9 @@ schema (issue 25, section 3): whatever a client sends, within the schema or not,
 status, content type, headers and body are the ones the schema documents.
 
 Bounded: a fixed number of examples per operation (derandomized, so a failure reproduces) on a real uvicorn server
-on localhost, serving a tagging run, a classification run and a tiny decoder language-model adapter.
+on localhost, serving a tagging run, a classification run and a tiny decoder language-model adapter (whose tokenizer
+has no chat template: /v1/chat/completions refuses it). The OpenAI-compatible routes are fuzzed too, streamed answers
+included.
 """
 
 import copy
@@ -21,6 +23,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 from adaprefix.serve.app import create_app
 from adaprefix.serve.engine import Engine, Settings
+from adaprefix.serve.openai_api.protocol import UNSUPPORTED
 from serve_helpers import uvicorn_server
 
 ADAPTERS = ["sentiment", "ner", "lm"]
@@ -63,14 +66,26 @@ schema = schemathesis.openapi.from_dict(SCHEMA)
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 def test_no_answer_is_a_server_error_or_off_the_schema(case, base_url):
-    if isinstance(case.body, dict) and isinstance(case.body.get("adapter"), str):
+    field = next((f for f in ("adapter", "model") if isinstance(case.body, dict)
+                  and isinstance(case.body.get(f), str)), None)  # the OpenAI-compatible routes call it model
+    if field is not None:
         # A generated name is almost never served: most bodies name a served adapter instead, so that they get
         # past the 404 into the task's own checks.
         digest = hashlib.sha256(repr(case.body).encode("ascii", "backslashreplace")).digest()
         if digest[0] % 4:
-            case.body["adapter"] = ADAPTERS[digest[1] % len(ADAPTERS)]
-        if isinstance(case.body.get("max_new_tokens"), int) and digest[2] % 2:  # and within the server's limit
-            case.body["max_new_tokens"] = 1 + digest[3] % 4
+            case.body[field] = ADAPTERS[digest[1] % len(ADAPTERS)]
+        for budget in ("max_new_tokens", "max_tokens", "max_completion_tokens"):
+            if isinstance(case.body.get(budget), int) and digest[2] % 2:  # and within the server's limit
+                case.body[budget] = 1 + digest[3] % 4
+        if field == "model" and digest[4] % 2:  # and without what is refused anyway, so that many generate
+            for name in UNSUPPORTED:
+                case.body.pop(name, None)
+            if not case.body.get("temperature"):
+                case.body.pop("top_p", None)  # top_p < 1 without sampling is refused
+            case.body.pop("max_completion_tokens", None)
+            case.body.setdefault("max_tokens", 1 + digest[3] % 4)  # OpenAI's default 16 is over the limit
+            if digest[5] % 2:  # half of them streamed
+                case.body["stream"] = True
     case.call_and_validate(base_url=base_url, timeout=60,
                            checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                    response_headers_conformance, response_schema_conformance])

@@ -7,7 +7,7 @@ is, then takes rows round-robin, one from each waiting request that can share th
 ``max_batch_size`` rows or ``max_wait_ms`` after the batch began. The next batch starts with the next request. So a
 request of thousands of inputs runs as many batches, and a small request that arrives meanwhile joins the next one
 instead of waiting for them all. A request whose client has gone away (its task cancelled) takes its waiting rows
-with it. Forwards run on one worker thread, so the event loop keeps accepting requests meanwhile.
+with it, and its prompts in a generation under way end at their next token. Forwards run on one worker thread, so the event loop keeps accepting requests meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterator
 
 from .admission import BusyError
+from .decoding import Completion
 from .engine import GENERATION, Engine, Row
 
 
@@ -96,11 +97,17 @@ class Batcher:
 
     async def generate(self, rows: list[Row], max_new_tokens: int) -> list[str]:
         """Completions of a request's prompt rows, batched with other prompts of the same ``max_new_tokens``."""
+        return [completion.text for completion in await self.complete(rows, max_new_tokens)]
+
+    async def complete(self, rows: list[Row], max_new_tokens: int) -> list[Completion]:
+        """Completions of a request's prompt rows, each decoded as its row asks (greedy or sampled, stop strings,
+        streamed), batched with other prompts of the same ``max_new_tokens`` from /v1/generate, /v1/completions
+        and /v1/chat/completions alike."""
         if not rows:
             return []
         adapter = rows[0].adapter if self.settings.batching == "per-adapter" else None
         return await self._submit((GENERATION, "generate", max_new_tokens, adapter), rows,
-                                  lambda payloads: self.engine.generate(payloads, max_new_tokens))
+                                  lambda payloads: self.engine.complete(payloads, max_new_tokens))
 
     async def _submit(self, key: Hashable, payloads: list[Any], run: Callable) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -114,7 +121,9 @@ class Batcher:
             request.waiting.clear()
             if request in self.turns:
                 self.turns.remove(request)
-            for future in futures:
+            for payload, future in zip(payloads, futures):
+                if not future.done() and isinstance(payload, Row):
+                    payload.cancelled = True  # a generation it is in ends it at its next token
                 future.cancel()  # no-op on those answered
 
     def _take(self, key: Hashable, room: int) -> list[tuple[_Request, _Item]]:

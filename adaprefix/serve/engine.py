@@ -28,11 +28,13 @@ from ..persistence import AdapterLoadError
 from ..tasks import DataError, Task
 from ..tasks.answers import answer, unlabelled, word_starts
 from ..tasks.inputs import examples_from_records, input_view, parse_inputs
-from ..tasks.kinds.generation import cut_prompt, generate_completions, leading_specials, prepare_tokenizer
+from ..tasks.kinds.generation import (CompletionCollator, cut_prompt, generate_completions, leading_specials,
+                                      prepare_tokenizer)
 from ..training.build import build_model, build_task, resolve_max_length
 from ..training.config import load_train_config
 from ..training.display import library_output
 from ..training.generation import read_generation_settings
+from .decoding import LENGTH, Completion, RowSampler, RowState, RowWatcher, Sampling, Stream
 from .settings import ServeError, Settings
 
 GENERATION = "generation"  # the model group of decoder adapters (language-model adapters and generation runs)
@@ -44,7 +46,13 @@ class UnknownAdapterError(AdaprefixError, LookupError):
 
 
 class InputError(AdaprefixError, ValueError):
-    """A request's inputs do not fit its adapter's task (or are over-long under ``on_overflow='refuse'``)."""
+    """A request's inputs do not fit its adapter's task (or are over-long under ``on_overflow='refuse'``);
+    ``param`` names the request field at fault where one is."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code  # OpenAI's name for the error, for the OpenAI-compatible routes
 
 
 @dataclass
@@ -83,6 +91,9 @@ class Row:
     truncated: bool = False
     word_starts: list[bool] | None = None  # tagging: the sub-tokens that carry a word's tag
     example: dict[str, Any] | None = None  # a generation task's input, which its answer describes
+    sampling: Sampling = field(default_factory=Sampling)  # a prompt's decoding (greedy unless asked)
+    stream: Stream | None = None  # where a streamed prompt's text goes as it is generated
+    cancelled: bool = False  # set when its client has gone away: a forward it is in ends it at the next token
 
     @property
     def key(self) -> str:
@@ -300,30 +311,41 @@ class Engine:
         return [Row(served.name, {"input_ids": ids}, input_view(example), truncated=i in over, example=example)
                 for i, (ids, example) in enumerate(zip(prompts, examples))]
 
-    def prompts(self, name: str, texts: Sequence[str], max_new_tokens: int) -> list[Row]:
+    def prompts(self, name: str, texts: Sequence[str], max_new_tokens: int, fields: tuple[str, str, str] = (
+            "adapter", "inputs", "max_new_tokens"), add_special_tokens: bool = True,
+                on_overflow: str | None = None) -> list[Row]:
         """The prompts of a /v1/generate request as rows for ``name`` (a generative adapter), as given. A prompt
         that leaves no room for ``max_new_tokens`` within the model's positions is cut from its start (its leading
-        special tokens kept) and flagged, or refused under ``on_overflow='refuse'``."""
+        special tokens kept) and flagged, or refused under ``on_overflow='refuse'``. ``fields`` are the request's
+        names of the adapter, the prompts and the budget, for the errors (/v1/completions: model, prompt,
+        max_tokens); ``add_special_tokens`` False for a prompt that holds them already (a chat template's);
+        ``on_overflow`` overrides the server's setting."""
         served = self.adapter(name)
+        adapter, prompts, budget = fields
         if not served.generative:
             raise InputError(f"adapter {name!r} serves task {served.task.name!r} ({served.task.kind}), not "
-                             "generation: POST /v1/predict")
+                             "generation: POST /v1/predict", param=adapter)
         with self._tokenizing:
-            ids = served.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
-            lead = leading_specials(served.tokenizer)
+            ids = served.tokenizer(list(texts), add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
+            lead = leading_specials(served.tokenizer) if add_special_tokens else 0
+        empty = [i for i, row in enumerate(ids) if not row]
+        if empty:  # generate() has no last token to continue from
+            raise InputError(f"{', '.join(f'{prompts}[{i}]' for i in empty)}: encodes to no tokens with adapter "
+                             f"{name!r}'s tokenizer, so there is nothing to continue; send some text", param=prompts)
         limit = getattr(self.groups[GENERATION].model.config, "max_position_embeddings", None)
         over = []
         if limit is not None:
             room = limit - max_new_tokens
             if room < 1:
-                raise InputError(f"max_new_tokens: {max_new_tokens} leaves no room for a prompt within the "
-                                 f"{limit} positions of adapter {name!r}'s model")
+                raise InputError(f"{budget}: {max_new_tokens} leaves no room for a prompt within the "
+                                 f"{limit} positions of adapter {name!r}'s model", param=budget)
             over = [i for i, row in enumerate(ids) if len(row) > room]
-            if over and self.settings.on_overflow == "refuse":
-                details = ", ".join(f"inputs[{i}] ({len(ids[i])} tokens)" for i in over)
+            if over and (on_overflow or self.settings.on_overflow) == "refuse":
+                details = ", ".join(f"{prompts}[{i}] ({len(ids[i])} tokens)" for i in over)
+                hint = "" if on_overflow else ", or start the server with --on-overflow truncate"
                 raise InputError(f"over the {room}-token prompt limit of adapter {name!r} ({limit} positions less "
-                                 f"the {max_new_tokens} new tokens): {details}; shorten them, ask for fewer new "
-                                 "tokens, or start the server with --on-overflow truncate")
+                                 f"the {max_new_tokens} new tokens): {details}; shorten them or ask for fewer new "
+                                 f"tokens{hint}", param=prompts, code="context_length_exceeded")
             ids = [cut_prompt(row, room, lead) for row in ids]
         return [Row(name, {"input_ids": row}, {"prompt": text}, truncated=i in over)
                 for i, (row, text) in enumerate(zip(ids, texts))]
@@ -333,6 +355,37 @@ class Engine:
         group = self.groups[GENERATION]
         return generate_completions(group.model, group.tokenizer, [row.features["input_ids"] for row in rows],
                                     max_new_tokens, batch_size=len(rows), adapter_names=[row.adapter for row in rows])
+
+    @torch.no_grad()
+    def complete(self, rows: Sequence[Row], max_new_tokens: int) -> list[Completion]:
+        """Completions of prompt rows in one generate() call whatever their adapters, each decoded as its
+        ``sampling`` says (greedy rows exactly as :meth:`generate` gives them) and streamed where it has a
+        ``stream``; see :mod:`.decoding`."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        group = self.groups[GENERATION]
+        tokenizer, model = group.tokenizer, group.model
+        eos = tokenizer.eos_token_id  # None: every prompt runs to its budget
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        prompts = [row.features["input_ids"] for row in rows]
+        batch = CompletionCollator(pad, side="left")([{"input_ids": ids, "attention_mask": [1] * len(ids)}
+                                                      for ids in prompts])
+        device = next(model.parameters()).device
+        states = [RowState(row.sampling, row.stream, lambda row=row: row.cancelled) for row in rows]
+        width = batch["input_ids"].shape[1]
+        watcher = RowWatcher(states, tokenizer, eos, width, max_new_tokens)
+        extra = {}
+        if not all(row.sampling.greedy for row in rows):
+            extra["logits_processor"] = LogitsProcessorList([RowSampler([row.sampling for row in rows], device)])
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
+                                  pad_token_id=pad, use_cache=True)
+        model.generate(**{k: v.to(device) for k, v in batch.items()}, generation_config=config,
+                       stopping_criteria=StoppingCriteriaList([watcher]),
+                       adapter_names=[row.adapter for row in rows], **extra)
+        for state in states:
+            if state.done is None:  # generate() stopped it first (its own length limit)
+                watcher.finish(state, LENGTH)
+        return [state.done for state in states]
 
     def run_generation(self, rows: Sequence[Row], max_new_tokens: int) -> list[dict[str, Any]]:
         """/v1/predict answers of a generation task's rows: each completion as `adaprefix predict` describes it."""

@@ -40,17 +40,20 @@ def check_json_text(value: Any, where: str) -> None:
             check_json_text(item, f"{where}.{key}")
 
 
-class _Body(BaseModel):
+class StrictBody(BaseModel):
+    """A request body (or a part of one) read strictly: unknown fields, non-text strings and non-finite numbers are
+    refused by name (the module docstring)."""
+
     model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not silently ignored
 
     @model_validator(mode="after")
-    def _unicode(self) -> "_Body":
+    def _unicode(self) -> "StrictBody":
         for name in type(self).model_fields:
             check_json_text(getattr(self, name), name)
         return self
 
 
-class PredictRequest(_Body):
+class PredictRequest(StrictBody):
     adapter: StrictStr = Field(description="The adapter's name (GET /v1/adapters lists them).")
     inputs: list[Input] = Field(
         min_length=1,
@@ -67,7 +70,7 @@ class PredictResponse(BaseModel):
                     "max_length (a tagging answer then has tags for the words kept).")
 
 
-class GenerateRequest(_Body):
+class GenerateRequest(StrictBody):
     adapter: StrictStr = Field(description="A decoder adapter's name: a language-model adapter, or a run of a "
                                            "generation task (whose /v1/predict also answers inputs in the task's own "
                                            "format).")
