@@ -25,7 +25,7 @@ def train(settings: dict) -> None:
 
 def train_runs(root, backbone) -> dict:
     """A 2-label sentiment run (apt), a 3-label topic run (pt2, another prefix length) and a CoNLL04 tagging run
-    (another head class), all with max_length 16."""
+    (another head class, apt with exact gates), all with max_length 16."""
     def jsonl(name, rows):
         path = root / name
         path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
@@ -40,7 +40,9 @@ def train_runs(root, backbone) -> dict:
         "sd.jsonl", SENTIMENT), "output_dir": root / "sentiment", "prefix_length": 4})
     train({**common, "task": "custom", "train_file": jsonl("t.jsonl", TOPICS * 2), "dev_file": jsonl(
         "td.jsonl", TOPICS), "output_dir": root / "topics", "method": "pt2", "prefix_length": 7})
-    train({**common, "task": "conll04", "data_dir": root / "data", "output_dir": root / "ner", "prefix_length": 3})
+    # Exact gates (issue 24): served beside the paper's gates and pt2, each row as `adaprefix predict` answers it.
+    train({**common, "task": "conll04", "data_dir": root / "data", "output_dir": root / "ner", "prefix_length": 3,
+           "gate_mode": "exact"})
     return {name: root / name for name in ("sentiment", "topics", "ner")}
 
 
