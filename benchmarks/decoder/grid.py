@@ -8,8 +8,8 @@ Run ids are ``<experiment>/<model>/<task>/<arm>-lr<rate>-s<seed>``. A run of an 
 its arm's best rate from the ``sweep`` experiment's seed-1 runs on the same task (CB's for RTE: see grid.yaml), and
 waits until all three are recorded. Records go to ``results/runs.jsonl``, one line a run, appended under a file
 lock (several runners may share the grid: each claims a run with a lock file first). Prefix arms train through
-``adaprefix.training.train`` into ``cache/runs/<run id>`` and resume from their last epoch's checkpoint when a sitting
-ends mid-run; PEFT arms restart from scratch (they keep no checkpoints).
+``adaprefix.training.train`` into ``cache/runs/<run id>``, PEFT arms through the Trainer with a checkpoint every
+epoch; either resumes from its last epoch's checkpoint when a sitting ends mid-run.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def train_run(grid: dict[str, Any], run: Run) -> dict[str, Any]:
         args = Namespace(task=run.task, epochs=s["epochs"], batch_size=s["batch_size"],
                          eval_batch_size=s["eval_batch_size"], max_length=s["max_length"], seed=run.seed,
                          max_train_samples=s.get("max_train_samples"), max_eval_samples=s.get("max_eval_samples"))
-        return train_peft(args, spec["kind"], run.learning_rate, path, None, out)
+        return train_peft(args, spec["kind"], run.learning_rate, path, None, out, resume=True)
     from adaprefix.training import load_train_config, train
 
     adapter = {k: v for k, v in spec.items() if k not in ("kind", "method", "rates", "init_text")}

@@ -158,10 +158,15 @@ def train_lora(args: argparse.Namespace, model_path: Path, data_dir: str | None,
 
 
 def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_path: Path, data_dir: str | None,
-               out: Path) -> dict:
+               out: Path, resume: bool = False) -> dict:
     """A PEFT arm (``kind``: lora or llama-adapter) on the same Trainer recipe: the task's encoding, collator and
     metrics, AdamW with linear decay and no warm-up, evaluation (loss and greedy generation) after every epoch, the
-    best dev epoch reported."""
+    best dev epoch reported.
+
+    ``resume``: continue from the last epoch's checkpoint in ``out`` (the Trainer's own: adapter, optimizer,
+    schedule and RNG states) with the epoch records so far, when there is one; otherwise start afresh. Either way
+    every epoch ends with a checkpoint (the latest only), so a run cut off by the end of a sitting loses at most an
+    epoch."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments, set_seed
@@ -180,16 +185,25 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     model = get_peft_model(model, peft_config(kind, model_path))
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    records = out / "metrics.jsonl"
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    resume_from = str(checkpoints[-1]) if resume and checkpoints and records.is_file() else None
     history: list[dict] = []
+    if resume_from is None:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+    else:  # the records of the epochs that checkpoint holds: an epoch recorded after it is trained again
+        step = int(Path(resume_from).name.split("-")[1])
+        history = [r for r in map(json.loads, records.read_text().splitlines()) if r["step"] <= step]
+        records.write_text("".join(json.dumps(r) + "\n" for r in history))
     recorder = EpochRecorder(out, ["dev"], f"dev_{task.main_metric}", save_best=lambda: None, history=history,
                              extra_metrics=GenerationScorer(task, tokenizer, {"dev": dev}, args.max_length,
                                                             args.eval_batch_size))
     training = TrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size, learning_rate=learning_rate, weight_decay=0.0,
-        warmup_steps=0, lr_scheduler_type="linear", eval_strategy="epoch", save_strategy="no", logging_steps=10,
+        warmup_steps=0, lr_scheduler_type="linear", eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+        logging_steps=10,
         report_to="none", seed=args.seed, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
         dataloader_num_workers=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=training,
@@ -198,7 +212,7 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
                       data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics,
                       preprocess_logits_for_metrics=task.preprocess_logits_for_metrics, callbacks=[recorder])
     trainer.remove_callback(PrinterCallback)  # the raw log dicts; the epoch records hold the numbers
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
     best = recorder.best
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad)

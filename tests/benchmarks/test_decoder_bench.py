@@ -24,3 +24,24 @@ def test_decoder_benchmark_dry_run_writes_json_and_table(tmp_path):
     assert result["runs"]["lora"]["trainable_parameters"] == 8 * (32 + 32 + 32 + 16) * 2
     table = (tmp_path / "cb-t2t.md").read_text()
     assert all(f"| {method} |" in table for method in ("pt2", "apt", "lora"))
+
+
+def test_a_peft_run_resumes_from_its_last_epoch_checkpoint(tmp_path):
+    """The grid's PEFT arms keep a checkpoint per epoch, so a sitting that ends mid-run loses at most an epoch."""
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("decoder_bench", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model, data = bench.dry_run_inputs(tmp_path / "inputs")
+    out = tmp_path / "lora"
+    args = argparse.Namespace(task="cb-t2t", epochs=1, batch_size=2, eval_batch_size=4, max_length=64, seed=1,
+                              max_train_samples=None, max_eval_samples=None)
+    first = bench.train_peft(args, "lora", 1e-3, model, str(data), out, resume=True)  # nothing to resume: a fresh run
+    assert [e["epoch"] for e in first["epochs"]] == [1] and (out / "checkpoints" / "checkpoint-2").is_dir()
+    args.epochs = 2  # the same run, given one more epoch: it continues from checkpoint-2
+    second = bench.train_peft(args, "lora", 1e-3, model, str(data), out, resume=True)
+    assert [e["epoch"] for e in second["epochs"]] == [1, 2] and [e["step"] for e in second["epochs"]] == [2, 4]
+    assert second["epochs"][0] == first["epochs"][0]
+    third = bench.train_peft(args, "lora", 1e-3, model, str(data), out, resume=False)  # asked afresh: starts over
+    assert [e["epoch"] for e in third["epochs"]] == [1, 2]
