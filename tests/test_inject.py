@@ -282,12 +282,13 @@ def test_shift_positions_beyond_the_position_table_names_the_lengths(name, longe
         model(input_ids=too_long)
 
 
+@pytest.mark.parametrize("gate_mode", ["scale", "exact"])
 @pytest.mark.parametrize("placement", ["weights", "accelerate-hook"])
-def test_each_layer_gets_its_prefix_and_gates_on_its_own_device(placement):
+def test_each_layer_gets_its_prefix_and_gates_on_its_own_device(placement, gate_mode):
     # Under device_map, layer i lives on its own device while h_{i-1} arrives on the previous layer's (accelerate
     # moves inputs only after the pre-hooks). With one device here, the "other" device is "meta": the hook is fed
     # h_{i-1} on the CPU, and what it leaves for the attention must be on layer 1's device.
-    model = attach(tiny_model("bert"), _visible_config())
+    model = attach(tiny_model("bert"), _visible_config(gate_mode=gate_mode))
     runtime = adapter_runtime(model)
     layer = model.bert.encoder.layer[1]
     if placement == "weights":
@@ -300,6 +301,8 @@ def test_each_layer_gets_its_prefix_and_gates_on_its_own_device(placement):
     hook(layer, (torch.randn(2, 9, 32),), {})
     prefix = runtime.sites[1].prefix
     assert prefix.keys.device.type == "meta" and prefix.values.device.type == "meta"
+    if gate_mode == "exact":  # the exact gate weighs the attention there: it must be on the layer's device too
+        assert prefix.weight_gate.device.type == "meta"
     assert runtime.token_gates[1].device.type == "meta"
     assert model.adaprefix.prefix.embedding.device.type == "cpu"  # the parameters stay where attach put them
 
