@@ -3,6 +3,7 @@
     python benchmarks/decoder/grid.py --commit          # every missing run, in order; resumable; commits records
     python benchmarks/decoder/grid.py --list            # the runs, recorded or not, and what each waits for
     python benchmarks/decoder/grid.py --only sweep      # one experiment's runs
+    python benchmarks/decoder/grid.py --arm exact       # one arm's runs (a second runner beside the first)
 
 Run ids are ``<experiment>/<model>/<task>/<arm>-lr<rate>-s<seed>``. A run of an experiment with ``rates: swept`` takes
 its arm's best rate from the ``sweep`` experiment's seed-1 runs on the same task (CB's for RTE: see grid.yaml), and
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commit", action="store_true", help="git-commit each record as it is written")
     parser.add_argument("--list", action="store_true", help="list the runs and their state, train nothing")
     parser.add_argument("--only", action="append", help="only this experiment (repeatable)")
+    parser.add_argument("--arm", action="append", help="only this arm's runs (repeatable): a second runner can take "
+                        "other arms than the first")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after training this many runs")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         have = {r["run_id"] for r in records}
         pending, waiting = [], 0
         for run in expand(grid):
-            if args.only and run.experiment not in args.only:
+            if (args.only and run.experiment not in args.only) or (args.arm and run.arm not in args.arm):
                 continue
             ready = resolved(grid, run, records)
             if ready is None:
