@@ -24,6 +24,7 @@ from ..tasks import sample_examples
 from .build import (build_model, build_optimizer, build_task, exponential_scheduler, precision_flags,
                     resolve_max_length, resolved_schedule, resolved_settings)
 from .callbacks import CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, sealed_checkpoints
+from .completion_loss import logits_preprocessor, trainer_class
 from .config import TrainConfig, TrainConfigError
 from .display import VERBOSITIES, RunDisplay, library_output
 from .generation import GenerationScorer, write_generation_settings
@@ -165,7 +166,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         callbacks.append(display)
     if is_main_process():
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run / "tb"))))
-    trainer = SelectiveEvalTrainer(
+    trainer = trainer_class(task, SelectiveEvalTrainer)(
         wants=recorder.wants,
         on_skip=recorder.skip,
         model=model,
@@ -174,7 +175,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         eval_dataset=eval_sets,
         data_collator=task.collator(tokenizer),
         compute_metrics=task.compute_metrics,
-        preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
+        preprocess_logits_for_metrics=logits_preprocessor(task),
         optimizers=(optimizer, scheduler),
         callbacks=callbacks + list(extra_callbacks or []),
     )

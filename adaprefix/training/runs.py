@@ -18,6 +18,7 @@ from .config import TrainConfig, load_train_config
 from ..files import atomic_write_json
 from .build import build_model, build_task, resolve_max_length
 from .display import library_output, load_pretrained
+from .completion_loss import logits_preprocessor, trainer_class
 from .generation import GenerationScorer, predict_completions, read_generation_settings
 
 
@@ -71,9 +72,9 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None =
                          "evaluate on dev, or use `adaprefix predict` for test inputs")
     args = TrainingArguments(output_dir=str(Path(run_dir) / "eval"), per_device_eval_batch_size=cfg.eval_batch_size,
                              report_to="none", use_cpu=not torch.cuda.is_available(), label_names=["labels"])
-    trainer = Trainer(model=loaded.model, args=args, data_collator=task.collator(loaded.tokenizer),
-                      compute_metrics=task.compute_metrics,
-                      preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None))
+    trainer = trainer_class(task, Trainer)(model=loaded.model, args=args, data_collator=task.collator(loaded.tokenizer),
+                                           compute_metrics=task.compute_metrics,
+                                           preprocess_logits_for_metrics=logits_preprocessor(task))
     metrics = trainer.evaluate(encoded.dataset_by_length, metric_key_prefix=split)
     if task.kind == "generation":  # exact match (or accuracy) from greedy generation, as in training
         scorer = GenerationScorer(task, loaded.tokenizer, {split: examples},

@@ -173,6 +173,7 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
 
     from adaprefix.tasks import get_task, sample_examples
     from adaprefix.training.callbacks import EpochRecorder
+    from adaprefix.training.completion_loss import logits_preprocessor, trainer_class
     from adaprefix.training.generation import GenerationScorer
 
     started = time.time()
@@ -206,11 +207,12 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
         logging_steps=10,
         report_to="none", seed=args.seed, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
         dataloader_num_workers=0, disable_tqdm=True)
-    trainer = Trainer(model=model, args=training,
-                      train_dataset=task.encode(train_examples, tokenizer, args.max_length).dataset,
-                      eval_dataset={"dev": task.encode(dev, tokenizer, args.max_length).dataset},
-                      data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics,
-                      preprocess_logits_for_metrics=task.preprocess_logits_for_metrics, callbacks=[recorder])
+    # The same loss computation as adaprefix's recipe (logits only at completion positions), so that times compare.
+    trainer = trainer_class(task, Trainer)(
+        model=model, args=training, train_dataset=task.encode(train_examples, tokenizer, args.max_length).dataset,
+        eval_dataset={"dev": task.encode(dev, tokenizer, args.max_length).dataset},
+        data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics,
+        preprocess_logits_for_metrics=logits_preprocessor(task), callbacks=[recorder])
     trainer.remove_callback(PrinterCallback)  # the raw log dicts; the epoch records hold the numbers
     trainer.train(resume_from_checkpoint=resume_from)
     best = recorder.best

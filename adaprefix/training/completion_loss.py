@@ -1,0 +1,118 @@
+"""The loss of a prompt -> completion task, with logits only where the loss reads them.
+
+A causal LM's forward computes the LM head at every position, but a completion task's loss reads only the positions
+that predict a completion token: on CB-t2t, 15 of 117 columns of a batch of 8. The head is a (hidden x vocabulary)
+matmul per position, and with a large vocabulary it rivals the rest of the model (SmolLM2: 49,152 x 576, a fifth
+of a token's forward; Gemma 3: 262,144 x 640, more than the body). The logits also dominate memory: 8 x 117 x
+49,152 floats are 184 MB, and the backward keeps another copy.
+
+transformers' causal LMs take ``logits_to_keep``, a 1-D tensor of sequence positions, and run the head on those
+alone. :func:`completion_nll` passes the union, over the batch's rows, of the columns that predict a labelled token,
+and computes the loss from them; a model whose forward has no ``logits_to_keep`` gets the full logits instead. The
+loss is the same either way (the same terms, each from the same logits), so this changes speed and memory only.
+
+:class:`CompletionLossMixin` puts it under a ``transformers.Trainer``: training's loss, and evaluation's per-example
+``(summed NLL, token count)`` that :meth:`GenerationTask.compute_metrics` reads (so the evaluation needs no
+``preprocess_logits_for_metrics``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..tasks.metrics import IGNORE_INDEX
+
+
+def completion_columns(labels: torch.Tensor) -> torch.Tensor:
+    """The columns whose logits predict a labelled token (token t is predicted at t - 1), over all rows:
+    ``(k,)`` ascending."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward (under DDP, PEFT and compile wrappers) takes ``logits_to_keep``."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            return True
+        # DDP / DataParallel / torch.compile keep the model in .module / ._orig_mod; PEFT in .get_base_model().
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None and hasattr(model, "get_base_model"):
+            inner = model.get_base_model()
+        if inner is None:
+            return False
+        model = inner
+    return False
+
+
+def completion_nll(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the summed negative log-likelihood of its labelled tokens and their count: two ``(batch,)`` tensors.
+
+    ``inputs`` is a collated batch with ``labels`` (-100 where unlabelled), which is not passed to the model. The
+    NLL is computed in float32 from the logits, as transformers' causal-LM loss does.
+    """
+    labels = inputs["labels"]
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    targets = labels[:, 1:]
+    if accepts_logits_to_keep(model):
+        columns = completion_columns(labels)
+        logits = model(**features, logits_to_keep=columns).logits  # (B, k, V)
+        targets = targets[:, columns]
+    else:
+        logits = model(**features).logits[:, :-1]  # (B, T-1, V)
+    mask = targets != IGNORE_INDEX
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets.clamp(min=0), reduction="none")
+    return (nll * mask).sum(dim=-1), mask.sum(dim=-1)
+
+
+class CompletionLossMixin:
+    """A ``transformers.Trainer`` mixin for prompt -> completion tasks: the loss from :func:`completion_nll`.
+
+    Training: the summed NLL over ``num_items_in_batch`` when the Trainer counts it (the whole accumulated batch's
+    labelled tokens, as transformers' own causal-LM loss divides), else the batch's mean per labelled token; under
+    label smoothing or a ``compute_loss_func`` the Trainer's own loss is used. Evaluation: ``prediction_step``
+    returns per-example ``(summed NLL, token count)`` as its predictions.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or "labels" not in inputs or self.label_smoother is not None or \
+                self.compute_loss_func is not None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        nll, count = completion_nll(model, inputs)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            loss = nll.sum() / num_items_in_batch
+            if self.args.average_tokens_across_devices:  # the Trainer's own rescaling of a token-normalised loss
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                               else self.args.n_gpu)
+        else:
+            loss = nll.sum() / count.sum().clamp(min=1)
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if "labels" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            nll, count = completion_nll(model, inputs)
+        loss = (nll.sum() / count.sum().clamp(min=1)).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, torch.stack([nll, count.to(nll.dtype)], dim=-1).detach(), inputs["labels"]
+
+
+def trainer_class(task: Any, base: type) -> type:
+    """``base`` (a Trainer class) with :class:`CompletionLossMixin` for a generation task; ``base`` otherwise."""
+    if getattr(task, "kind", None) != "generation":
+        return base
+    return type(f"Completion{base.__name__}", (CompletionLossMixin, base), {})
+
+
+def logits_preprocessor(task: Any) -> Any:
+    """The ``preprocess_logits_for_metrics`` to give the Trainer of :func:`trainer_class`: the task's own, except for
+    a generation task, whose evaluation already returns per-example sums."""
+    return None if getattr(task, "kind", None) == "generation" else getattr(task, "preprocess_logits_for_metrics", None)
