@@ -6,7 +6,9 @@ SmolLM2-135M and CB-t2t, measured side by side in one process.
 Per arm: the model with its adapter, ``--steps`` AdamW steps on real training batches of 8 (the grid's batch; the
 first step is warm-up and not counted), then one evaluation as a run does it: the loss pass over the dev prompts with
 their labels (the Trainer's ``evaluate``) and greedy generation of the label word (``GenerationScorer``, batched,
-with the KV cache), both over ``--dev`` dev examples. Run it on an otherwise idle machine: the grid runners pause it
+with the KV cache), both over ``--dev`` dev examples. The training step and the loss pass are timed both ways,
+interleaved: with the LM head over every position (transformers' own loss) and over the completion positions only
+(``completion_nll``, what runs use). Run it on an otherwise idle machine: the grid runners pause it
 is not (stop them first, e.g. ``kill -STOP``).
 """
 
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     from adaprefix import AdaptivePrefixConfig, attach, init_prefix_from_text
     from adaprefix.analysis.run_info import machine_metadata, run_metadata
     from adaprefix.tasks import get_task
+    from adaprefix.training.completion_loss import completion_nll
     from adaprefix.training.generation import GenerationScorer
     from run import converted_model, peft_config
 
@@ -71,29 +74,35 @@ def main(argv: list[str] | None = None) -> dict:
             model = get_peft_model(model, peft_config(spec["kind"], path))
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        steps = []
+        losses = {"full": lambda b: model(**b).loss,  # the LM head over every position
+                  "completion": lambda b: (lambda nll, count: nll.sum() / count.sum())(*completion_nll(model, b))}
+        steps = {way: [] for way in losses}
         for batch in batches:
-            started = time.perf_counter()
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            steps.append(time.perf_counter() - started)
+            for way, loss_of in losses.items():
+                started = time.perf_counter()
+                loss_of(batch).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                steps[way].append(time.perf_counter() - started)
         model.eval()
-        started = time.perf_counter()
-        with torch.no_grad():
-            for i in range(0, len(dev_rows), defaults["eval_batch_size"]):
-                model(**collate(dev_rows[i:i + defaults["eval_batch_size"]]))
-        loss_pass = time.perf_counter() - started
+        loss_pass = {}
+        for way, loss_of in losses.items():
+            started = time.perf_counter()
+            with torch.no_grad():
+                for i in range(0, len(dev_rows), defaults["eval_batch_size"]):
+                    loss_of(collate(dev_rows[i:i + defaults["eval_batch_size"]]))
+            loss_pass[way] = time.perf_counter() - started
         started = time.perf_counter()
         scorer("dev", model)
         generation = time.perf_counter() - started
         tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:]) / max(len(batches) - 1, 1)
-        results[arm] = {"seconds_per_step": round(statistics.median(steps[1:]), 3),
+        results[arm] = {"seconds_per_step": round(statistics.median(steps["completion"][1:]), 3),
+                        "seconds_per_step_full_logits": round(statistics.median(steps["full"][1:]), 3),
                         "tokens_per_step": round(tokens, 1),
-                        "seconds_per_dev_example_loss": round(loss_pass / len(dev), 4),
+                        "seconds_per_dev_example_loss": round(loss_pass["completion"] / len(dev), 4),
+                        "seconds_per_dev_example_loss_full_logits": round(loss_pass["full"] / len(dev), 4),
                         "seconds_per_dev_example_generation": round(generation / len(dev), 4),
-                        "seconds_per_dev_example": round((loss_pass + generation) / len(dev), 4)}
+                        "seconds_per_dev_example": round((loss_pass["completion"] + generation) / len(dev), 4)}
         print(arm, results[arm], flush=True)
     threads = torch.get_num_threads()
     result = {"task": args.task, "dev_examples": len(dev), "batch_size": defaults["batch_size"],
@@ -105,13 +114,15 @@ def main(argv: list[str] | None = None) -> dict:
              f"`{result['metadata']['command']}` ({result['metadata']['date']})", "",
              f"Training: batch {defaults['batch_size']}, median of {args.steps} steps after one warm-up. Evaluation: "
              f"{len(dev)} dev examples at batch {defaults['eval_batch_size']}: the loss pass and greedy generation "
-             "(batched, KV cache).", "",
-             "| arm | s / training step | tokens / step | s / dev example (loss) | s / dev example (generation) | "
-             "s / dev example |", "|---|---:|---:|---:|---:|---:|"]
+             "(batched, KV cache). Runs compute the LM head at the completion positions only; `full`: over every "
+             "position, as transformers' own loss does, timed interleaved with it.", "",
+             "| arm | s / training step | full | tokens / step | s / dev example (loss) | full | "
+             "s / dev example (generation) | s / dev example |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, r in results.items():
-        lines.append(f"| {arm} | {r['seconds_per_step']:.2f} | {r['tokens_per_step']:.0f} | "
-                     f"{r['seconds_per_dev_example_loss']:.3f} | {r['seconds_per_dev_example_generation']:.3f} | "
-                     f"{r['seconds_per_dev_example']:.3f} |")
+        lines.append(f"| {arm} | {r['seconds_per_step']:.2f} | {r['seconds_per_step_full_logits']:.2f} | "
+                     f"{r['tokens_per_step']:.0f} | {r['seconds_per_dev_example_loss']:.3f} | "
+                     f"{r['seconds_per_dev_example_loss_full_logits']:.3f} | "
+                     f"{r['seconds_per_dev_example_generation']:.3f} | {r['seconds_per_dev_example']:.3f} |")
     (args.out / "timing.md").write_text("\n".join(lines) + "\n")
     return result
 
