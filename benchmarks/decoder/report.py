@@ -4,9 +4,12 @@
 
 Per experiment, model and task: every arm's runs, with dev accuracy at the best dev epoch, invalid generations
 (naming no label), the dev completion loss there, the optimiser steps it took to first reach 90% of the run's best
-accuracy, trainable parameters and the run's time; then, per arm at its chosen rate, the mean over seeds and the
-margin to LoRA paired by seed. The completion loss at init of every arm comes from ``results/init_loss.json``
-(init_loss.py). Nothing here is filled in by hand: a cell with no run says so.
+accuracy, trainable parameters and the run's time. Per model and task, each arm at its chosen rate: the mean over
+seeds and the margin to LoRA paired by seed. Over every SmolLM2 run at the chosen rates (CB and RTE, paired by task
+and seed): the issue's moonshot, an adaptive prefix within 2 points of LoRA, 3 above pt2 and above LLaMA-Adapter.
+``results/curves.png``: dev accuracy against optimiser steps, each arm at its chosen rate, seed 1. The completion
+loss at init of every arm comes from ``results/init_loss.json`` (init_loss.py). Nothing here is filled in by hand:
+a cell with no run says so.
 """
 
 from __future__ import annotations
@@ -21,7 +24,18 @@ HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "results" / "runs.jsonl"
 INIT = HERE / "results" / "init_loss.json"
 OUT = HERE / "results" / "report.md"
+CURVES = HERE / "results" / "curves.png"
 REFERENCE = "lora"
+#: The issue's moonshot, for each adaptive arm: (the arm it is compared with, the least mean paired margin, in points).
+MOONSHOT = (("lora", -2.0), ("pt2", 3.0), ("llama-adapter", 0.0))
+ADAPTIVE = ("apt", "exact", "exact-text")
+
+
+def grid_arms() -> dict[str, dict]:
+    """The arms of grid.yaml, with their rates."""
+    import yaml
+
+    return yaml.safe_load((HERE / "grid.yaml").read_text())["arms"]
 
 
 def read_records(path: Path = RECORDS) -> list[dict]:
@@ -67,14 +81,20 @@ def chosen_rates(records: list[dict]) -> dict[str, float]:
             for arm, runs in sweep.items() if len(runs) == 3}
 
 
-def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
-    """Per arm at its chosen rate (or, while its sweep runs, every seed-1 run so far): mean dev accuracy over seeds
-    and the margin to LoRA paired by seed."""
-    by_arm: dict[str, dict[int, dict]] = defaultdict(dict)
+def at_chosen_rates(records: list[dict], rates: dict[str, float]) -> dict[str, dict[tuple, dict]]:
+    """Per arm, its runs at its chosen rate, keyed by (model, task, seed)."""
+    by_arm: dict[str, dict[tuple, dict]] = defaultdict(dict)
     for r in records:
         rate = rates.get(r["arm"])
         if rate is not None and math.isclose(r["learning_rate"], rate):
-            by_arm[r["arm"]][r["seed"]] = r
+            by_arm[r["arm"]][(r["model"], r["task"], r["seed"])] = r
+    return by_arm
+
+
+def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
+    """Per arm at its chosen rate, on one model and task: mean dev accuracy over seeds and the margin to LoRA
+    paired by seed."""
+    by_arm = at_chosen_rates(records, rates)
     lines = ["| arm | rate | seeds | dev accuracy (mean ± sd) | invalid | minus LoRA (paired) |",
              "|---|---:|---:|---:|---:|---:|"]
     reference = by_arm.get(REFERENCE, {})
@@ -87,6 +107,68 @@ def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
         lines.append(f"| {arm} | {rates[arm]:g} | {len(runs)} | {100 * statistics.mean(accs):.1f} ± "
                      f"{'-' if math.isnan(sd) else f'{sd:.1f}'} | {_cell(invalid)} | {margin} |")
     return lines
+
+
+def paired_margins(records: list[dict], rates: dict[str, float], arm: str, other: str) -> list[float]:
+    """``arm`` minus ``other`` in dev accuracy points, one per (model, task, seed) both have at their chosen rates."""
+    by_arm = at_chosen_rates(records, rates)
+    mine, theirs = by_arm.get(arm, {}), by_arm.get(other, {})
+    return [100 * (mine[k]["dev"]["accuracy"] - theirs[k]["dev"]["accuracy"]) for k in sorted(mine) if k in theirs]
+
+
+def moonshot_table(records: list[dict], rates: dict[str, float]) -> list[str]:
+    """Each adaptive arm against LoRA, pt2 and LLaMA-Adapter: the mean paired margin over every run both have at
+    their chosen rates (SmolLM2, CB and RTE), and whether it meets the moonshot's bar."""
+    head = " | ".join(f"minus {other} (bar {bar:+g})" for other, bar in MOONSHOT)
+    lines = [f"| arm | {head} | moonshot |", "|---|" + "---:|" * len(MOONSHOT) + "---|"]
+    for arm in ADAPTIVE:
+        cells, verdicts = [], []
+        for other, bar in MOONSHOT:
+            pairs = paired_margins(records, rates, arm, other)
+            if not pairs:
+                cells.append("-")
+                verdicts.append(None)
+                continue
+            mean = statistics.mean(pairs)
+            cells.append(f"{mean:+.1f} ({len(pairs)})")
+            verdicts.append(mean > bar if bar == 0 else mean >= bar)
+        verdict = "not yet measured" if None in verdicts else ("met" if all(verdicts) else "not met")
+        lines.append(f"| {arm} | {' | '.join(cells)} | {verdict} |")
+    return lines
+
+
+def plot_curves(records: list[dict], rates: dict[str, float], path: Path = CURVES) -> bool:
+    """Dev accuracy against optimiser steps, each arm at its chosen rate, seed 1, one panel per SmolLM2 task;
+    False (and nothing written) when no arm has such a run."""
+    by_arm = at_chosen_rates([r for r in records if r["model"] == "smollm2" and r["seed"] == 1], rates)
+    tasks = sorted({key[1] for runs in by_arm.values() for key in runs})
+    if not tasks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for arm in sorted(by_arm):
+            run = by_arm[arm].get(("smollm2", task, 1))
+            if run is None:
+                continue
+            epochs = [e for e in run["epochs"] if e.get("dev_accuracy") is not None]
+            ax.plot([e["step"] for e in epochs], [100 * e["dev_accuracy"] for e in epochs], marker="o",
+                    markersize=3, label=f"{arm} ({run['learning_rate']:g})",
+                    linestyle="--" if arm in ("lora", "llama-adapter") else "-")
+        ax.set_title(f"SmolLM2-135M, {task}, seed 1")
+        ax.set_xlabel("optimiser steps")
+        ax.set_ylabel("dev accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def init_table() -> list[str]:
@@ -107,7 +189,7 @@ def init_table() -> list[str]:
     return lines
 
 
-def markdown(records: list[dict]) -> str:
+def markdown(records: list[dict], curves: Path = CURVES) -> str:
     lines = ["# Decoders at a real budget: adaptive prefixes that start at the frozen model against LoRA", "",
              "Generated by `python benchmarks/decoder/report.py` from `results/runs.jsonl` (`grid.py`'s records) and "
              "`results/init_loss.json`. The grid and its cost: `grid.yaml`; where the time goes: `results/timing.md`.",
@@ -115,10 +197,23 @@ def markdown(records: list[dict]) -> str:
     lines += init_table()
     rates = chosen_rates(records)
     lines += ["", "## Each arm at its chosen rate", "",
-              "The rate: the arm's best seed-1 dev accuracy in the SmolLM2 CB sweep. Arms whose sweep is not "
-              "complete are left out here (their runs are below).", ""]
-    lines += summary_table([r for r in records if r["model"] == "smollm2" and r["task"] == "cb-t2t"], rates) \
-        if rates else ["No arm's sweep is complete yet."]
+              "The rate: the arm's best seed-1 dev accuracy in the SmolLM2 CB sweep, which RTE and Gemma take too. "
+              "Arms whose sweep is not complete are left out here (their runs are below)."]
+    if not rates:
+        lines += ["", "No arm's sweep is complete yet."]
+    for model, task in sorted({(r["model"], r["task"]) for r in records}, key=lambda mt: (mt[0] != "smollm2", mt)):
+        chosen = [r for r in records if r["model"] == model and r["task"] == task]
+        if rates and at_chosen_rates(chosen, rates):
+            lines += ["", f"### {model}, {task}", ""] + summary_table(chosen, rates)
+    lines += ["", "## The moonshot", "",
+              "Each adaptive arm's mean margin in dev accuracy points, paired by task and seed over every SmolLM2 run "
+              "at the chosen rates (the number of pairs in brackets). The bar: within 2 points of LoRA, at least 3 "
+              "above pt2, above LLaMA-Adapter.", ""]
+    lines += moonshot_table([r for r in records if r["model"] == "smollm2"], rates)
+    usual = {arm: spec["rates"][len(spec["rates"]) // 2] for arm, spec in grid_arms().items()}
+    if plot_curves(records, {**usual, **rates}, curves):
+        lines += ["", f"Dev accuracy by optimiser step, seed 1, each arm at its chosen rate (where its sweep is not "
+                      f"complete, its usual rate): `results/{curves.name}`."]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["experiment"], r["model"], r["task"])].append(r)

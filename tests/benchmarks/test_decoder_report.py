@@ -1,0 +1,88 @@
+"""benchmarks/decoder/report.py on made-up records: the chosen rates, margins paired by task and seed, the moonshot's
+verdict, and the learning-curve plot."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decoder" / "report.py"
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("decoder_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(arm, rate, seed, accuracy, task="cb-t2t", experiment="sweep", model="smollm2"):
+    epochs = [{"epoch": e, "step": 32 * e, "dev_accuracy": accuracy * e / 3} for e in (1, 2, 3)]
+    return {"run_id": f"{experiment}/{model}/{task}/{arm}-lr{rate}-s{seed}", "experiment": experiment, "model": model,
+            "task": task, "arm": arm, "seed": seed, "learning_rate": rate, "best_epoch": 3, "epochs": epochs,
+            "dev": {"accuracy": accuracy, "invalid": 0.0, "completion_loss": 0.4}, "trainable_parameters": 10,
+            "train_seconds": 60.0}
+
+
+def sweep(arm, accuracies, rates=(0.005, 0.01, 0.02)):
+    return [record(arm, rate, 1, acc) for rate, acc in zip(rates, accuracies)]
+
+
+def test_the_chosen_rate_is_the_best_seed1_sweep_run_and_ties_take_the_smaller(report):
+    records = sweep("exact", [0.70, 0.75, 0.75]) + sweep("pt2", [0.60, 0.50, 0.55]) + sweep("apt", [0.9, 0.9])
+    assert report.chosen_rates(records) == {"exact": 0.01, "pt2": 0.005}  # apt's sweep is incomplete
+
+
+def _grid(exact, lora, pt2, adapter):
+    """Seed-1 sweeps choosing the middle rate, then seeds 2 and 3 on CB and RTE at it; each arm's accuracy per
+    (task, seed) from the mapping given."""
+    records = []
+    for arm, by_key in (("exact", exact), ("lora", lora), ("pt2", pt2), ("llama-adapter", adapter)):
+        records += sweep(arm, [0.0, by_key[("cb-t2t", 1)], 0.0])
+        for (task, seed), acc in by_key.items():
+            if (task, seed) != ("cb-t2t", 1):
+                records.append(record(arm, 0.01, seed, acc, task=task, experiment="seeds" if task == "cb-t2t"
+                                      else "rte"))
+    return records
+
+
+KEYS = [("cb-t2t", 1), ("cb-t2t", 2), ("rte-t2t", 1), ("rte-t2t", 2)]
+
+
+def _by(values):
+    return dict(zip(KEYS, values))
+
+
+def test_margins_are_paired_by_task_and_seed(report):
+    records = _grid(_by([0.70, 0.80, 0.60, 0.50]), _by([0.75, 0.70, 0.65, 0.60]), _by([0.5] * 4), _by([0.6] * 4))
+    rates = report.chosen_rates(records)
+    assert rates == {"exact": 0.01, "lora": 0.01, "pt2": 0.01, "llama-adapter": 0.01}
+    margins = report.paired_margins(records, rates, "exact", "lora")
+    assert margins == pytest.approx([-5.0, 10.0, -5.0, -10.0])  # cb s1, cb s2, rte s1, rte s2
+    table = "\n".join(report.summary_table([r for r in records if r["task"] == "cb-t2t"], rates))
+    assert "| exact | 0.01 | 2 | 75.0 ± 7.1 | 0.0 | +2.5 (2) |" in table
+
+
+@pytest.mark.parametrize("exact, verdict", [
+    ([0.74, 0.74, 0.74, 0.74], "met"),          # -1 from LoRA, +4 over pt2, above LLaMA-Adapter
+    ([0.72, 0.72, 0.72, 0.72], "not met"),      # -3 from LoRA
+    ([0.71, 0.77, 0.74, 0.74], "met"),          # on average -1 from LoRA, although one seed is -4
+])
+def test_the_moonshot_verdict_follows_the_mean_paired_margins(report, exact, verdict):
+    records = _grid(_by(exact), _by([0.75] * 4), _by([0.70] * 4), _by([0.73] * 4))
+    rows = report.moonshot_table(records, report.chosen_rates(records))
+    row = next(line for line in rows if line.startswith("| exact |"))
+    assert row.endswith(f"| {verdict} |")
+    assert "| apt | - | - | - | not yet measured |" in rows
+
+
+def test_the_report_draws_the_learning_curves(report, tmp_path):
+    records = _grid(_by([0.74] * 4), _by([0.75] * 4), _by([0.70] * 4), _by([0.73] * 4))
+    path = tmp_path / "curves.png"
+    assert report.plot_curves(records, report.chosen_rates(records), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not report.plot_curves(records, {}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    text = report.markdown(records, tmp_path / "report.png")
+    assert (tmp_path / "report.png").is_file()
+    assert "### smollm2, rte-t2t" in text and "## The moonshot" in text
