@@ -10,7 +10,9 @@ A page asks for generated content with a marker line, ``<!-- generated: NAME -->
 - ``reading``: ``benchmarks/reproduce/reading.md``, the hand-written reading of the records.
 
 ``results/report.md`` is ``benchmarks/reproduce/report.md`` itself (its reading section, shown on the results page,
-left out), and the plots it shows are copied from ``benchmarks/reproduce/results`` into the site.
+left out), and the plots it shows are copied from ``benchmarks/reproduce/results`` into the site. ``results/decoders.md``
+and ``results/pruning.md`` are the decoder grid's report and the pruning curves (``benchmarks/decoder/results``,
+``benchmarks/pruning/results``), each with its plot.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
 HEADLINE_START, HEADLINE_END = "<!-- reproduce headline: start -->", "<!-- reproduce headline: end -->"
 REPORT_PAGE = "results/report.md"
 PLOTS = "results/plots"   # where the reproduction's PNGs go in the site
+#: Pages made from other benchmarks' results: (page, the benchmark's markdown, its plot, the plot's place in the site).
+BENCHMARK_PAGES = (
+    ("results/decoders.md", ROOT / "benchmarks/decoder/results/report.md", ROOT / "benchmarks/decoder/results/curves.png",
+     "results/plots/decoder_curves.png"),
+    ("results/pruning.md", ROOT / "benchmarks/pruning/results/curves.md", ROOT / "benchmarks/pruning/results/curves.png",
+     "results/plots/pruning_curves.png"),
+)
 
 
 def configuration() -> str:
@@ -103,12 +112,24 @@ def _report_page() -> str:
     return text.replace("](results/", "](plots/")
 
 
+def _benchmark_page(markdown: Path, plot: Path, plot_uri: str) -> str:
+    """A benchmark's markdown as a results page, its plot shown at the end (where it has one)."""
+    text = markdown.read_text()
+    if plot.is_file():
+        text += f"\n![{plot.stem}]({Path(plot_uri).relative_to('results').as_posix()})\n"
+    return text
+
+
 def on_files(files, config):
-    """Add the full report page and the reproduction's plots to the site."""
+    """Add the full report page, the other benchmarks' pages and every plot to the site."""
     files.append(File.generated(config, REPORT_PAGE, content=_report_page()))
     for png in sorted((REPRODUCE / "results").rglob("*.png")):
         uri = f"{PLOTS}/{png.relative_to(REPRODUCE / 'results').as_posix()}"
         files.append(File.generated(config, uri, abs_src_path=str(png)))
+    for page, markdown, plot, plot_uri in BENCHMARK_PAGES:
+        files.append(File.generated(config, page, content=_benchmark_page(markdown, plot, plot_uri)))
+        if plot.is_file():
+            files.append(File.generated(config, plot_uri, abs_src_path=str(plot)))
     return files
 
 

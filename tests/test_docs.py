@@ -127,6 +127,14 @@ def test_results_pages_show_the_reproduction(site):
         assert (site / "results" / image).is_file(), image
 
 
+@pytest.mark.parametrize("page, expected", [("decoders", "The moonshot"), ("pruning", "tokens kept")])
+def test_results_pages_show_the_decoder_grid_and_the_pruning_curves(site, page, expected):
+    html = _main_content(_html(site, f"results/{page}.html"))
+    assert expected in html
+    images = re.findall(r'<img[^>]*src="([^"]+)"', html)
+    assert images and all((site / "results" / image).is_file() for image in images)
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed")
 def test_chromium_renders_the_home_page_and_a_reference_page(site):
     """Headless Chromium opens the built files; the theme's scripts run (they add the code blocks' copy buttons)."""
