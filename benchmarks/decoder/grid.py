@@ -16,20 +16,18 @@ epoch; either resumes from its last epoch's checkpoint when a sitting ends mid-r
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import math
-import os
-import subprocess
 import sys
 import time
-from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: runner_files
+import runner_files  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -126,70 +124,19 @@ def model_path(name: str) -> Path:
     return Path(resolve_backbone(name))
 
 
-@contextlib.contextmanager
-def claim(run_id: str) -> Iterator[bool]:
+def claim(run_id: str):
     """Hold ``run_id`` for this runner while the block runs (False: another runner holds it)."""
-    path = RUNS / ".claims" / (run_id.replace("/", "__") + ".claim")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+    return runner_files.claim(RUNS / ".claims", run_id)
 
 
-def append_record(record: dict[str, Any], commit: bool) -> None:
-    RECORDS.parent.mkdir(parents=True, exist_ok=True)
-    with RECORDS.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def append_record(record: dict[str, Any], commit: bool) -> bool:
+    """Append ``record`` to the records (False if its run is recorded already) and with ``commit`` git-commit it."""
+    if not runner_files.append_once(RECORDS, record):
+        print(f"=== {record['run_id']}: already recorded (by another runner); not recorded twice", flush=True)
+        return False
     if commit:
-        path = str(RECORDS.relative_to(REPO))
-        for _ in range(5):  # another git command may hold the index lock for a moment
-            subprocess.run(["git", "add", path], cwd=REPO, capture_output=True)
-            done = subprocess.run(["git", "commit", "-q", "-m", f"decoder grid: record {record['run_id']}", "--", path],
-                                  cwd=REPO, capture_output=True, text=True)
-            if done.returncode == 0:
-                return
-            time.sleep(3)
-        print(f"warning: could not commit {path}: {done.stderr.strip()}", file=sys.stderr)
-
-
-def train_run(grid: dict[str, Any], run: Run) -> dict[str, Any]:
-    """Train one run; its record (without the bookkeeping fields)."""
-    spec = grid["arms"][run.arm]
-    path = model_path(run.model)
-    s = run.settings
-    out = RUNS / run.run_id()
-    if spec["kind"] in ("lora", "llama-adapter"):
-        from run import train_peft
-
-        args = Namespace(task=run.task, epochs=s["epochs"], batch_size=s["batch_size"],
-                         eval_batch_size=s["eval_batch_size"], max_length=s["max_length"], seed=run.seed,
-                         max_train_samples=s.get("max_train_samples"), max_eval_samples=s.get("max_eval_samples"))
-        return train_peft(args, spec["kind"], run.learning_rate, path, None, out, resume=True)
-    from adaprefix.training import load_train_config, train
-
-    adapter = {k: v for k, v in spec.items() if k not in ("kind", "method", "rates", "init_text")}
-    if spec.get("init_text"):
-        adapter["prefix_init_text"] = grid["tasks"][run.task]["init_text"]
-    settings = dict(task=run.task, method=spec["method"], model=str(path), output_dir=str(out),
-                    epochs=s["epochs"], batch_size=s["batch_size"], eval_batch_size=s["eval_batch_size"],
-                    learning_rate=run.learning_rate, prefix_length=s["prefix_length"],
-                    prefix_init_std=s["prefix_init_std"], max_length=s["max_length"], seed=run.seed,
-                    max_train_samples=s.get("max_train_samples"), max_eval_samples=s.get("max_eval_samples"),
-                    **adapter)
-    resume = (out / "config.yaml").is_file() and not (out / "final_metrics.json").is_file()
-    result = train(load_train_config(None, settings), overwrite=not resume, resume=resume, verbosity="quiet")
-    final = result.final
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"best_epoch": final["best_epoch"], "dev": final["dev"], "epochs": history,
-            "trainable_parameters": final["trainable_parameters"], "total_parameters": final["total_parameters"],
-            "train_seconds": final["train_seconds"], "train_examples": final["train_examples"]}
+        runner_files.commit_file(REPO, RECORDS, f"decoder grid: record {record['run_id']}")
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,13 +26,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
-from typing import IO, Any
+from collections.abc import Collection
+from typing import Any
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # benchmarks/: runner_files
+import runner_files  # noqa: E402
 from grid import HERE, Run, gate_file, gate_runs, load_grid, planned_runs, resolve_settings  # noqa: E402
 
 REPO = HERE.parent.parent
@@ -123,81 +124,34 @@ def run_seconds(final: dict[str, Any], process_seconds: float) -> dict[str, Any]
     return {"seconds": round(seconds, 1), **({"seconds_partial": True} if final.get("train_seconds_partial") else {})}
 
 
-@contextmanager
-def locked_records(target: Path | None = None) -> Iterator[IO[str]]:
+def locked_records(target: Path | None = None):
     """``target`` (the records by default) open for reading and appending, locked against every other runner and
-    ``recount_seconds.py``, which replaces the file under the same lock: the handle is always the current file's.
-    A torn last line (a writer killed mid-line) is cut off first, so that the next line starts on a line of its
-    own."""
-    import fcntl
-
-    target = RECORDS if target is None else target  # looked up now, as in read_records
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        with target.open("a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-            if os.fstat(handle.fileno()).st_ino != target.stat().st_ino:
-                continue  # replaced while we waited: lock the new one
-            handle.seek(0)
-            text = handle.read()
-            if text and not text.endswith("\n"):
-                print(f"warning: {target.name}: cut off a torn last line: {text[text.rfind(chr(10)) + 1:][:80]!r}",
-                      file=sys.stderr)
-                handle.truncate(text.rfind("\n") + 1)
-            yield handle
-            return
+    ``recount_seconds.py``, which replaces the file under the same lock (``runner_files.locked_records``)."""
+    return runner_files.locked_records(RECORDS if target is None else target)  # looked up now, as in read_records
 
 
 def append_record(record: dict[str, Any], commit: bool, target: Path | None = None) -> bool:
     """Append ``record`` to ``target`` (the records by default; False if a record of its run is there already: two
-    runners sharing a grid may both reach the same reused record) and with ``commit`` git-commit it. The file is
-    locked from that check to the appended line, so two runners cannot both append one run."""
+    runners sharing a grid may both reach the same reused record) and with ``commit`` git-commit it."""
     target = RECORDS if target is None else target
-    with locked_records(target) as f:
-        if target == RECORDS:
-            f.seek(0)
-            if any(json.loads(line).get("run_id") == record["run_id"] for line in f if line.strip()):
-                print(f"=== {record['run_id']}: already recorded (by another runner); not recorded twice", flush=True)
-                return False
-        f.write(json.dumps(record, sort_keys=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    if not runner_files.append_once(target, record, unique=target == RECORDS):
+        print(f"=== {record['run_id']}: already recorded (by another runner); not recorded twice", flush=True)
+        return False
     if commit:
         commit_file(target, f"reproduce: record {record['run_id']}")
     return True
 
 
-@contextmanager
-def claim(name: str) -> Iterator[bool]:
+def claim(name: str):
     """Hold ``name`` (a run id, or ``gates:<run id>``) for this runner while the block runs: True if this runner got
-    it, False if another runner holds it. A kernel lock (a killed runner frees it) on a file under
-    runs/reproduce/.claims; only runners take these, a plain `adaprefix train` has the run folder's own lock."""
-    import fcntl
-
-    path = RUNS_DIR / ".claims" / (name.replace("/", "__").replace(":", "--") + ".claim")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+    it, False if another runner holds it (``runner_files.claim``, under runs/reproduce/.claims; only runners take
+    these, a plain `adaprefix train` has the run folder's own lock)."""
+    return runner_files.claim(RUNS_DIR / ".claims", name)
 
 
 def commit_file(target: Path, message: str) -> None:
     """git-commit ``target`` alone (whatever else is staged or changed stays as it is)."""
-    path = str(target.relative_to(REPO))
-    for _ in range(5):  # another git command may hold the index lock for a moment
-        _git("add", path)
-        done = subprocess.run(["git", "commit", "-q", "-m", message, "--", path], cwd=REPO, capture_output=True,
-                              text=True)
-        if done.returncode == 0 or "nothing" in done.stdout:
-            return
-        if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", path], cwd=REPO).returncode == 0:
-            return  # committed meanwhile (another runner's commit took this file along)
-        time.sleep(3)
-    print(f"warning: could not commit {path}: {done.stderr.strip()}", file=sys.stderr)
+    runner_files.commit_file(REPO, target, message)
 
 
 def write_gates(run_id: str) -> bool:
