@@ -10,8 +10,8 @@ A page asks for generated content with a marker line, ``<!-- generated: NAME -->
 - ``reading``: ``benchmarks/reproduce/reading.md``, the hand-written reading of the records.
 
 ``results/report.md`` is ``benchmarks/reproduce/report.md`` itself (its reading section, shown on the results page,
-left out), and the plots it shows are copied from ``benchmarks/reproduce/results`` into the site. ``results/decoders.md``
-and ``results/pruning.md`` are the decoder grid's report and the pruning curves (``benchmarks/decoder/results``,
+left out), and the plots it shows are copied from ``benchmarks/reproduce/results`` into the site.
+``results/decoders.md`` and ``results/pruning.md`` are the decoder grid's report and the pruning curves (``benchmarks/decoder/results``,
 ``benchmarks/pruning/results``), each with its plot.
 """
 
@@ -31,11 +31,10 @@ HEADLINE_START, HEADLINE_END = "<!-- reproduce headline: start -->", "<!-- repro
 REPORT_PAGE = "results/report.md"
 PLOTS = "results/plots"   # where the reproduction's PNGs go in the site
 #: Pages made from other benchmarks' results: (page, the benchmark's markdown, its plot, the plot's place in the site).
+DECODER, PRUNING = ROOT / "benchmarks" / "decoder" / "results", ROOT / "benchmarks" / "pruning" / "results"
 BENCHMARK_PAGES = (
-    ("results/decoders.md", ROOT / "benchmarks/decoder/results/report.md", ROOT / "benchmarks/decoder/results/curves.png",
-     "results/plots/decoder_curves.png"),
-    ("results/pruning.md", ROOT / "benchmarks/pruning/results/curves.md", ROOT / "benchmarks/pruning/results/curves.png",
-     "results/plots/pruning_curves.png"),
+    ("results/decoders.md", DECODER / "report.md", DECODER / "curves.png", "results/plots/decoder_curves.png"),
+    ("results/pruning.md", PRUNING / "curves.md", PRUNING / "curves.png", "results/plots/pruning_curves.png"),
 )
 
 

@@ -4,9 +4,13 @@
 
 For each run folder (an apt run, best with ``gate_mode: exact``): the run's own dev score, then, per threshold, a
 pruned copy (``adaprefix.training.runs.prune_run``: the tokens whose gate never exceeded the threshold on the dev set
-are dropped) evaluated on the same dev set. Appends each run's curve to ``results/curves.json`` (keyed by run) and
-rewrites ``results/curves.md`` and ``results/curves.png``. The gates are read on the dev set the score is taken on:
-a curve says what the adapter needs, not how a threshold generalises.
+are dropped) evaluated on the same dev set. The thresholds are where the run's own gates put them: the largest gate
+of each pseudo token on the dev set, ranked, gives the threshold that keeps 90%, 75%, 50%, 25% and 10% of the tokens
+(a fixed threshold list suits no two runs: their gates differ in scale). With exact gates the curve ends with the
+prefix removed altogether (every layer gate at 0, the trained head kept), which is what the prefix adds over the
+head. Appends each run's curve to ``results/curves.json`` (keyed by run) and rewrites ``results/curves.md`` and
+``results/curves.png``. The gates are read on the dev set the score is taken on: a curve says what the adapter
+needs, not how a threshold generalises.
 """
 
 from __future__ import annotations
@@ -18,43 +22,76 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-THRESHOLDS = (0.0, 0.001, 0.01, 0.03, 0.1, 0.3)
+KEEP = (0.9, 0.75, 0.5, 0.25, 0.1)  # shares of the pseudo tokens kept, each by its own threshold
 
 
-def curve(run: Path, thresholds=THRESHOLDS) -> dict:
-    from adaprefix.config import ConfigError
+def thresholds_keeping(max_gates: list[list[float]], shares=KEEP) -> list[float]:
+    """The thresholds that keep about ``shares`` of the pseudo tokens: a token is kept when its largest gate exceeds
+    the threshold, so keeping the k largest takes the (k+1)-th largest gate. Padding slots (-1) are not tokens."""
+    gates = sorted((g for row in max_gates for g in row if g >= 0), reverse=True)
+    keep = {round(share * len(gates)) for share in shares}
+    return sorted({gates[k] for k in keep if 0 < k < len(gates)})
+
+
+def without_prefix(run: Path, folder: Path) -> Path:
+    """A copy of ``run`` (adapter, tokenizer, labels, config) whose layer gates are all 0: with exact gates, the
+    frozen model with the run's trained head."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    target = folder / "no-prefix"
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("checkpoints", "tb", "eval*"))
+    weights = target / "adapter" / "adapter.safetensors"
+    tensors = load_file(weights)
+    tensors = {k: v.zero_() if k.endswith("layer_gate.scale") else v for k, v in tensors.items()}
+    save_file(tensors, weights)
+    return target
+
+
+def curve(run: Path) -> dict:
     from adaprefix.training import evaluate_run, load_run
     from adaprefix.training.runs import prune_run
 
     loaded = load_run(run)
     key = f"dev_{loaded.task.main_metric}"
+    gate_mode = loaded.model.adapter_config.gate_mode
     total = sum(loaded.model.adapter_config.layer_lengths(len(loaded.model.adaprefix.prefix.layer_lengths)))
     points = [{"threshold": None, "kept": total, "dev": evaluate_run(run)[key]}]
-    for threshold in thresholds:
+    with tempfile.TemporaryDirectory() as folder:
+        gates = prune_run(run, Path(folder) / "all", 0.0).max_gates.nan_to_num(-1.0).tolist()
+    for threshold in thresholds_keeping(gates):
         with tempfile.TemporaryDirectory() as folder:
-            try:
-                result = prune_run(run, Path(folder) / "pruned", threshold)
-            except ConfigError as err:  # nothing left at this threshold
-                points.append({"threshold": threshold, "kept": 0, "dev": None, "note": str(err)})
-                continue
+            result = prune_run(run, Path(folder) / "pruned", threshold)
             points.append({"threshold": threshold, "kept": sum(result.lengths), "lengths": result.lengths,
                            "dev": evaluate_run(Path(folder) / "pruned")[key]})
         print(run.name, points[-1], flush=True)
-    return {"task": loaded.task.name, "metric": key, "gate_mode": loaded.model.adapter_config.gate_mode,
-            "tokens": total, "points": points}
+    if gate_mode == "exact":
+        with tempfile.TemporaryDirectory() as folder:
+            dev = evaluate_run(without_prefix(run, Path(folder)))[key]
+        points.append({"threshold": "no prefix", "kept": 0, "dev": dev})
+        print(run.name, points[-1], flush=True)
+    return {"task": loaded.task.name, "metric": key, "gate_mode": gate_mode, "tokens": total, "points": points,
+            "max_gates": gates}
 
 
 def markdown(curves: dict) -> str:
     lines = ["# Gate-pruned adapters: dev score against pseudo tokens kept", "",
              "Made by `python benchmarks/pruning/prune_curve.py RUN ...` (see its docstring). `unpruned`: the run's "
              "own adapter; each threshold drops the pseudo tokens whose largest gate on the dev set did not exceed "
-             "it.", ""]
+             "it; `no prefix`: every layer gate at 0 (exact gates: the frozen model with the run's trained head).",
+             ""]
     for run, c in curves.items():
         lines += [f"## {run} ({c['task']}, gate_mode {c['gate_mode']}, {c['metric']})", "",
                   "| threshold | tokens kept | of | dev |", "|---|---:|---:|---:|"]
         for p in c["points"]:
             dev = "-" if p["dev"] is None else f"{100 * p['dev'] if p['dev'] <= 1 else p['dev']:.1f}"
-            lines.append(f"| {'unpruned' if p['threshold'] is None else p['threshold']} | {p['kept']} | "
+            threshold = p["threshold"]
+            if threshold is None:
+                threshold = "unpruned"
+            elif not isinstance(threshold, str):
+                threshold = f"{threshold:.3g}"
+            lines.append(f"| {threshold} | {p['kept']} | "
                          f"{c['tokens']} | {dev} |")
         lines.append("")
     return "\n".join(lines)
