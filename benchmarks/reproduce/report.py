@@ -732,8 +732,13 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             "exactly at the frozen one; without the position shift, which would move it even then) and `pt2-text` "
             "(P-tuning v2 whose prefix starts as the frozen model's keys and values of the task's `init_text`). "
             "Each takes its own swept rate (`lr-sweep`, seed 1):\n"]
+    start_tasks = {r.task for r in expand(grid) if r.experiment == "exact-start"}
+    start_sweeps = [r for r in records if r["experiment"] == SWEEP and r["task"] in start_tasks
+                    and r["method"] in ("exact", "pt2-text", "pt2", "apt")]
+    out += [sweep_table(start_sweeps, grid, failed)]
     start, start_plan = with_references(records, plan, "exact-start", retrained=retrained)
-    out += [params_table(start, "exact-start", start_plan), cross_device_note(start)]
+    out += ["The comparison at those rates, seeds 1 to 3:\n", params_table(start, "exact-start", start_plan),
+            cross_device_note(start)]
     if start:
         out += ["Paired by seed (seed 1's dev score chose each arm's rate; the last column leaves it out):\n",
                 *(margins(start, "exact-start", a, b, key="experiment", selection_seed=1, plan=start_plan)
