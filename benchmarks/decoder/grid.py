@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ class Run:
         return f"{self.experiment}/{self.model}/{self.task}/{self.arm}-lr{rate:g}-s{self.seed}"
 
 
-def load_grid(path: Path = GRID_FILE) -> dict[str, Any]:
+def load_grid(path: Path | None = None) -> dict[str, Any]:
+    path = GRID_FILE if path is None else path  # looked up now, so that a test can point it elsewhere
     grid = yaml.safe_load(path.read_text())
     for key in ("defaults", "models", "tasks", "arms", "experiments"):
         if key not in grid:
@@ -85,7 +87,8 @@ def expand(grid: dict[str, Any]) -> list[Run]:
     return runs
 
 
-def read_records(path: Path = RECORDS) -> list[dict[str, Any]]:
+def read_records(path: Path | None = None) -> list[dict[str, Any]]:
+    path = RECORDS if path is None else path
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -137,6 +140,39 @@ def append_record(record: dict[str, Any], commit: bool) -> bool:
     if commit:
         runner_files.commit_file(REPO, RECORDS, f"decoder grid: record {record['run_id']}")
     return True
+
+
+def train_run(grid: dict[str, Any], run: Run) -> dict[str, Any]:
+    """Train one run; its record (without the bookkeeping fields)."""
+    spec = grid["arms"][run.arm]
+    path = model_path(run.model)
+    s = run.settings
+    out = RUNS / run.run_id()
+    if spec["kind"] in ("lora", "llama-adapter"):
+        from run import train_peft
+
+        args = Namespace(task=run.task, epochs=s["epochs"], batch_size=s["batch_size"],
+                         eval_batch_size=s["eval_batch_size"], max_length=s["max_length"], seed=run.seed,
+                         max_train_samples=s.get("max_train_samples"), max_eval_samples=s.get("max_eval_samples"))
+        return train_peft(args, spec["kind"], run.learning_rate, path, None, out, resume=True)
+    from adaprefix.training import load_train_config, train
+
+    adapter = {k: v for k, v in spec.items() if k not in ("kind", "method", "rates", "init_text")}
+    if spec.get("init_text"):
+        adapter["prefix_init_text"] = grid["tasks"][run.task]["init_text"]
+    settings = dict(task=run.task, method=spec["method"], model=str(path), output_dir=str(out),
+                    epochs=s["epochs"], batch_size=s["batch_size"], eval_batch_size=s["eval_batch_size"],
+                    learning_rate=run.learning_rate, prefix_length=s["prefix_length"],
+                    prefix_init_std=s["prefix_init_std"], max_length=s["max_length"], seed=run.seed,
+                    max_train_samples=s.get("max_train_samples"), max_eval_samples=s.get("max_eval_samples"),
+                    **adapter)
+    resume = (out / "config.yaml").is_file() and not (out / "final_metrics.json").is_file()
+    result = train(load_train_config(None, settings), overwrite=not resume, resume=resume, verbosity="quiet")
+    final = result.final
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"best_epoch": final["best_epoch"], "dev": final["dev"], "epochs": history,
+            "trainable_parameters": final["trainable_parameters"], "total_parameters": final["total_parameters"],
+            "train_seconds": final["train_seconds"], "train_examples": final["train_examples"]}
 
 
 def main(argv: list[str] | None = None) -> None:
