@@ -2,6 +2,7 @@
 verdict, and the learning-curve plot."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,28 @@ def test_the_report_draws_the_learning_curves(report, tmp_path):
     text = report.markdown(records, tmp_path / "report.png")
     assert (tmp_path / "report.png").is_file()
     assert "### smollm2, rte-t2t" in text and "## The moonshot" in text
+
+
+def test_the_untuned_model_table_shows_both_readings_beside_the_majority_class(report, tmp_path):
+    path = tmp_path / "zero_shot.json"
+    assert report.zero_shot_table(path) == ["(no results/zero_shot.json: run zero_shot.py)"]
+    scores = {"accuracy": 0.0, "invalid": 1.0, "first_word_accuracy": 0.3393, "first_word_invalid": 0.3214,
+              "completion_loss": 4.0167, "dev_examples": 56, "majority_label": " no", "majority_accuracy": 0.5}
+    path.write_text(json.dumps({"smollm2": {"tasks": {"cb-t2t": scores}}}))
+    row = report.zero_shot_table(path)[-1]
+    assert row == "| smollm2 | cb-t2t | 56 | 0.0 | 100.0 | 33.9 | 32.1 | 4.017 | 'no': 50.0 |"
+
+
+def test_the_untuned_model_is_read_on_its_first_word():
+    spec = importlib.util.spec_from_file_location("zero_shot", SCRIPT.with_name("zero_shot.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.first_word(" no\n\nThe answer is no.") == "no"
+    assert module.first_word(" \n ") == ""
+
+    class Task:
+        def format(self, example):
+            return example["prompt"], example["label"]
+
+    examples = [{"prompt": "p", "label": label} for label in (" no", " yes", " no", " maybe")]
+    assert module.majority_accuracy(Task(), examples) == (" no", 0.5)
