@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from adaprefix.cli import app
@@ -69,6 +70,40 @@ def test_full_fine_tuning_saves_the_model(tiny_backbone, sentiment_files, tmp_pa
     assert result.exit_code == 0, result.output
     assert (run / "model" / "model.safetensors").is_file() and not (run / "adapter").exists()
     assert runner.invoke(app, ["eval", str(run)]).exit_code == 0
+
+
+def test_the_head_alone_trains_on_a_backbone_left_bit_for_bit(tiny_backbone, sentiment_files, tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "head"
+    result = _train(tiny_settings(tiny_backbone, sentiment_files, run, method="head", epochs=2,
+                                  learning_rate=0.1))
+    assert result.exit_code == 0, result.output
+    assert (run / "model" / "model.safetensors").is_file() and not (run / "adapter").exists()
+    before = load_file(f"{tiny_backbone}/model.safetensors")
+    after = load_file(run / "model" / "model.safetensors")
+    head = {name for name in after if name.startswith("classifier.")}
+    assert head == {"classifier.weight", "classifier.bias"}
+    for name in after.keys() - head:  # the backbone, its pooler included, exactly as loaded
+        assert torch.equal(after[name], before[name]), name
+    labels, hidden = after["classifier.weight"].shape
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["trainable_parameters"] == hidden * labels + labels
+    assert runner.invoke(app, ["eval", str(run)]).exit_code == 0
+    refused = runner.invoke(app, ["prune", str(run), "--output", str(tmp_path / "pruned")])
+    assert refused.exit_code == 2 and "a run of method head has no adapter to prune" in refused.output
+
+
+def test_the_head_alone_is_refused_on_a_generation_task(tiny_backbone):
+    from transformers import AutoModelForSequenceClassification
+
+    from adaprefix.tasks import get_task
+    from adaprefix.training.build import freeze_backbone
+    from adaprefix.training.config import TrainConfigError
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone)
+    with pytest.raises(TrainConfigError, match="method: 'head' trains a task head .* cb-t2t is a generation task"):
+        freeze_backbone(model, get_task("cb-t2t"))
 
 
 def test_finished_run_is_refused_unless_overwrite(tiny_backbone, sentiment_files, tmp_path):

@@ -156,7 +156,7 @@ def test_runs_that_cannot_share_the_backbone_are_refused_at_start(runs, tiny_bac
             "train_file": data, "dev_file": data, "output_dir": ft})
     result = runner.invoke(cli, ["serve", str(runs["sentiment"]), str(ft)])
     assert result.exit_code == 2
-    assert "a full fine-tuning run (method ft) carries a whole model, not an adapter" in result.output
+    assert "a run of method ft carries a whole model, not an adapter" in result.output
     with pytest.raises(ServeError, match="the adapter name 'sentiment' is taken"):
         Engine.from_runs([str(runs["sentiment"]), f"sentiment={runs['topics']}"])
     with pytest.raises(ServeError, match="not a run directory"):

@@ -43,7 +43,7 @@ def gate_report(run_dir: str | Path, split: str = "dev", output: str | Path | No
 
     loaded = load_run(run_dir)
     model, task = loaded.model, loaded.task
-    if loaded.config.method in ("ft", "pt2"):
+    if loaded.config.method in ("ft", "head", "pt2"):
         raise NoGatesError(f"run {run_dir} uses method {loaded.config.method!r}, which has no gates")
     token = None
     if model.adaprefix.token_gate is not None:

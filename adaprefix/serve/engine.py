@@ -31,7 +31,7 @@ from ..tasks.inputs import examples_from_records, input_view, parse_inputs
 from ..tasks.kinds.generation import (CompletionCollator, cut_prompt, generate_completions, leading_specials,
                                       prepare_tokenizer)
 from ..training.build import build_model, build_task, resolve_max_length
-from ..training.config import load_train_config
+from ..training.config import WHOLE_MODEL_METHODS, load_train_config
 from ..training.display import library_output
 from ..training.generation import read_generation_settings
 from .decoding import LENGTH, Completion, RowSampler, RowState, RowWatcher, Sampling, Stream
@@ -163,8 +163,8 @@ class Engine:
         if not (run / "config.yaml").is_file():
             raise ServeError(f"{run}: not a run directory (no config.yaml); give the --output-dir of a train run")
         cfg = load_train_config(run / "config.yaml")
-        if cfg.method == "ft":
-            raise ServeError(f"{run}: a full fine-tuning run (method ft) carries a whole model, not an adapter, so it "
+        if cfg.method in WHOLE_MODEL_METHODS:
+            raise ServeError(f"{run}: a run of method {cfg.method} carries a whole model, not an adapter, so it "
                              "cannot share the backbone; serve prefix runs (apt, pt2, token-gate, layer-gate), or "
                              "this run alone with `adaprefix predict`")
         weights = run / "adapter"

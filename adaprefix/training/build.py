@@ -16,7 +16,7 @@ from ..inject import attach
 from ..tasks import Task, custom_task, get_task
 from ..text_init import init_prefix_from_text
 from ..tasks.base import tokenizer_limit
-from .config import TrainConfig, TrainConfigError
+from .config import WHOLE_MODEL_METHODS, TrainConfig, TrainConfigError
 from .display import load_pretrained
 
 
@@ -86,11 +86,27 @@ def build_model(cfg: TrainConfig, task: Task, labels: list[str], tokenizer, atta
                             **kwargs)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.method == "head":
+        freeze_backbone(model, task)
     if cfg.adapter is not None and attach_adapter:
         attach(model, cfg.adapter)
         if cfg.adapter.prefix_init_text is not None:  # the prefix starts as this text's keys and values
             init_prefix_from_text(model, tokenizer, cfg.adapter.prefix_init_text)
     return model
+
+
+def freeze_backbone(model: torch.nn.Module, task: Task) -> None:
+    """Train the task head alone (method ``head``): every parameter of the backbone (``model.base_model``, its pooler
+    included, as an adapter run leaves it) is frozen; what lies outside it is the head."""
+    if task.kind == "generation":
+        raise TrainConfigError(f"method: 'head' trains a task head on the frozen backbone, and {task.name} is a "
+                               "generation task, whose only head is the language-model head (tied to the input "
+                               "embeddings in most decoders); use an adapter method or ft")
+    backbone = {id(p) for p in model.base_model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in backbone)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainConfigError(f"method: 'head' found no head outside the backbone of {type(model).__name__}")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -102,7 +118,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         if not p.requires_grad:
             continue
         in_adapter = name.startswith(PARAM_PREFIX)
-        group_lr = lr if (in_adapter or cfg.method == "ft") else head_lr
+        group_lr = lr if (in_adapter or cfg.method in WHOLE_MODEL_METHODS) else head_lr
         decay = cfg.weight_decay if (p.ndim >= 2 and "norm" not in name.lower()) else 0.0
         groups.setdefault((group_lr, decay), []).append(p)
     return torch.optim.AdamW([{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()],

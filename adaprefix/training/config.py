@@ -22,8 +22,12 @@ from ..errors import AdaprefixError
 from ..tasks.formats import DATA_KINDS, FORMAT_CHOICES
 from ..tasks.readers import TSV_QUOTING
 
-TRAIN_METHODS = ("ft",) + METHODS
-TRAIN_METHOD_NOTES = {"ft": "full fine-tuning, no adapter", **METHOD_NOTES}
+#: Methods that attach no adapter: the run trains and saves a whole model (ft every weight, head the task head alone).
+WHOLE_MODEL_METHODS = ("ft", "head")
+TRAIN_METHODS = WHOLE_MODEL_METHODS + METHODS
+TRAIN_METHOD_NOTES = {"ft": "full fine-tuning, no adapter",
+                      "head": "the task head alone on the frozen backbone (a linear probe), no adapter: the floor an "
+                              "adapter has to clear", **METHOD_NOTES}
 SCHEDULES = ("auto", "linear", "exponential", "constant")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_MODEL = "minilm"  # the packaged all-MiniLM-L6-v2 (adaprefix.backbones.PACKAGED)
@@ -151,8 +155,8 @@ class TrainConfig:
         self.adapter = self._adapter()
 
     def _adapter(self) -> AdaptivePrefixConfig | None:
-        """The adapter of the run's method, built once from its fields; None for full fine-tuning."""
-        if self.method == "ft":
+        """The adapter of the run's method, built once from its fields; None for ft and head, which attach none."""
+        if self.method in WHOLE_MODEL_METHODS:
             return None
         given = self.adapter
         if isinstance(given, AdaptivePrefixConfig) and given.method == self.method:
@@ -170,7 +174,8 @@ class TrainConfig:
 
     @property
     def resolved_learning_rate(self) -> float:
-        """``learning_rate``, else the method's default (1e-2 for the adapter, 2e-5 for full fine-tuning)."""
+        """``learning_rate``, else the method's default (2e-5 for full fine-tuning, 1e-2 for an adapter or the head
+        alone)."""
         if self.learning_rate is not None:
             return self.learning_rate
         return 2e-5 if self.method == "ft" else 1e-2

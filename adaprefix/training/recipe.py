@@ -25,7 +25,7 @@ from .build import (build_model, build_optimizer, build_task, exponential_schedu
                     resolve_max_length, resolved_schedule, resolved_settings)
 from .callbacks import CheckpointSealer, EpochRecorder, NonFiniteLossError, NonFiniteLossGuard, sealed_checkpoints
 from .completion_loss import logits_preprocessor, trainer_class
-from .config import TrainConfig, TrainConfigError
+from .config import WHOLE_MODEL_METHODS, TrainConfig, TrainConfigError
 from .display import VERBOSITIES, RunDisplay, library_output
 from .generation import GenerationScorer, write_generation_settings
 from .run_dir import RUN_FILES, RunExistsError, is_main_process, prepare_run_dir, restore_for_resume, run_lock
@@ -152,7 +152,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
                               cfg.eval_batch_size) if task.kind == "generation" else None
 
     def save_best() -> None:
-        if cfg.method == "ft":
+        if cfg.method in WHOLE_MODEL_METHODS:
             atomic_replace_dir(run / "model", lambda tmp: model.save_pretrained(tmp))
         else:
             atomic_replace_dir(run / "adapter", lambda tmp: save_adapter(model, tmp))

@@ -14,7 +14,7 @@ from ..errors import AdaprefixError
 from ..inject import load_adapter
 from ..tasks import DataError, Task
 from ..tasks.answers import answer, unlabelled, word_starts
-from .config import TrainConfig, load_train_config
+from .config import WHOLE_MODEL_METHODS, TrainConfig, load_train_config
 from ..files import atomic_write_json
 from .build import build_model, build_task, resolve_max_length
 from .display import library_output, load_pretrained
@@ -46,12 +46,12 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise RunNotFoundError(f"{run}: not a run directory (no config.yaml); give the --output-dir of a train run")
     cfg = load_train_config(run / "config.yaml")  # today's grouped format, or the flat one of older runs
     task = build_task(cfg)
-    weights = run / ("model" if cfg.method == "ft" else "adapter")
+    weights = run / ("model" if cfg.method in WHOLE_MODEL_METHODS else "adapter")
     if not weights.is_dir():
         raise RunNotFoundError(f"{weights}: missing; the run has not finished an epoch yet")
     tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
     with library_output("normal"):  # no bars; a load report only when something beyond the head is off
-        if cfg.method == "ft":
+        if cfg.method in WHOLE_MODEL_METHODS:
             model = load_pretrained(task.auto_model_class(), weights)
             labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
         else:
@@ -135,8 +135,8 @@ def prune_run(run_dir: str | Path, output: str | Path, threshold: float, split: 
         raise RunNotFoundError(f"{target}: not empty; give a new folder for the pruned run")
     loaded = load_run(run)
     cfg, task = loaded.config, loaded.task
-    if cfg.method == "ft":
-        raise RunNotFoundError(f"{run}: a fine-tuning run has no adapter to prune")
+    if cfg.method in WHOLE_MODEL_METHODS:
+        raise RunNotFoundError(f"{run}: a run of method {cfg.method} has no adapter to prune")
     examples = task.load(split, cfg.data_dir)[:max_examples]
     rows = list(task.encode(examples, loaded.tokenizer, resolve_max_length(cfg, task, loaded.tokenizer)).dataset)
     collate = task.collator(loaded.tokenizer)

@@ -28,12 +28,13 @@ def test_defaults_are_the_main_job():
     assert (cfg.task, cfg.method, cfg.model) == ("cb", "apt", "minilm")
     assert cfg.resolved_learning_rate == 1e-2
     assert TrainConfig(method="ft").resolved_learning_rate == 2e-5
+    assert TrainConfig(method="head").resolved_learning_rate == 1e-2 and TrainConfig(method="head").adapter is None
 
 
 @pytest.mark.parametrize("overrides,message", [
     ({"epochs": "many"}, "epochs: expected int, got 'many'"),
     ({"prefx_length": "4"}, "unknown setting 'prefx_length'; known settings: .*prefix_length"),
-    ({"method": "lora"}, "method: expected one of ft, apt"),
+    ({"method": "lora"}, "method: expected one of ft, head, apt"),
     ({"gate_pooling": "max"}, "gate_pooling: expected one of 'auto', 'mean', 'cls', 'token', got 'max'"),
     ({"task": "custom"}, "train_file"),
     ({"format": "xlsx"}, "format: expected one of auto, jsonl, csv, tsv, conll, got 'xlsx'"),
@@ -69,7 +70,7 @@ def test_every_shipped_preset_validates_and_names_its_command(preset):
     first_line = preset.read_text().splitlines()[0]
     assert first_line.startswith(f"# adaprefix train --config configs/{preset.relative_to(CONFIGS)}")
     cfg = load_train_config(preset)
-    assert (cfg.adapter is None) == (cfg.method == "ft")
+    assert (cfg.adapter is None) == (cfg.method in ("ft", "head"))
 
 
 def test_string_settings_stay_exactly_as_typed():
@@ -194,7 +195,7 @@ def test_every_setting_name_belongs_to_one_place():
 
 
 def test_the_method_lists_derive_from_the_core_list():
-    assert TRAIN_METHODS == ("ft",) + METHODS
+    assert TRAIN_METHODS == ("ft", "head") + METHODS
     assert set(METHOD_NOTES) == set(METHODS)
     for cls in (TrainConfig, AdaptivePrefixConfig):
         help_text = {f.name: f.metadata["help"] for f in fields(cls)}["method"]
