@@ -32,7 +32,7 @@ REPORT = HERE / "report.md"
 PLOTS = HERE / "results"
 SUPERGLUE = ("boolq", "cb", "copa", "rte", "wic", "wsc")
 NER = ("conll03", "conll04", "ontonotes")
-METHOD_ORDER = ("ft", "pt2", "pt2+", "pt2*", "token-gate", "layer-gate", "apt", "exact", "pt2-text")
+METHOD_ORDER = ("head", "ft", "pt2", "pt2+", "pt2*", "token-gate", "layer-gate", "apt", "exact", "pt2-text")
 METHOD_COLORS = {"ft": "tab:green", "pt2": "tab:blue", "apt": "tab:orange"}  # as in the bar plots: pt2 blue, apt orange
 
 
@@ -731,10 +731,12 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
             "and seeds: `exact` (APT with exact gates, `gate_mode: exact`: lambda starts at 0, so the model starts "
             "exactly at the frozen one; without the position shift, which would move it even then) and `pt2-text` "
             "(P-tuning v2 whose prefix starts as the frozen model's keys and values of the task's `init_text`). "
-            "Each takes its own swept rate (`lr-sweep`, seed 1):\n"]
+            "Beside them the floor, `head`: the task head alone on the frozen backbone (a linear probe), which says "
+            "what any prefix adds over training the head it feeds. Each takes its own swept rate (`lr-sweep`, seed "
+            "1):\n"]
     start_tasks = {r.task for r in expand(grid) if r.experiment == "exact-start"}
     start_sweeps = [r for r in records if r["experiment"] == SWEEP and r["task"] in start_tasks
-                    and r["method"] in ("exact", "pt2-text", "pt2", "apt")]
+                    and r["method"] in ("exact", "pt2-text", "pt2", "apt", "head")]
     out += [sweep_table(start_sweeps, grid, failed)]
     start, start_plan = with_references(records, plan, "exact-start", retrained=retrained)
     out += ["The comparison at those rates, seeds 1 to 3:\n", params_table(start, "exact-start", start_plan),
@@ -742,7 +744,8 @@ def build_report(records: list[dict[str, Any]], grid: dict[str, Any], plots: Pat
     if start:
         out += ["Paired by seed (seed 1's dev score chose each arm's rate; the last column leaves it out):\n",
                 *(margins(start, "exact-start", a, b, key="experiment", selection_seed=1, plan=start_plan)
-                  for a, b in (("exact", "pt2"), ("exact", "apt"), ("pt2-text", "pt2"), ("pt2-text", "apt"))),
+                  for a, b in (("exact", "pt2"), ("exact", "apt"), ("pt2-text", "pt2"), ("pt2-text", "apt"),
+                               ("pt2", "head"), ("apt", "head"), ("exact", "head"))),
                 "The epoch of the best dev score (the main grid's prefix runs peaked late; does a start at the "
                 "frozen model peak earlier?):\n", best_epoch_table(start)]
     out += ["## Progress\n", "What the grid still misses (`python benchmarks/reproduce/run.py --list` names each run). "
