@@ -153,6 +153,24 @@ def keep_drop_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask != 0
 
 
+def gate_where_real_keys_seen(weight_gate: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The exact gate g (B|1, T|1, l), held at 0 for the query rows that see no real key under ``mask``.
+
+    Such a row (a left-padded position under a causal mask) has all its real weight at the masked minimum, so any
+    g > 0 hands the row to the prefix while g = 0 leaves it on the masked keys, as the frozen model does: a jump
+    whose gradient in g is about exp(80), which overflows Adam's second moment and stops the gate for good (and on
+    the fused path becomes inf * 0 = NaN). Those rows are padding: they stay on their masked keys whatever the gate,
+    and give it no gradient. ``mask``: keep/drop, bool (True = keep) or additive (a dropped key at its dtype's minimum);
+    None sees every key.
+    """
+    if weight_gate is None or mask is None:
+        return weight_gate
+    keeps = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    seen = keeps.any(dim=-1).all(dim=1)  # (B|1, T|1): every head of the row sees some real key
+    return torch.where(seen[..., None], weight_gate, torch.zeros((), dtype=weight_gate.dtype,
+                                                                 device=weight_gate.device))
+
+
 def weighted_softmax(scores: torch.Tensor, length: int, weight_gate: torch.Tensor) -> torch.Tensor:
     """softmax over the last dim of ``scores`` (..., l + S) where column j < l has unnormalised weight g_j exp(s_j).
 
@@ -217,6 +235,7 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
         prefix_scores = prefix_scores.masked_fill(~prefix.keep[:, None, None, :], torch.finfo(prefix_scores.dtype).min)
     scores = (query @ k.transpose(-1, -2)) * scaling  # (B, H, T, S)
     mask = keep_drop_mask(mask)
+    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, mask)
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -227,7 +246,7 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
     if prefix.weight_gate is None:
         probs = torch.softmax(both, dim=-1, dtype=ct).to(query.dtype)
     else:
-        probs = weighted_softmax(both.to(ct), length, prefix.weight_gate.unsqueeze(1)).to(query.dtype)
+        probs = weighted_softmax(both.to(ct), length, weight_gate.unsqueeze(1)).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     # The weights the values are really mixed with (gate on the prefix columns, after dropout): these are what
     # output_attentions reports, so that weights @ [values] reproduces the output.
@@ -411,7 +430,8 @@ class _FusedGatedAttention(torch.autograd.Function):
                 g = _cast(grad_out, ct)
                 d = (g * _cast(out, ct)).sum(dim=-1).view(batch, groups, rep, q_len, 1)
                 logits = _prefix_logits(leaves[0], leaves[3], a, ctx.scale, ct)  # (B, G, R, T, l)
-                probs = torch.exp(logits - lse.view(batch, groups, rep, q_len, 1))
+                # Clamped as weighted_softmax clamps: exp overflows where g is below exp(-80) (and is 0 there).
+                probs = torch.exp((logits - lse.view(batch, groups, rep, q_len, 1)).clamp(max=80.0))
                 if w is not None:
                     probs = probs * w
                 g_dot_pv = torch.matmul(g.reshape(batch, groups, rep * q_len, head_dim),
@@ -449,7 +469,8 @@ def fused_per_query_gated_attention(module, query, key, value, attention_mask, p
     mask = None if attention_mask is None else prefix.shared.additive_mask(attention_mask, query.dtype)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     # gates (B, T, l) or, pooled exact gates, (B, 1, l)
-    tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate, prefix.weight_gate)
+    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, attention_mask)
+    tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate, weight_gate)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out = _FusedGatedAttention.apply(*tensors, mask, scale, causal)
     else:

@@ -226,3 +226,30 @@ def test_gradient_checkpointing_gives_the_plain_gradients(name):
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-6, atol=1e-7, msg=n)
         assert grads[0][n].abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager-path"])
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_a_left_padded_batch_trains_its_gates(name, fused):
+    """Left-padded positions see no real key: at g = 0 they stay on their masked keys, at g > 0 the prefix would
+    take them whole. Their loss (a causal LM predicts the first real token from the last pad) must not reach the gate
+    through that jump, which gave NaN on the fused path and a gradient near exp(80) on the eager one (Adam's second
+    moment overflowed and the gates never left 0)."""
+    ids, _ = tiny_batch(pad_last=0)
+    mask = torch.ones_like(ids)
+    mask[-1, :3] = 0  # left padding
+    labels = ids.masked_fill(mask == 0, -100)
+    model = _exact(name, "sdpa", prefix_init_std=0.02, token_gate_weight_std=0.02).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    with fast_path(fused):
+        for step in range(10):
+            optimizer.zero_grad()
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            assert all(torch.isfinite(g).all() for g in grads.values()), step
+            assert grads["adaprefix.layer_gate.scale"].abs().max() < 1e3, step  # no pad row's jump in it
+            optimizer.step()
+        assert (layer_gates(model) > 0.01).all()  # every gate left 0 (before the fix: stuck at 0, or NaN)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.isfinite(logits).all()
