@@ -102,6 +102,14 @@ def init_prefix_from_text(model: nn.Module, tokenizer, text: str) -> list[int]:
     if config.prefix_projection:
         raise ConfigError("prefix_init_text: a reparameterised prefix (prefix_projection=True) is an MLP's output and "
                           "cannot be set to a text's keys and values; set prefix_projection to False")
+    if not runtime.enabled:
+        raise ConfigError("prefix_init_text: the adapter is disabled here (inside disable_adapter()), so the text "
+                          "cannot be read through it; initialise it outside that block")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if not _uses_rotary_positions(model) and positions is not None and config.prefix_length > positions:
+        raise ConfigError(f"prefix_init_text: the text is read at positions 0 .. {config.prefix_length - 1}, and "
+                          f"this {model.config.model_type} model has {positions} positions; use a prefix_length of "
+                          f"at most {positions}")
     ids = text_token_ids(tokenizer, text, config.prefix_length)
     per_layer = text_keys_values(model, ids)
     shape = runtime.shape

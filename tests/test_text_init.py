@@ -139,3 +139,15 @@ def test_what_cannot_be_initialised_from_a_text_is_refused_by_name():
 
     with pytest.raises(ConfigError, match="prefix_init_text: .* gives no tokens with this tokenizer; use a text of words"):
         init_prefix_from_text(model, drops_everything, "\u200b")
+    with pytest.raises(ConfigError, match="prefix_init_text: the adapter is disabled here .*disable_adapter"):
+        with model.disable_adapter():
+            init_prefix_from_text(model, TOKENIZER, TEXT)
+
+
+@pytest.mark.parametrize("name,positions", [("bert", 64), ("gpt2", 128)])
+def test_a_prefix_longer_than_an_absolute_position_table_is_refused_by_name(name, positions):
+    model = attach(tiny_model(name, "sdpa"), _config(prefix_length=positions + 1))
+    with pytest.raises(ConfigError, match=f"read at positions 0 .. {positions}, and this {name} model has "
+                                          f"{positions} positions; use a prefix_length of at most {positions}"):
+        init_prefix_from_text(model, TOKENIZER, TEXT)
+    init_prefix_from_text(attach(tiny_model(name, "sdpa"), _config(prefix_length=positions)), TOKENIZER, TEXT)
