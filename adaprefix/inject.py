@@ -258,6 +258,14 @@ def _head_parameters(model: nn.Module, config: AdaptivePrefixConfig) -> set[int]
 class AdaptivePrefixMixin:
     """Methods added to a model by :func:`attach`. The model keeps its own class as a base, so it behaves as before."""
 
+    def __reduce_ex__(self, protocol):
+        # The attached class is made at attach time and cannot be found by name, which pickle needs: rebuild it from
+        # the host class, which can (torch.save(model), multiprocessing). copy.deepcopy takes the same route.
+        reduced = super().__reduce_ex__(protocol)
+        if not isinstance(reduced, tuple) or len(reduced) < 2 or reduced[1][:1] != (type(self),):
+            return reduced
+        return (_new_attached, (type(self)._adaprefix_host,), *reduced[2:])
+
     @property
     def adapter_config(self) -> AdaptivePrefixConfig:
         """The active adapter's config (as saved in its ``adaprefix_config.json``)."""
@@ -390,8 +398,17 @@ _CLASS_CACHE: dict[type, type] = {}
 def _adapted_class(cls: type) -> type:
     if cls not in _CLASS_CACHE:
         # Same name, so save_pretrained and reprs keep reporting the host architecture.
-        _CLASS_CACHE[cls] = type(cls.__name__, (AdaptivePrefixMixin, cls), {"__qualname__": cls.__qualname__})
+        _CLASS_CACHE[cls] = type(cls.__name__, (AdaptivePrefixMixin, cls),
+                                 {"__qualname__": cls.__qualname__, "_adaprefix_host": cls})
     return _CLASS_CACHE[cls]
+
+
+def _new_attached(host: type) -> nn.Module:
+    """An empty instance of the attached class of ``host``, for pickle to fill in (see ``__reduce_ex__``); in a new
+    process this also registers the attention functions its config names."""
+    seam.register_attention()
+    cls = _adapted_class(host)
+    return cls.__new__(cls)
 
 
 def attach(model: nn.Module, config: AdaptivePrefixConfig | None = None) -> nn.Module:

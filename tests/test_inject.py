@@ -220,6 +220,28 @@ def test_set_attn_implementation_to_one_without_prefix_is_refused():
         model(input_ids=ids, attention_mask=mask)
 
 
+def test_an_attached_model_pickles_and_runs_in_a_new_process(tmp_path):
+    """torch.save(model) and multiprocessing pickle the model: its class, made at attach time, is rebuilt from the
+    host class, and a new process registers the attention functions before the first forward."""
+    import pickle
+    import subprocess
+    import sys
+
+    model = attach(tiny_model("llama", "sdpa"), _visible_config())
+    ids, mask = tiny_batch()
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
+    code = ("import pickle, torch; d = torch.load('inputs.pt'); m = pickle.load(open('model.pkl', 'rb'))\n"
+            "with torch.no_grad(): torch.save(m(input_ids=d['ids'], attention_mask=d['mask']).logits, 'out.pt')\n"
+            "print(type(m).__name__, m.adapter_config.prefix_length)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["LlamaForCausalLM", str(model.adapter_config.prefix_length)]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
 @pytest.mark.parametrize("when", ["fresh", "after-no-grad-forward", "after-training-forward"])
 def test_deepcopy_is_an_independent_working_adapter(when):
     model = attach(tiny_model("bert"), _visible_config())
