@@ -78,6 +78,9 @@ class LayerPrefix:
     # (B, l) bool, True for real prefix columns: a batch mixing adapters of different prefix lengths pads the shorter
     # ones, and padded columns must get exactly zero weight. None: every column is real.
     keep: torch.Tensor | None = None
+    # (B,) bool, True for the rows whose adapter has exact gates, in a batch mixing them with others (whose rows
+    # carry weight_gate 1). None: every row's, when weight_gate is set.
+    exact_rows: torch.Tensor | None = None
 
 
 class LayerSite:
@@ -153,7 +156,8 @@ def keep_drop_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask != 0
 
 
-def gate_where_real_keys_seen(weight_gate: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+def gate_where_real_keys_seen(weight_gate: torch.Tensor | None, mask: torch.Tensor | None,
+                              exact_rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """The exact gate g (B|1, T|1, l), held at 0 for the query rows that see no real key under ``mask``.
 
     Such a row (a left-padded position under a causal mask) has all its real weight at the masked minimum, so any
@@ -161,12 +165,15 @@ def gate_where_real_keys_seen(weight_gate: torch.Tensor | None, mask: torch.Tens
     whose gradient in g is about exp(80), which overflows Adam's second moment and stops the gate for good (and on
     the fused path becomes inf * 0 = NaN). Those rows are padding: they stay on their masked keys whatever the gate,
     and give it no gradient. ``mask``: keep/drop, bool (True = keep) or additive (a dropped key at its dtype's minimum);
-    None sees every key.
+    None sees every key. ``exact_rows`` (B,): in a mixed batch, the rows this applies to (the others' weight 1 stands
+    for a gate they do not have, and they keep their prefix there as they would alone).
     """
     if weight_gate is None or mask is None:
         return weight_gate
     keeps = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
     seen = keeps.any(dim=-1).all(dim=1)  # (B|1, T|1): every head of the row sees some real key
+    if exact_rows is not None:
+        seen = seen | ~exact_rows[:, None]  # (B, T|1)
     return torch.where(seen[..., None], weight_gate, torch.zeros((), dtype=weight_gate.dtype,
                                                                  device=weight_gate.device))
 
@@ -235,7 +242,7 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
         prefix_scores = prefix_scores.masked_fill(~prefix.keep[:, None, None, :], torch.finfo(prefix_scores.dtype).min)
     scores = (query @ k.transpose(-1, -2)) * scaling  # (B, H, T, S)
     mask = keep_drop_mask(mask)
-    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, mask)
+    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, mask, prefix.exact_rows)
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -469,7 +476,7 @@ def fused_per_query_gated_attention(module, query, key, value, attention_mask, p
     mask = None if attention_mask is None else prefix.shared.additive_mask(attention_mask, query.dtype)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     # gates (B, T, l) or, pooled exact gates, (B, 1, l)
-    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, attention_mask)
+    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, attention_mask, prefix.exact_rows)
     tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate, weight_gate)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out = _FusedGatedAttention.apply(*tensors, mask, scale, causal)

@@ -371,7 +371,7 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
     length = max(part.keys.shape[2] for part in real)
     per_query = any(part.query_gate is not None for part in real)
     exact = any(part.weight_gate is not None for part in real)
-    keys, values, gates, weight_gates, lengths = [], [], [], [], []
+    keys, values, gates, weight_gates, lengths, exact_rows = [], [], [], [], [], []
     for rows, part in parts:
         n = len(rows)
         l = part.keys.shape[2] if part is not None else 0  # None: PT-2*'s layer without a prefix for this adapter
@@ -386,6 +386,7 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
             gate = part.weight_gate if part is not None and part.weight_gate is not None else ref.new_ones(n, 1, l)
             gate = gate.to(ref.dtype).expand(n, q_len, -1)
             weight_gates.append(nn.functional.pad(gate, (0, length - l), value=1.0))  # (n, T, L)
+            exact_rows += [part is not None and part.weight_gate is not None] * n
         lengths += [l] * n
     inverse = routing.inverse(batch, ref.device)
     keep = None
@@ -393,7 +394,8 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
         keep = torch.arange(length, device=ref.device) < torch.tensor(lengths, device=ref.device)[inverse, None]
     return seam.LayerPrefix(keys=torch.cat(keys)[inverse], values=torch.cat(values)[inverse],
                             query_gate=torch.cat(gates)[inverse] if per_query else None,
-                            weight_gate=torch.cat(weight_gates)[inverse] if exact else None, shared=shared, keep=keep)
+                            weight_gate=torch.cat(weight_gates)[inverse] if exact else None, shared=shared, keep=keep,
+                            exact_rows=torch.tensor(exact_rows, device=ref.device)[inverse] if exact else None)
 
 
 @dataclass

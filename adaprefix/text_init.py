@@ -106,10 +106,13 @@ def init_prefix_from_text(model: nn.Module, tokenizer, text: str) -> list[int]:
         raise ConfigError("prefix_init_text: the adapter is disabled here (inside disable_adapter()), so the text "
                           "cannot be read through it; initialise it outside that block")
     positions = getattr(model.config, "max_position_embeddings", None)
-    if not _uses_rotary_positions(model) and positions is not None and config.prefix_length > positions:
-        raise ConfigError(f"prefix_init_text: the text is read at positions 0 .. {config.prefix_length - 1}, and "
-                          f"this {model.config.model_type} model has {positions} positions; use a prefix_length of "
-                          f"at most {positions}")
+    # RoBERTa-style embeddings (RoBERTa, XLM-R, MPNet) number real tokens from padding_idx + 1
+    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    first = 0 if padding_idx is None else padding_idx + 1
+    if not _uses_rotary_positions(model) and positions is not None and first + config.prefix_length > positions:
+        raise ConfigError(f"prefix_init_text: the text is read at positions {first} .. "
+                          f"{first + config.prefix_length - 1}, and this {model.config.model_type} model has "
+                          f"{positions} positions; use a prefix_length of at most {positions - first}")
     ids = text_token_ids(tokenizer, text, config.prefix_length)
     per_layer = text_keys_values(model, ids)
     shape = runtime.shape

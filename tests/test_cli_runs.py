@@ -94,6 +94,23 @@ def test_the_head_alone_trains_on_a_backbone_left_bit_for_bit(tiny_backbone, sen
     assert refused.exit_code == 2 and "a run of method head has no adapter to prune" in refused.output
 
 
+@pytest.mark.parametrize("head_lr,expected", [(None, 1e-2), (1e-4, 1e-4)])
+def test_the_head_alone_trains_at_the_head_learning_rate_when_one_is_given(tiny_backbone, head_lr, expected):
+    from transformers import AutoModelForSequenceClassification
+
+    from adaprefix.tasks import get_task
+    from adaprefix.training.build import build_optimizer, freeze_backbone
+    from adaprefix.training.config import TrainConfig
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone)
+    freeze_backbone(model, get_task("cb"))
+    cfg = TrainConfig(method="head", learning_rate=1e-2, head_learning_rate=head_lr)
+    groups = build_optimizer(model, cfg).param_groups
+    head = {id(p) for p in model.classifier.parameters()}
+    assert {id(p) for g in groups for p in g["params"]} == head
+    assert {g["lr"] for g in groups} == {expected}
+
+
 def test_the_head_alone_is_refused_on_a_generation_task(tiny_backbone):
     from transformers import AutoModelForSequenceClassification
 

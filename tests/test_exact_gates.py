@@ -167,8 +167,10 @@ def test_it_learns_from_the_first_step_and_its_gates_leave_their_start(name):
 ATTN = {"bert": "sdpa", "llama": "sdpa", "deberta-v2": "eager"}
 
 
-@pytest.mark.parametrize("arch", ["llama", "bert"])
-def test_a_mixed_batch_of_exact_scaling_and_ungated_adapters_gives_each_row_its_adapter_alone(tmp_path, arch):
+@pytest.mark.parametrize("arch,side", [("llama", "right"), ("llama", "left"), ("bert", "right")])
+def test_a_mixed_batch_of_exact_scaling_and_ungated_adapters_gives_each_row_its_adapter_alone(tmp_path, arch, side):
+    """At every position, padding included: left-padded positions see no real key, where exact rows keep g = 0 and
+    the others keep their prefix, each as it would alone."""
     configs = {
         "exact": dict(method="apt", gate_mode="exact", prefix_length=4, token_gate_weight_std=0.5,
                       layer_gate_init=0.8, prefix_dropout=0.0),
@@ -183,7 +185,9 @@ def test_a_mixed_batch_of_exact_scaling_and_ungated_adapters_gives_each_row_its_
         return tiny_model(arch, "sdpa") if arch in DECODERS else tiny_model(arch, "sdpa", num_labels=num_labels or 3)
 
     paths = _save_adapters(tmp_path, build, configs, labels)
-    ids, mask = tiny_batch(len(rows), 8, pad_last=3)
+    ids, mask = tiny_batch(len(rows), 8, pad_last=3 if side == "right" else 0)
+    if side == "left":
+        mask[1::2, :3] = 0
     with torch.no_grad():
         refs = {n: _alone(build, paths[n], labels[n])(input_ids=ids, attention_mask=mask).logits for n in paths}
         mixed = _multi(build, paths)(input_ids=ids, attention_mask=mask, adapter_names=rows).logits

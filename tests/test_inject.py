@@ -220,14 +220,16 @@ def test_set_attn_implementation_to_one_without_prefix_is_refused():
         model(input_ids=ids, attention_mask=mask)
 
 
-def test_an_attached_model_pickles_and_runs_in_a_new_process(tmp_path):
+@pytest.mark.parametrize("name,impl", [("llama", "sdpa"), ("deberta-v2", "eager"), ("mpnet", "eager")])
+def test_an_attached_model_pickles_and_runs_in_a_new_process(tmp_path, name, impl):
     """torch.save(model) and multiprocessing pickle the model: its class, made at attach time, is rebuilt from the
-    host class, and a new process registers the attention functions before the first forward."""
+    host class, a new process registers the attention functions before the first forward, and the patched
+    attentions (DeBERTa, MPNet) keep their prefix-aware forward."""
     import pickle
     import subprocess
     import sys
 
-    model = attach(tiny_model("llama", "sdpa"), _visible_config())
+    model = attach(tiny_model(name, impl), _visible_config())
     ids, mask = tiny_batch()
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).logits
@@ -238,7 +240,7 @@ def test_an_attached_model_pickles_and_runs_in_a_new_process(tmp_path):
             "print(type(m).__name__, m.adapter_config.prefix_length)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["LlamaForCausalLM", str(model.adapter_config.prefix_length)]
+    assert done.stdout.split() == [type(model).__name__, str(model.adapter_config.prefix_length)]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
 
 

@@ -144,10 +144,13 @@ def test_what_cannot_be_initialised_from_a_text_is_refused_by_name():
             init_prefix_from_text(model, TOKENIZER, TEXT)
 
 
-@pytest.mark.parametrize("name,positions", [("bert", 64), ("gpt2", 128)])
-def test_a_prefix_longer_than_an_absolute_position_table_is_refused_by_name(name, positions):
-    model = attach(tiny_model(name, "sdpa"), _config(prefix_length=positions + 1))
-    with pytest.raises(ConfigError, match=f"read at positions 0 .. {positions}, and this {name} model has "
-                                          f"{positions} positions; use a prefix_length of at most {positions}"):
+@pytest.mark.parametrize("name,impl,positions,first", [("bert", "sdpa", 64, 0), ("gpt2", "sdpa", 128, 0),
+                                                        ("roberta", "sdpa", 64, 2), ("mpnet", "eager", 64, 2)])
+def test_a_prefix_longer_than_an_absolute_position_table_is_refused_by_name(name, impl, positions, first):
+    """RoBERTa-style embeddings (RoBERTa, MPNet: pad_token_id 1) number real tokens from padding_idx + 1."""
+    room = positions - first
+    model = attach(tiny_model(name, impl), _config(prefix_length=room + 1))
+    with pytest.raises(ConfigError, match=f"read at positions {first} .. {positions}, and this {name} model has "
+                                          f"{positions} positions; use a prefix_length of at most {room}"):
         init_prefix_from_text(model, TOKENIZER, TEXT)
-    init_prefix_from_text(attach(tiny_model(name, "sdpa"), _config(prefix_length=positions)), TOKENIZER, TEXT)
+    init_prefix_from_text(attach(tiny_model(name, impl), _config(prefix_length=room)), TOKENIZER, TEXT)

@@ -7,7 +7,7 @@ v2's DeBERTa port, prefix columns get content scores and zero relative bias; eve
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 import torch.nn as nn
@@ -60,4 +60,4 @@ def _prefix_forward(self, hidden_states, attention_mask, output_attentions=False
 
 def patch_deberta_attention(module: nn.Module) -> None:
     """Route one DeBERTa-v2 self-attention through the prefix-aware forward (the instance only, not the class)."""
-    module.forward = types.MethodType(_prefix_forward, module)
+    module.forward = functools.partial(_prefix_forward, module)  # a bound method would not unpickle

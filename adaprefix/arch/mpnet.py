@@ -10,7 +10,7 @@ score (content + bias + mask). Projections, scaling, dropout and the output proj
 from __future__ import annotations
 
 import math
-import types
+import functools
 
 import torch
 import torch.nn as nn
@@ -54,4 +54,4 @@ def _prefix_forward(self, hidden_states, attention_mask=None, position_bias=None
 
 def patch_mpnet_attention(module: nn.Module) -> None:
     """Route one ``MPNetSelfAttention`` through the prefix-aware forward (the instance only, not the class)."""
-    module.forward = types.MethodType(_prefix_forward, module)
+    module.forward = functools.partial(_prefix_forward, module)  # a bound method would not unpickle

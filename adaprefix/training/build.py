@@ -118,7 +118,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         if not p.requires_grad:
             continue
         in_adapter = name.startswith(PARAM_PREFIX)
-        group_lr = lr if (in_adapter or cfg.method in WHOLE_MODEL_METHODS) else head_lr
+        group_lr = lr if (in_adapter or cfg.method == "ft") else head_lr  # head: the head's own rate, if given
         decay = cfg.weight_decay if (p.ndim >= 2 and "norm" not in name.lower()) else 0.0
         groups.setdefault((group_lr, decay), []).append(p)
     return torch.optim.AdamW([{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()],
