@@ -121,6 +121,11 @@ def test_the_head_alone_is_refused_on_a_generation_task(tiny_backbone):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone)
     with pytest.raises(TrainConfigError, match="method: 'head' trains a task head .* cb-t2t is a generation task"):
         freeze_backbone(model, get_task("cb-t2t"))
+    from transformers import AutoModel
+
+    bare = AutoModel.from_pretrained(tiny_backbone)  # a backbone with no head on it
+    with pytest.raises(TrainConfigError, match="method: 'head' found no head outside the backbone of BertModel"):
+        freeze_backbone(bare, get_task("cb"))
 
 
 def test_finished_run_is_refused_unless_overwrite(tiny_backbone, sentiment_files, tmp_path):

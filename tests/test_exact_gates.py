@@ -232,9 +232,10 @@ def test_gradient_checkpointing_gives_the_plain_gradients(name):
         assert grads[0][n].abs().sum() > 0, n
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager-path"])
+@pytest.mark.parametrize("impl,fused", [("sdpa", True), ("sdpa", False), ("eager", False)],
+                         ids=["fused", "eager-path", "eager-attention"])
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
-def test_a_left_padded_batch_trains_its_gates(name, fused):
+def test_a_left_padded_batch_trains_its_gates(name, impl, fused):
     """Left-padded positions see no real key: at g = 0 they stay on their masked keys, at g > 0 the prefix would
     take them whole. Their loss (a causal LM predicts the first real token from the last pad) must not reach the gate
     through that jump, which gave NaN on the fused path and a gradient near exp(80) on the eager one (Adam's second
@@ -243,7 +244,7 @@ def test_a_left_padded_batch_trains_its_gates(name, fused):
     mask = torch.ones_like(ids)
     mask[-1, :3] = 0  # left padding
     labels = ids.masked_fill(mask == 0, -100)
-    model = _exact(name, "sdpa", prefix_init_std=0.02, token_gate_weight_std=0.02).train()
+    model = _exact(name, impl, prefix_init_std=0.02, token_gate_weight_std=0.02).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     with fast_path(fused):
         for step in range(10):
@@ -257,3 +258,19 @@ def test_a_left_padded_batch_trains_its_gates(name, fused):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.bfloat16])
+def test_only_rows_that_see_no_real_key_in_some_head_get_the_gate_shut(dtype):
+    from adaprefix.attention import gate_where_real_keys_seen
+
+    keep = torch.ones(1, 2, 3, 3, dtype=torch.bool)  # (B, H, T, S)
+    keep[0, 0, 0] = False  # query row 0 sees no key in head 0 (and every key in head 1)
+    keep[0, 1, 2, :2] = False  # row 2 still sees one key in head 1
+    mask = keep if dtype == torch.bool else torch.zeros(keep.shape, dtype=dtype).masked_fill(
+        ~keep, torch.finfo(dtype).min)
+    gate = gate_where_real_keys_seen(torch.full((1, 1, 2), 0.5), mask)
+    assert gate.tolist() == [[[0.0, 0.0], [0.5, 0.5], [0.5, 0.5]]]
+    mixed = gate_where_real_keys_seen(torch.full((2, 1, 2), 0.5), mask.expand(2, -1, -1, -1),
+                                      exact_rows=torch.tensor([False, True]))
+    assert mixed[0].tolist() == [[0.5, 0.5]] * 3 and mixed[1, 0].tolist() == [0.0, 0.0]

@@ -94,9 +94,12 @@ def test_the_untuned_model_table_shows_both_readings_beside_the_majority_class(r
     assert report.zero_shot_table(path) == ["(no results/zero_shot.json: run zero_shot.py)"]
     scores = {"accuracy": 0.0, "invalid": 1.0, "first_word_accuracy": 0.3393, "first_word_invalid": 0.3214,
               "completion_loss": 4.0167, "dev_examples": 56, "majority_label": " no", "majority_accuracy": 0.5}
-    path.write_text(json.dumps({"smollm2": {"tasks": {"cb-t2t": scores}}}))
-    row = report.zero_shot_table(path)[-1]
-    assert row == "| smollm2 | cb-t2t | 56 | 0.0 | 100.0 | 33.9 | 32.1 | 4.017 | 'no': 50.0 |"
+    path.write_text(json.dumps({"smollm2": {"tasks": {"rte-t2t": scores, "cb-t2t": scores}},
+                                "gemma3-270m": {"tasks": {"cb-t2t": scores}}}))
+    rows = report.zero_shot_table(path)[4:]
+    assert [row.split(" | ")[:2] for row in rows] == [["| gemma3-270m", "cb-t2t"], ["| smollm2", "cb-t2t"],
+                                                      ["| smollm2", "rte-t2t"]]
+    assert rows[1] == "| smollm2 | cb-t2t | 56 | 0.0 | 100.0 | 33.9 | 32.1 | 4.017 | 'no': 50.0 |"
 
 
 def test_the_untuned_model_is_read_on_its_first_word():
