@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     collate = task.collator(tokenizer)
     rows = list(task.encode(train, tokenizer, defaults["max_length"]).dataset)
     batches = [collate(rows[i:i + defaults["batch_size"]]) for i in range(0, len(rows), defaults["batch_size"])]
-    dev_rows = list(task.encode(dev, tokenizer, defaults["max_length"]).dataset)
+    dev_rows = list(task.encode(dev, tokenizer, defaults["max_length"]).dataset_by_length)  # as a run's Trainer
     scorer = GenerationScorer(task, tokenizer, {"dev": dev}, defaults["max_length"], defaults["eval_batch_size"])
     results = {}
     for arm in args.arms or list(grid["arms"]):
