@@ -41,7 +41,7 @@ def finished_run(tiny_backbone, tmp_path_factory):
 @pytest.mark.parametrize("args,fragments", [
     (["--prefix-length", "0"], ["adapter: prefix_length: expected a positive integer, got 0"]),
     (["--gate-pooling", "max"], ["gate_pooling: expected one of 'auto', 'mean', 'cls', 'token', got 'max'"]),
-    (["--method", "lora"], ["method: expected one of ft, apt, pt2, token-gate, layer-gate, got 'lora'"]),
+    (["--method", "lora"], ["method: expected one of ft, head, apt, pt2, token-gate, layer-gate, got 'lora'"]),
     (["--epochs", "0"], ["epochs: expected a positive integer, got 0"]),
 ])
 def test_a_bad_config_value_is_one_clean_error(tmp_path, args, fragments):
