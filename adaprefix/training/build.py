@@ -16,7 +16,7 @@ from ..inject import attach
 from ..tasks import Task, custom_task, get_task
 from ..text_init import init_prefix_from_text
 from ..tasks.base import tokenizer_limit
-from .config import WHOLE_MODEL_METHODS, TrainConfig, TrainConfigError
+from .config import TrainConfig, TrainConfigError
 from .display import load_pretrained
 
 
