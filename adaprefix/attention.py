@@ -59,9 +59,16 @@ class ForwardState:
         return hit[1]
 
     def additive_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        version = None if mask.is_inference() else mask._version  # inference tensors keep no version counter
-        key = ("additive", id(mask), version, dtype)
+        key = ("additive", id(mask), _version(mask), dtype)
         return self.once(key, lambda: additive_mask(mask, dtype), source=mask)
+
+    def rows_seeing_keys(self, mask: torch.Tensor) -> torch.Tensor:
+        """:func:`rows_seeing_keys` of the mask every layer shares, computed on the first layer."""
+        return self.once(("seeing", id(mask), _version(mask)), lambda: rows_seeing_keys(mask), source=mask)
+
+
+def _version(mask: torch.Tensor) -> int | None:
+    return None if mask.is_inference() else mask._version  # inference tensors keep no version counter
 
 
 @dataclass
@@ -156,8 +163,16 @@ def keep_drop_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask != 0
 
 
+def rows_seeing_keys(mask: torch.Tensor) -> torch.Tensor:
+    """(B|1, T|1) bool: whether query row t sees some real key in every head under a keep/drop ``mask`` (bool, True
+    = keep, or additive, a dropped key at its dtype's minimum) of shape (B|1, 1|H, T|1, S)."""
+    keeps = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return keeps.any(dim=-1).all(dim=1)
+
+
 def gate_where_real_keys_seen(weight_gate: torch.Tensor | None, mask: torch.Tensor | None,
-                              exact_rows: torch.Tensor | None = None) -> torch.Tensor | None:
+                              exact_rows: torch.Tensor | None = None,
+                              shared: ForwardState | None = None) -> torch.Tensor | None:
     """The exact gate g (B|1, T|1, l), held at 0 for the query rows that see no real key under ``mask``.
 
     Such a row (a left-padded position under a causal mask) has all its real weight at the masked minimum, so any
@@ -166,12 +181,12 @@ def gate_where_real_keys_seen(weight_gate: torch.Tensor | None, mask: torch.Tens
     the fused path becomes inf * 0 = NaN). Those rows are padding: they stay on their masked keys whatever the gate,
     and give it no gradient. ``mask``: keep/drop, bool (True = keep) or additive (a dropped key at its dtype's minimum);
     None sees every key. ``exact_rows`` (B,): in a mixed batch, the rows this applies to (the others' weight 1 stands
-    for a gate they do not have, and they keep their prefix there as they would alone).
+    for a gate they do not have, and they keep their prefix there as they would alone). ``shared``: the forward's
+    state, so that the rows are found once for all layers.
     """
     if weight_gate is None or mask is None:
         return weight_gate
-    keeps = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    seen = keeps.any(dim=-1).all(dim=1)  # (B|1, T|1): every head of the row sees some real key
+    seen = rows_seeing_keys(mask) if shared is None else shared.rows_seeing_keys(mask)  # (B|1, T|1)
     if exact_rows is not None:
         seen = seen | ~exact_rows[:, None]  # (B, T|1)
     return torch.where(seen[..., None], weight_gate, torch.zeros((), dtype=weight_gate.dtype,
@@ -242,7 +257,7 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
         prefix_scores = prefix_scores.masked_fill(~prefix.keep[:, None, None, :], torch.finfo(prefix_scores.dtype).min)
     scores = (query @ k.transpose(-1, -2)) * scaling  # (B, H, T, S)
     mask = keep_drop_mask(mask)
-    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, mask, prefix.exact_rows)
+    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, mask, prefix.exact_rows, prefix.shared)
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -476,7 +491,7 @@ def fused_per_query_gated_attention(module, query, key, value, attention_mask, p
     mask = None if attention_mask is None else prefix.shared.additive_mask(attention_mask, query.dtype)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     # gates (B, T, l) or, pooled exact gates, (B, 1, l)
-    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, attention_mask, prefix.exact_rows)
+    weight_gate = gate_where_real_keys_seen(prefix.weight_gate, attention_mask, prefix.exact_rows, prefix.shared)
     tensors = (query, key, value, prefix.keys, prefix.values, prefix.query_gate, weight_gate)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out = _FusedGatedAttention.apply(*tensors, mask, scale, causal)

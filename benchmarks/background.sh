@@ -17,7 +17,7 @@ declare -A SCRIPT=([encoder]=benchmarks/reproduce/run.py [decoder]=benchmarks/de
 
 pids() {  # the runner's own python process and the training processes it started
   local runner=$1 parents
-  parents=$(ps -eo pid=,args= | awk -v s="${SCRIPT[$runner]}" '$2 ~ /python/ && index($0, s) {print $1}')
+  parents=$(ps -ww -eo pid=,args= | awk -v s="${SCRIPT[$runner]}" '$2 ~ /python/ && index($0, s) {print $1}')
   for p in $parents; do echo "$p"; ps -o pid= --ppid "$p" || true; done
 }
 

@@ -274,3 +274,21 @@ def test_only_rows_that_see_no_real_key_in_some_head_get_the_gate_shut(dtype):
     mixed = gate_where_real_keys_seen(torch.full((2, 1, 2), 0.5), mask.expand(2, -1, -1, -1),
                                       exact_rows=torch.tensor([False, True]))
     assert mixed[0].tolist() == [[0.5, 0.5]] * 3 and mixed[1, 0].tolist() == [0.0, 0.0]
+
+
+def test_the_rows_that_see_no_key_are_found_once_per_forward_for_every_layer(monkeypatch):
+    import adaprefix.attention as seam
+
+    calls = []
+    original = seam.rows_seeing_keys
+    monkeypatch.setattr(seam, "rows_seeing_keys", lambda mask: calls.append(mask.shape) or original(mask))
+    model = _exact("llama", "eager", layer_gate_init=0.5)
+    ids, mask = tiny_batch(pad_last=0)
+    mask[-1, :3] = 0
+    with torch.no_grad():
+        for fused in (True, False):
+            with fast_path(fused):
+                calls.clear()
+                model(input_ids=ids, attention_mask=mask)
+                assert len(calls) == 1, (fused, calls)  # not once per layer
+    assert model.config.num_hidden_layers > 1

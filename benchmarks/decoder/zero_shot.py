@@ -70,13 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             texts = generate_completions(model, tokenizer, scorer.prompts["dev"], scorer.max_new_tokens["dev"],
                                          defaults["eval_batch_size"])
-            rows = task.encode(dev, tokenizer, defaults["max_length"]).dataset_by_length
+            rows = list(task.encode(dev, tokenizer, defaults["max_length"]).dataset_by_length)
             collate, size = task.collator(tokenizer), defaults["eval_batch_size"]
-            nll = count = 0.0
-            for start in range(0, len(rows), size):
-                sums, counts = completion_nll(model, collate([rows[i] for i in range(start, min(start + size,
-                                                                                              len(rows)))]))
-                nll, count = nll + float(sums.sum()), count + float(counts.sum())
+            sums = [completion_nll(model, collate(rows[i:i + size])) for i in range(0, len(rows), size)]
+            nll, count = (float(sum(part.sum() for part in column)) for column in zip(*sums))
         label, majority = majority_accuracy(task, dev)
         strict = task.score(dev, texts)
         lenient = task.score(dev, [first_word(text) for text in texts])
