@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from adaprefix.cli import app
 from adaprefix.training import load_run, load_train_config, train
+from adaprefix.training.generation import GenerationScorer
 from decoder_helpers import QA, QA_CORPUS, RTE, save_tiny_decoder
 from run_helpers import epoch_records
 
@@ -46,7 +47,13 @@ def _normal(text):  # the documented normalisation, written independently: case,
     return text.strip().lower().rstrip(".!?").strip()
 
 
-def test_generation_data_trains_evaluates_predicts_and_resumes(tiny_decoder, tmp_path):
+def test_generation_data_trains_evaluates_predicts_and_resumes(tiny_decoder, tmp_path, monkeypatch):
+    # Every evaluation's loss pass is matched to its eval set's rows, so that it can vouch for greedy completions.
+    matched = []
+    vouch = GenerationScorer._completions
+    monkeypatch.setattr(GenerationScorer, "_completions",
+                        lambda self, name, rows, agrees: matched.append((name, len(rows))) or vouch(self, name, rows,
+                                                                                                 agrees))
     files = {"task": "custom", "train_file": _jsonl(tmp_path / "train.jsonl", [
         {"prompt": p, "completion": c} for p, c in QA * 3]),
              "dev_file": _jsonl(tmp_path / "dev.jsonl", [{"prompt": p, "completion": c} for p, c in QA])}
@@ -55,7 +62,7 @@ def test_generation_data_trains_evaluates_predicts_and_resumes(tiny_decoder, tmp
     assert result.exit_code == 0, result.output
     assert "custom apt: best dev exact_match" in result.stdout
     records = epoch_records(run)
-    assert len(records) == 2
+    assert len(records) == 2 and matched == [("dev", len(QA))] * 2
     for record in records:
         assert record["dev_perplexity"] == pytest.approx(math.exp(record["dev_completion_loss"]))
         assert 0 <= record["dev_exact_match"] <= 1
@@ -69,6 +76,7 @@ def test_generation_data_trains_evaluates_predicts_and_resumes(tiny_decoder, tmp
     evaluated = runner.invoke(app, ["eval", str(run)])
     assert evaluated.exit_code == 0, evaluated.output
     scores = json.loads((run / "eval_dev.json").read_text())
+    assert matched == [("dev", len(QA))] * 3
     best = records[final["best_epoch"] - 1]
     assert scores["dev_exact_match"] == best["dev_exact_match"]
     assert scores["dev_completion_loss"] == pytest.approx(best["dev_completion_loss"], rel=1e-5)

@@ -12,8 +12,14 @@ and computes the loss from them; a model whose forward has no ``logits_to_keep``
 loss is the same either way (the same terms, each from the same logits), so this changes speed and memory only.
 
 :class:`CompletionLossMixin` puts it under a ``transformers.Trainer``: training's loss, and evaluation's per-example
-``(summed NLL, token count)`` that :meth:`GenerationTask.compute_metrics` reads (so the evaluation needs no
-``preprocess_logits_for_metrics``).
+``(summed NLL, token count, greedy agrees, row fingerprint)``, whose first two :meth:`GenerationTask.compute_metrics`
+reads (so the evaluation needs no ``preprocess_logits_for_metrics``).
+
+"Greedy agrees" is the loss pass checking, for free, what greedy generation would produce: where the argmax at every
+completion position is the reference token (its EOS included), greedy decoding of that prompt yields the reference
+and stops, as speculative decoding verifies a draft, the reference being the draft. The scorer then generates only
+for the other prompts (:class:`~.generation.GenerationScorer`). The argmax must win by :data:`GREEDY_MARGIN`, so
+that the rounding between this batch and a generation batch (other rows, other padding) cannot change it.
 """
 
 from __future__ import annotations
@@ -49,11 +55,13 @@ def accepts_logits_to_keep(model: Any) -> bool:
     return False
 
 
-def completion_nll(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_nll(model: Any, inputs: dict[str, Any], greedy_check: bool = False) -> tuple[torch.Tensor, ...]:
     """Per row, the summed negative log-likelihood of its labelled tokens and their count: two ``(batch,)`` tensors.
 
     ``inputs`` is a collated batch with ``labels`` (-100 where unlabelled), which is not passed to the model. The
-    NLL is computed in float32 from the logits, as transformers' causal-LM loss does.
+    NLL is computed in float32 from the logits, as transformers' causal-LM loss does. With ``greedy_check``, a third
+    ``(batch,)`` bool tensor: whether greedy decoding would produce the row's labelled tokens
+    (:func:`greedy_agrees`).
     """
     labels = inputs["labels"]
     features = {k: v for k, v in inputs.items() if k != "labels"}
@@ -66,7 +74,53 @@ def completion_nll(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, to
         logits = model(**features).logits[:, :-1]  # (B, T-1, V)
     mask = targets != IGNORE_INDEX
     nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets.clamp(min=0), reduction="none")
-    return (nll * mask).sum(dim=-1), mask.sum(dim=-1)
+    sums = (nll * mask).sum(dim=-1), mask.sum(dim=-1)
+    return (*sums, greedy_agrees(logits, targets, mask)) if greedy_check else sums
+
+
+#: How far, in float32 logits, the reference token must lead every other for the loss pass to vouch for greedy
+#: decoding. The loss pass's batch (right-padded, with references) and generation's (left-padded prompts) round
+#: differently: on SmolLM2's CB-t2t dev set the logits differ by up to 1.0e-4 (benchmarks/decoder/vouching.py), a
+#: hundredth of this. A closer race is left to generation to decide.
+GREEDY_MARGIN = 1e-2
+
+
+def greedy_agrees(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, whether every labelled target is the argmax of its logits by at least :data:`GREEDY_MARGIN`:
+    ``(batch,)`` bool. ``logits`` ``(B, k, V)``, ``targets`` and ``mask`` ``(B, k)``.
+
+    Only float32 logits computed without autocast are vouched for (lower precision rounds by more than the margin);
+    a row without labelled tokens never agrees.
+    """
+    if logits.dtype != torch.float32 or torch.is_autocast_enabled(logits.device.type):
+        return torch.zeros(targets.shape[0], dtype=torch.bool, device=targets.device)
+    top = logits.detach().topk(2, dim=-1)
+    wins = (top.indices[..., 0] == targets) & (top.values[..., 0] - top.values[..., 1] >= GREEDY_MARGIN)
+    return (wins | ~mask).all(dim=-1) & mask.any(dim=-1)
+
+
+#: Row fingerprints are taken modulo this prime below 2**24, so that float32 predictions hold them exactly.
+_FINGERPRINT_MODULUS = 16_777_213
+
+
+def row_fingerprints(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A number per row from its unpadded tokens (a polynomial hash below 2**24): ``(batch,)`` int64.
+
+    The loss pass returns it beside each row's greedy check, so that whoever reads the gathered predictions can tell
+    which row each one belongs to, whatever order the evaluation went in. Padding does not count: a row reads the same
+    padded left, right or not at all.
+    """
+    ids = input_ids.long()
+    real = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    rank = real.long().cumsum(dim=-1)  # 1.. over a row's real tokens, wherever its padding is
+    # 31**rank mod p by repeated squaring, elementwise (every product stays below 2**48)
+    weight, base, exponent = torch.ones_like(ids), torch.full_like(ids, 31), rank.clone()
+    while bool((exponent > 0).any()):
+        odd = exponent % 2 == 1
+        weight = torch.where(odd, weight * base % _FINGERPRINT_MODULUS, weight)
+        base, exponent = base * base % _FINGERPRINT_MODULUS, exponent // 2
+    terms = (ids % _FINGERPRINT_MODULUS) * weight % _FINGERPRINT_MODULUS * real
+    return terms.sum(dim=-1) % _FINGERPRINT_MODULUS
 
 
 class CompletionLossMixin:
@@ -75,7 +129,7 @@ class CompletionLossMixin:
     Training: the summed NLL over ``num_items_in_batch`` when the Trainer counts it (the whole accumulated batch's
     labelled tokens, as transformers' own causal-LM loss divides), else the batch's mean per labelled token; under
     label smoothing or a ``compute_loss_func`` the Trainer's own loss is used. Evaluation: ``prediction_step``
-    returns per-example ``(summed NLL, token count)`` as its predictions.
+    returns per-example ``(summed NLL, token count, greedy agrees, row fingerprint)`` as its predictions.
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -98,11 +152,13 @@ class CompletionLossMixin:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            nll, count = completion_nll(model, inputs)
+            nll, count, agrees = completion_nll(model, inputs, greedy_check=True)
         loss = (nll.sum() / count.sum().clamp(min=1)).detach()
         if prediction_loss_only:
             return loss, None, None
-        return loss, torch.stack([nll, count.to(nll.dtype)], dim=-1).detach(), inputs["labels"]
+        fingerprints = row_fingerprints(inputs["input_ids"], inputs.get("attention_mask"))
+        columns = [nll, count.to(nll.dtype), agrees.to(nll.dtype), fingerprints.to(nll.dtype)]
+        return loss, torch.stack(columns, dim=-1).detach(), inputs["labels"]
 
 
 def trainer_class(task: Any, base: type) -> type:

@@ -149,7 +149,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
     main_key = f"dev_{task.main_metric}"
     # Generation tasks: exact match needs generating, which the Trainer's evaluation (the loss) does not do.
     scorer = GenerationScorer(task, tokenizer, {name: splits[name] for name in eval_sets}, max_length,
-                              cfg.eval_batch_size) if task.kind == "generation" else None
+                              cfg.eval_batch_size, eval_rows=eval_sets) if task.kind == "generation" else None
 
     def save_best() -> None:
         if cfg.method in WHOLE_MODEL_METHODS:
@@ -174,7 +174,7 @@ def _train(cfg: TrainConfig, overwrite: bool, resume: bool, extra_callbacks: lis
         train_dataset=encoded["train"].dataset,
         eval_dataset=eval_sets,
         data_collator=task.collator(tokenizer),
-        compute_metrics=task.compute_metrics,
+        compute_metrics=scorer.compute_metrics if scorer is not None else task.compute_metrics,
         preprocess_logits_for_metrics=logits_preprocessor(task),
         optimizers=(optimizer, scheduler),
         callbacks=callbacks + list(extra_callbacks or []),

@@ -72,13 +72,17 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data_dir: str | None =
                          "evaluate on dev, or use `adaprefix predict` for test inputs")
     args = TrainingArguments(output_dir=str(Path(run_dir) / "eval"), per_device_eval_batch_size=cfg.eval_batch_size,
                              report_to="none", use_cpu=not torch.cuda.is_available(), label_names=["labels"])
+    dataset = encoded.dataset_by_length
+    max_length = resolve_max_length(cfg, task, loaded.tokenizer)
+    # Generation tasks: exact match (or accuracy) from greedy generation, as in training
+    scorer = GenerationScorer(task, loaded.tokenizer, {split: examples}, max_length, cfg.eval_batch_size,
+                              eval_rows={split: dataset}) if task.kind == "generation" else None
+    compute_metrics = scorer.compute_metrics if scorer is not None else task.compute_metrics
     trainer = trainer_class(task, Trainer)(model=loaded.model, args=args, data_collator=task.collator(loaded.tokenizer),
-                                           compute_metrics=task.compute_metrics,
+                                           compute_metrics=compute_metrics,
                                            preprocess_logits_for_metrics=logits_preprocessor(task))
-    metrics = trainer.evaluate(encoded.dataset_by_length, metric_key_prefix=split)
-    if task.kind == "generation":  # exact match (or accuracy) from greedy generation, as in training
-        scorer = GenerationScorer(task, loaded.tokenizer, {split: examples},
-                                  resolve_max_length(cfg, task, loaded.tokenizer), cfg.eval_batch_size)
+    metrics = trainer.evaluate(dataset, metric_key_prefix=split)
+    if scorer is not None:
         metrics.update({f"{split}_{k}": v for k, v in scorer(split, loaded.model).items()})
     metrics[f"{split}_truncated"] = encoded.num_truncated
     atomic_write_json(Path(run_dir) / f"eval_{split}.json", metrics)

@@ -197,9 +197,11 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
         step = int(Path(resume_from).name.split("-")[1])
         history = [r for r in map(json.loads, records.read_text().splitlines()) if r["step"] <= step]
         records.write_text("".join(json.dumps(r) + "\n" for r in history))
+    dev_rows = task.encode(dev, tokenizer, args.max_length).dataset
+    scorer = GenerationScorer(task, tokenizer, {"dev": dev}, args.max_length, args.eval_batch_size,
+                              eval_rows={"dev": dev_rows})
     recorder = EpochRecorder(out, ["dev"], f"dev_{task.main_metric}", save_best=lambda: None, history=history,
-                             extra_metrics=GenerationScorer(task, tokenizer, {"dev": dev}, args.max_length,
-                                                            args.eval_batch_size))
+                             extra_metrics=scorer)
     training = TrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size, learning_rate=learning_rate, weight_decay=0.0,
@@ -210,8 +212,8 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
     # The same loss computation as adaprefix's recipe (logits only at completion positions), so that times compare.
     trainer = trainer_class(task, Trainer)(
         model=model, args=training, train_dataset=task.encode(train_examples, tokenizer, args.max_length).dataset,
-        eval_dataset={"dev": task.encode(dev, tokenizer, args.max_length).dataset},
-        data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics,
+        eval_dataset={"dev": dev_rows},
+        data_collator=task.collator(tokenizer), compute_metrics=scorer.compute_metrics,
         preprocess_logits_for_metrics=logits_preprocessor(task), callbacks=[recorder])
     trainer.remove_callback(PrinterCallback)  # the raw log dicts; the epoch records hold the numbers
     trainer.train(resume_from_checkpoint=resume_from)

@@ -217,8 +217,10 @@ class GenerationTask(Task):
         return torch.stack([(nll * mask).sum(-1), mask.sum(-1).float()], dim=-1)
 
     def compute_metrics(self, eval_pred: Any) -> dict[str, float]:
-        """``completion_loss`` (mean NLL per completion token over the split) and ``perplexity``."""
-        sums = logits_of(eval_pred.predictions).reshape(-1, 2)
+        """``completion_loss`` (mean NLL per completion token over the split) and ``perplexity``, from per-example
+        ``(summed NLL, token count, ...)`` rows."""
+        sums = logits_of(eval_pred.predictions)
+        sums = sums.reshape(-1, sums.shape[-1])
         tokens = float(sums[:, 1].sum())
         if tokens == 0:
             return {"completion_loss": float("nan"), "perplexity": float("nan")}
