@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,12 +98,13 @@ def main(argv: list[str] | None = None) -> dict:
     task = get_task("cb-t2t")
     dev = task.load("dev")
     results = {}
+    scratch = tempfile.mkdtemp(prefix="vouching-")  # the Trainer's output_dir; it writes nothing in evaluate()
     for name in args.runs:
         model, tokenizer = load(RUNS / name, base)
         dataset = task.encode(dev, tokenizer, 256).dataset_by_length
         scorer = GenerationScorer(task, tokenizer, {"dev": dev}, 256, args.eval_batch_size, eval_rows={"dev": dataset})
         trainer = trainer_class(task, Trainer)(
-            model=model, args=TrainingArguments(output_dir=str(args.out / "tmp"), report_to="none", use_cpu=True,
+            model=model, args=TrainingArguments(output_dir=scratch, report_to="none", use_cpu=True,
                                                 per_device_eval_batch_size=args.eval_batch_size,
                                                 label_names=["labels"], disable_tqdm=True),
             data_collator=task.collator(tokenizer), compute_metrics=scorer.compute_metrics,
