@@ -45,3 +45,35 @@ def test_a_peft_run_resumes_from_its_last_epoch_checkpoint(tmp_path):
     assert second["epochs"][0] == first["epochs"][0]
     third = bench.train_peft(args, "lora", 1e-3, model, str(data), out, resume=False)  # asked afresh: starts over
     assert [e["epoch"] for e in third["epochs"]] == [1, 2]
+
+
+def test_vouching_measures_drift_with_the_positions_generation_uses():
+    """vouching.py's drift compares the loss pass's right-padded rows with left-padded prompts numbered as
+    generate() numbers them: on a tiny Llama with a prefix it is float rounding, not a shift of rotary positions
+    (which a prefix, unrotated by the queries' shift, does see)."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from decoder_helpers import tiny_llama
+
+    spec = importlib.util.spec_from_file_location("vouching", SCRIPT.parent / "vouching.py")
+    vouching = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vouching)
+
+    class Tok:
+        pad_token_id = 0
+
+    from adaprefix import AdaptivePrefixConfig, attach
+
+    model = attach(tiny_llama(20), AdaptivePrefixConfig(method="pt2", prefix_length=2, prefix_init_std=1.0)).eval()
+    prompts = [[1, 5, 6, 7, 8, 9], [1, 5], [1, 9, 8, 7]]
+    rows = [{"input_ids": p + [10, 2], "attention_mask": [1] * (len(p) + 2), "labels": [-100] * len(p) + [10, 2]}
+            for p in prompts]
+    drift = vouching.logit_drift(model, Tok(), rows, prompts, batch_size=3)
+    assert 0 <= drift < 1e-4
+    with torch.no_grad():  # the same prompts left-padded without position ids: far apart, so the check has teeth
+        shifted = model(input_ids=torch.tensor([[0, 0, 0, 0, 1, 5]]), attention_mask=torch.tensor([[0] * 4 + [1] * 2]))
+        plain = model(input_ids=torch.tensor([[1, 5]]))
+    assert (shifted.logits[0, -1] - plain.logits[0, -1]).abs().max() > 1e-3
