@@ -52,7 +52,8 @@ class Run:
 
     def run_id(self, learning_rate: float | None = None) -> str:
         rate = self.learning_rate if learning_rate is None else learning_rate
-        return f"{self.experiment}/{self.model}/{self.task}/{self.arm}-lr{rate:g}-s{self.seed}"
+        rate_text = "?" if rate is None or math.isnan(rate) else f"{rate:g}"  # "?": its sweep has not chosen yet
+        return f"{self.experiment}/{self.model}/{self.task}/{self.arm}-lr{rate_text}-s{self.seed}"
 
 
 def load_grid(path: Path | None = None) -> dict[str, Any]:

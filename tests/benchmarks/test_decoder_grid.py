@@ -26,7 +26,8 @@ GRID = {
     "arms": {"lora": {"kind": "lora", "rates": [0.001, 0.002, 0.004]},
              "exact-text": {"kind": "prefix", "method": "apt", "gate_mode": "exact", "init_text": True,
                             "rates": [0.005, 0.01, 0.02]}},
-    "experiments": [{"name": "sweep", "model": "smollm2", "tasks": ["cb-t2t"], "seeds": [1], "rates": "all"}],
+    "experiments": [{"name": "sweep", "model": "smollm2", "tasks": ["cb-t2t"], "seeds": [1], "rates": "all"},
+                    {"name": "seeds", "model": "smollm2", "tasks": ["cb-t2t"], "seeds": [2], "rates": "swept"}],
 }
 
 
@@ -56,3 +57,4 @@ def test_the_grid_trains_the_middle_rates_first_records_them_and_skips_them_afte
     listed = capsys.readouterr().out
     assert "recorded             sweep/smollm2/cb-t2t/lora-lr0.002-s1" in listed
     assert "to run               sweep/smollm2/cb-t2t/lora-lr0.001-s1" in listed
+    assert "waits for its sweep  seeds/smollm2/cb-t2t/lora-lr?-s2" in listed  # no rate until the sweep chooses
