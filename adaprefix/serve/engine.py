@@ -29,7 +29,7 @@ from ..tasks import DataError, Task
 from ..tasks.answers import answer, unlabelled, word_starts
 from ..tasks.inputs import examples_from_records, input_view, parse_inputs
 from ..tasks.kinds.generation import (CompletionCollator, cut_prompt, generate_completions, leading_specials,
-                                      prepare_tokenizer)
+                                      own_generation_config, prepare_tokenizer)
 from ..training.build import build_model, build_task, resolve_max_length
 from ..training.config import WHOLE_MODEL_METHODS, load_train_config
 from ..training.display import library_output
@@ -379,9 +379,10 @@ class Engine:
             extra["logits_processor"] = LogitsProcessorList([RowSampler([row.sampling for row in rows], device)])
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
                                   pad_token_id=pad, use_cache=True)
-        model.generate(**{k: v.to(device) for k, v in batch.items()}, generation_config=config,
-                       stopping_criteria=StoppingCriteriaList([watcher]),
-                       adapter_names=[row.adapter for row in rows], **extra)
+        with own_generation_config(model):  # sampling is the rows' own (RowSampler), nothing the model's
+            model.generate(**{k: v.to(device) for k, v in batch.items()}, generation_config=config,
+                           stopping_criteria=StoppingCriteriaList([watcher]),
+                           adapter_names=[row.adapter for row in rows], **extra)
         for state in states:
             if state.done is None:  # generate() stopped it first (its own length limit)
                 watcher.finish(state, LENGTH)

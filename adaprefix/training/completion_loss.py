@@ -80,8 +80,9 @@ def completion_nll(model: Any, inputs: dict[str, Any], greedy_check: bool = Fals
 
 #: How far, in float32 logits, the reference token must lead every other for the loss pass to vouch for greedy
 #: decoding. The loss pass's batch (right-padded, with references) and generation's (left-padded prompts) round
-#: differently: on SmolLM2's CB-t2t dev set the logits differ by up to 1.0e-4 (benchmarks/decoder/vouching.py), a
-#: hundredth of this. A closer race is left to generation to decide.
+#: differently, and generation decodes with the KV cache: on SmolLM2's CB-t2t dev set their logits differ by up to
+#: 1.0e-4 at any completion position (benchmarks/decoder/vouching.py), a hundredth of this. A closer race is left to
+#: generation to decide.
 GREEDY_MARGIN = 1e-2
 
 
@@ -90,7 +91,9 @@ def greedy_agrees(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     ``(batch,)`` bool. ``logits`` ``(B, k, V)``, ``targets`` and ``mask`` ``(B, k)``.
 
     Only float32 logits computed without autocast are vouched for (lower precision rounds by more than the margin);
-    a row without labelled tokens never agrees.
+    a row without labelled tokens never agrees. Logits can be float32 and still come from a lower-precision forward
+    (accelerate's mixed precision casts them back after autocast); the Trainer checks that before asking
+    (``CompletionLossMixin._float32_throughout``).
     """
     if logits.dtype != torch.float32 or torch.is_autocast_enabled(logits.device.type):
         return torch.zeros(targets.shape[0], dtype=torch.bool, device=targets.device)
@@ -151,14 +154,28 @@ class CompletionLossMixin:
         if "labels" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
+        checked = self._float32_throughout(model)
         with torch.no_grad(), self.compute_loss_context_manager():
-            nll, count, agrees = completion_nll(model, inputs, greedy_check=True)
+            nll, count, *agrees = completion_nll(model, inputs, greedy_check=checked)
+        agrees = agrees[0] if checked else torch.zeros_like(count, dtype=torch.bool)  # vouch for nothing
         loss = (nll.sum() / count.sum().clamp(min=1)).detach()
         if prediction_loss_only:
             return loss, None, None
         fingerprints = row_fingerprints(inputs["input_ids"], inputs.get("attention_mask"))
         columns = [nll, count.to(nll.dtype), agrees.to(nll.dtype), fingerprints.to(nll.dtype)]
         return loss, torch.stack(columns, dim=-1).detach(), inputs["labels"]
+
+
+    def _float32_throughout(self, model: Any) -> bool:
+        """Whether evaluation computes in float32 end to end, as :data:`GREEDY_MARGIN` assumes: no mixed precision
+        (accelerate wraps the forward in autocast and hands back float32 logits, so the logits' dtype cannot tell),
+        no half-precision evaluation, float32 weights."""
+        args = self.args
+        if args.bf16 or args.fp16 or getattr(args, "bf16_full_eval", False) or getattr(args, "fp16_full_eval", False):
+            return False
+        if getattr(self.accelerator, "mixed_precision", "no") not in ("no", None):
+            return False
+        return all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
 
 
 def trainer_class(task: Any, base: type) -> type:

@@ -47,7 +47,7 @@ def test_a_peft_run_resumes_from_its_last_epoch_checkpoint(tmp_path):
     assert [e["epoch"] for e in third["epochs"]] == [1, 2]
 
 
-def test_vouching_measures_drift_with_the_positions_generation_uses():
+def test_vouching_measures_drift_with_the_positions_generation_uses(monkeypatch):
     """vouching.py's drift compares the loss pass's right-padded rows with left-padded prompts numbered as
     generate() numbers them: on a tiny Llama with a prefix it is float rounding, not a shift of rotary positions
     (which a prefix, unrotated by the queries' shift, does see)."""
@@ -63,16 +63,27 @@ def test_vouching_measures_drift_with_the_positions_generation_uses():
     spec.loader.exec_module(vouching)
 
     class Tok:
-        pad_token_id = 0
+        pad_token_id, eos_token_id = 0, 2
 
     from adaprefix import AdaptivePrefixConfig, attach
 
     model = attach(tiny_llama(20), AdaptivePrefixConfig(method="pt2", prefix_length=2, prefix_init_std=1.0)).eval()
     prompts = [[1, 5, 6, 7, 8, 9], [1, 5], [1, 9, 8, 7]]
-    rows = [{"input_ids": p + [10, 2], "attention_mask": [1] * (len(p) + 2), "labels": [-100] * len(p) + [10, 2]}
-            for p in prompts]
-    drift = vouching.logit_drift(model, Tok(), rows, prompts, batch_size=3)
-    assert 0 <= drift < 1e-4
+    def greedy(ids, n):  # by hand, without a cache: the references are generation's own path, so every step counts
+        with torch.no_grad():
+            for _ in range(n):
+                ids = ids + [int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())]
+        return ids[-n:]
+
+    references = [greedy(p, 3) for p in prompts]
+    rows = [{"input_ids": p + r, "attention_mask": [1] * (len(p) + 3), "labels": [-100] * len(p) + r}
+            for p, r in zip(prompts, references)]
+    compared = []
+    original = torch.Tensor.abs
+    monkeypatch.setattr(torch.Tensor, "abs", lambda t: compared.append(t.shape) or original(t))
+    drift = vouching.logit_drift(model, Tok(), rows, prompts, batch_size=3, max_new_tokens=3)
+    monkeypatch.undo()
+    assert 0 <= drift < 1e-4 and len(compared) == 9  # 3 prompts x 3 steps (prefill, then two cached steps)
     with torch.no_grad():  # the same prompts left-padded without position ids: far apart, so the check has teeth
         shifted = model(input_ids=torch.tensor([[0, 0, 0, 0, 1, 5]]), attention_mask=torch.tensor([[0] * 4 + [1] * 2]))
         plain = model(input_ids=torch.tensor([[1, 5]]))

@@ -63,7 +63,7 @@ def _dev(task, wrong: set[int]):
             for i, ex in enumerate(task.load("train"))]
 
 
-def _evaluate(task, tok, model, dev, tmp_path, told=None, passed=None):
+def _evaluate(task, tok, model, dev, tmp_path, told=None, passed=None, **training_args):
     """A scorer told ``dev``'s rows in order ``told``, and the Trainer's loss pass over them in order ``passed``
     (both: as encoded), with the scorer's compute_metrics: the scorer, and the pass's metrics."""
     rows = task.encode(dev, tok, max_length=32).rows
@@ -71,7 +71,7 @@ def _evaluate(task, tok, model, dev, tmp_path, told=None, passed=None):
     scorer = GenerationScorer(task, tok, {"dev": dev}, max_length=32, batch_size=4,
                               eval_rows={"dev": [rows[i] for i in told]})
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True,
-                             label_names=["labels"], disable_tqdm=True)
+                             label_names=["labels"], disable_tqdm=True, **training_args)
     trainer = trainer_class(task, Trainer)(model=model, args=args, data_collator=task.collator(tok),
                                            compute_metrics=scorer.compute_metrics,
                                            preprocess_logits_for_metrics=logits_preprocessor(task))
@@ -199,3 +199,41 @@ def test_generation_without_rows_generates_everything(learned, tok):
     texts = scorer.completions("dev", model)
     assert scorer.last_counts == {"vouched": 0, "generated": len(dev)}
     assert texts == generate_completions(model, tok, scorer.prompts["dev"], scorer.max_new_tokens["dev"], 4)
+
+
+@pytest.mark.parametrize("how", ["bf16 mixed precision", "bf16 weights"])
+def test_nothing_is_vouched_for_below_float32(learned, tok, tmp_path, how):
+    """Under mixed precision the logits come back float32 from a bf16 forward; bf16 weights round as much. Either
+    way the margin means nothing, so every prompt is generated."""
+    import copy
+
+    task, model = learned
+    dev = _dev(task, set())
+    if how == "bf16 weights":
+        scorer, _ = _evaluate(task, tok, copy.deepcopy(model).to(torch.bfloat16), dev, tmp_path)
+    else:
+        scorer, _ = _evaluate(task, tok, model, dev, tmp_path, bf16=True)
+    assert scorer._vouched == {"dev": {}}  # matched to its rows, and vouching for none of them
+    float32, _ = _evaluate(task, tok, model, dev, tmp_path)
+    assert len(float32._vouched["dev"]) == len(LEARNED)  # the same rows in float32: all vouched
+
+
+def test_greedy_is_the_argmax_whatever_the_models_generation_config(learned, tok):
+    """A checkpoint's own generation settings (an Instruct model's repetition penalty, suppressed tokens, a minimum
+    length) do not steer evaluation: completions are the argmax, as the loss pass's check assumes; and the model's
+    settings are back afterwards."""
+    import copy
+
+    task, model = learned
+    model = copy.deepcopy(model)
+    config = model.generation_config
+    config.repetition_penalty, config.min_new_tokens = 20.0, 4
+    config.suppress_tokens = tok(" d", add_special_tokens=False)["input_ids"]
+    prompts = [tok(p)["input_ids"] for p, _ in LEARNED]
+    texts = generate_completions(model, tok, prompts, 6, batch_size=4)
+    assert texts == [tok.decode(_greedy_by_hand(model, ids, 6)) for ids in prompts]
+    assert texts[0] == "d"  # the suppressed token: the model's settings were not applied
+    assert model.generation_config is config and config.repetition_penalty == 20.0
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]))
+    assert generate_completions(wrapped, tok, prompts, 6, batch_size=4) == texts  # LoRA B = 0: the same model

@@ -31,9 +31,10 @@ from __future__ import annotations
 import math
 import unicodedata
 from abc import abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -238,14 +239,41 @@ class GenerationTask(Task):
         return {"prediction": generated}
 
 
+@contextmanager
+def own_generation_config(model: Any) -> Iterator[None]:
+    """For the block, ``model.generate`` sees no generation config of the model's own.
+
+    transformers fills every field a passed ``GenerationConfig`` leaves unset from ``model.generation_config``, so an
+    Instruct checkpoint's ``repetition_penalty``, ``no_repeat_ngram_size``, ``suppress_tokens`` or ``min_new_tokens``
+    would steer a "greedy" evaluation away from the argmax. The model's config (under PEFT, its base model's: the
+    one ``generate`` reads) is a blank one until the block ends.
+    """
+    from transformers import GenerationConfig
+
+    target, seen = model, set()
+    while hasattr(target, "get_base_model") and id(target) not in seen:  # PEFT: generate() runs on the base model
+        seen.add(id(target))
+        target = target.get_base_model()
+    saved = getattr(target, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int,
                          batch_size: int = 32, adapter_names: Sequence[str] | None = None) -> list[str]:
     """Greedy completions of tokenized prompts, decoded without special tokens, in the prompts' order.
     ``adapter_names`` (one per prompt) routes each prompt through its own adapter of a multi-adapter model.
 
     Prompts are batched by length (fewer pad tokens), left-padded, and generated with the KV cache; each completion
-    ends at the first EOS (or after ``max_new_tokens``). The model's own generation config (sampling, penalties) is
-    not used: evaluation is greedy, so that a run's exact match is reproducible.
+    ends at the first EOS (or after ``max_new_tokens``). The model's own generation config (sampling, penalties,
+    suppressed tokens) is not used (:func:`own_generation_config`): each token is the argmax, so that a run's exact
+    match is reproducible and is what the loss pass's greedy check predicts.
     """
     import torch
     from transformers import GenerationConfig
@@ -269,8 +297,9 @@ def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[list[int]
                 chosen = order[start:start + batch_size]
                 batch = collate([{"input_ids": prompts[i], "attention_mask": [1] * len(prompts[i])} for i in chosen])
                 routing = {"adapter_names": [adapter_names[i] for i in chosen]} if adapter_names is not None else {}
-                out = model.generate(**{k: v.to(device) for k, v in batch.items()}, generation_config=config,
-                                     **routing)
+                with own_generation_config(model):
+                    out = model.generate(**{k: v.to(device) for k, v in batch.items()}, generation_config=config,
+                                         **routing)
                 for i, row in zip(chosen, out[:, batch["input_ids"].shape[1]:].tolist()):
                     if eos is not None and eos in row:
                         row = row[:row.index(eos)]
