@@ -18,7 +18,8 @@ declare -A SCRIPT=([encoder]=benchmarks/reproduce/run.py [decoder]=benchmarks/de
 pids() {  # the runner's own python process and the training processes it started
   local runner=$1 parents
   parents=$(ps -ww -eo pid=,args= | awk -v s="${SCRIPT[$runner]}" '$2 ~ /python/ && index($0, s) {print $1}')
-  for p in $parents; do echo "$p"; ps -o pid= --ppid "$p" || true; done
+  # ps pads a pid to its column's width: " 6901" would make `ps -p 6858, 6901` an improper list
+  for p in $parents; do echo "$p"; ps -o pid= --ppid "$p" | awk '{print $1}' || true; done
 }
 
 case "${1:-status}" in
