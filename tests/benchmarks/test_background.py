@@ -40,3 +40,69 @@ def test_status_lists_a_runner_by_its_script_and_its_training_children(tmp_path)
         if child_file.exists():
             subprocess.run(["kill", child_file.read_text()])
         runner.kill()
+
+
+def _stand_ins(tmp_path, encoder_seconds):
+    """Stand-in grids (python scripts that sleep) and the environment that points background.sh at them."""
+    import sys
+
+    (tmp_path / "encoder_grid.py").write_text(f"import time; time.sleep({encoder_seconds})\n")
+    (tmp_path / "decoder_grid.py").write_text("import time; time.sleep(60)\n")
+    env = {**__import__("os").environ, "BENCH_PYTHON": sys.executable, "BENCH_LOGS": str(tmp_path / "logs"),
+           "BENCH_ENCODER_SCRIPT": str(tmp_path / "encoder_grid.py"),
+           "BENCH_DECODER_SCRIPT": str(tmp_path / "decoder_grid.py")}
+    return env
+
+
+def _processes(script):
+    """Pids of the python processes running ``script``."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if "python" in line.split()[1] and str(script) in line]
+
+
+def _with(env, *args):
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def _wait_for(condition, seconds=20):
+    import time
+
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+def test_the_encoder_runner_hands_its_core_to_a_second_decoder_runner(tmp_path):
+    """An encoder grid with nothing left ends at once: a second decoder runner takes its place, and stop ends both."""
+    env = _stand_ins(tmp_path, encoder_seconds=0)
+    decoder = tmp_path / "decoder_grid.py"
+    try:
+        started = _with(env, "start")
+        assert started.returncode == 0, started.stderr
+        assert "encoder: started" in started.stdout and "decoder: started" in started.stdout
+        assert _wait_for(lambda: len(_processes(decoder)) == 2), _processes(decoder)
+        assert "encoder: not running" in _with(env, "status").stdout
+    finally:
+        _with(env, "stop")
+    assert _wait_for(lambda: not _processes(decoder))
+
+
+def test_stop_does_not_let_the_encoder_runner_hand_over(tmp_path):
+    """Stopped while its grid runs, the encoder runner's shell stops too: no decoder runner starts in its place, and
+    a second start while they run starts nothing."""
+    import time
+
+    env = _stand_ins(tmp_path, encoder_seconds=60)
+    encoder, decoder = tmp_path / "encoder_grid.py", tmp_path / "decoder_grid.py"
+    try:
+        assert _with(env, "start").returncode == 0
+        assert _wait_for(lambda: len(_processes(encoder)) == 1 and len(_processes(decoder)) == 1)
+        again = _with(env, "start")
+        assert "encoder: already running" in again.stdout and "decoder: already running" in again.stdout
+        assert _with(env, "stop").returncode == 0
+        assert _wait_for(lambda: not _processes(encoder) and not _processes(decoder))
+        time.sleep(1)  # a shell left behind would start the second decoder runner now
+        assert not _processes(decoder)
+    finally:
+        _with(env, "stop")
