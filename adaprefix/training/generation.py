@@ -10,7 +10,9 @@ The loss pass already runs the model on every prompt followed by its reference c
 prompts greedy decoding would complete with the reference (the argmax is the reference token at every step, EOS
 included: :func:`~.completion_loss.greedy_agrees`). Given the Trainer's eval rows and its ``compute_metrics``, the
 scorer takes those completions as they are and generates only for the other prompts: the same texts, without
-generating what the loss pass has already checked.
+generating what the loss pass has already checked. Only a float32 evaluation vouches (the margin,
+:data:`~.completion_loss.GREEDY_MARGIN`, is sized to float32 rounding); under mixed precision every prompt is
+generated.
 """
 
 from __future__ import annotations
