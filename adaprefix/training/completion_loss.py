@@ -154,17 +154,18 @@ class CompletionLossMixin:
         if "labels" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
-        checked = self._float32_throughout(model)
         with torch.no_grad(), self.compute_loss_context_manager():
-            nll, count, *agrees = completion_nll(model, inputs, greedy_check=checked)
-        agrees = agrees[0] if checked else torch.zeros_like(count, dtype=torch.bool)  # vouch for nothing
+            if self._float32_throughout(model):
+                nll, count, agrees = completion_nll(model, inputs, greedy_check=True)
+            else:  # vouch for nothing
+                nll, count = completion_nll(model, inputs)
+                agrees = torch.zeros_like(count, dtype=torch.bool)
         loss = (nll.sum() / count.sum().clamp(min=1)).detach()
         if prediction_loss_only:
             return loss, None, None
         fingerprints = row_fingerprints(inputs["input_ids"], inputs.get("attention_mask"))
         columns = [nll, count.to(nll.dtype), agrees.to(nll.dtype), fingerprints.to(nll.dtype)]
         return loss, torch.stack(columns, dim=-1).detach(), inputs["labels"]
-
 
     def _float32_throughout(self, model: Any) -> bool:
         """Whether evaluation computes in float32 end to end, as :data:`GREEDY_MARGIN` assumes: no mixed precision

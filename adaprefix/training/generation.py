@@ -113,10 +113,10 @@ class GenerationScorer:
 
 def _fingerprints(rows: list[list[int]]) -> np.ndarray:
     """:func:`~.completion_loss.row_fingerprints` of unpadded rows, as the loss pass's float32 column holds them."""
-    width = max((len(ids) for ids in rows), default=0)
-    ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in rows], dtype=torch.long).reshape(len(rows), width)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long).reshape(ids.shape)
-    return row_fingerprints(ids, mask).numpy().astype(np.float32)
+    width = max((len(row) for row in rows), default=0)
+    padded = torch.tensor([row + [0] * (width - len(row)) for row in rows], dtype=torch.long).reshape(len(rows), width)
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], dtype=torch.long)
+    return row_fingerprints(padded, mask.reshape(padded.shape)).numpy().astype(np.float32)
 
 
 def write_generation_settings(run: Path, task: GenerationTask, tokenizer: Any,
