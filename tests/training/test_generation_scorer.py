@@ -12,7 +12,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from adaprefix.tasks import CustomGenerationTask
-from adaprefix.tasks.kinds.generation import generate_completions
+from adaprefix.tasks.kinds.generation import generate_completions, own_generation_config
 from adaprefix.training.completion_loss import (GREEDY_MARGIN, greedy_agrees, logits_preprocessor, row_fingerprints,
                                                 trainer_class)
 from adaprefix.training.generation import GenerationScorer
@@ -237,3 +237,39 @@ def test_greedy_is_the_argmax_whatever_the_models_generation_config(learned, tok
     peft = pytest.importorskip("peft")
     wrapped = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]))
     assert generate_completions(wrapped, tok, prompts, 6, batch_size=4) == texts  # LoRA B = 0: the same model
+
+
+def test_generations_that_overlap_on_one_model_leave_its_generation_config_as_it_was(learned, tok):
+    """Two generations on one model that overlap (threads of a server) and end in either order: the model's config
+    stays blank while either runs, and is its own again once both have ended, never a blank one for good."""
+    import copy
+    import threading
+
+    _, model = learned
+    model = copy.deepcopy(model)
+    own = model.generation_config
+    first, second = own_generation_config(model), own_generation_config(model)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first to start ends first: the second still runs
+    assert model.generation_config is not own and model.generation_config.repetition_penalty in (None, 1.0)
+    second.__exit__(None, None, None)
+    assert model.generation_config is own
+
+    prompts = [tok(p)["input_ids"] for p, _ in LEARNED]
+    expected = generate_completions(model, tok, prompts, 6, batch_size=4)
+    results, errors = [], []
+
+    def generate():
+        try:
+            results.append(generate_completions(model, tok, prompts, 6, batch_size=2))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=generate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and results == [expected] * 4
+    assert model.generation_config is own

@@ -29,6 +29,7 @@ training loop. The main metric is exact match.
 from __future__ import annotations
 
 import math
+import threading
 import unicodedata
 from abc import abstractmethod
 from contextlib import contextmanager
@@ -239,6 +240,12 @@ class GenerationTask(Task):
         return {"prediction": generated}
 
 
+# id of a model whose generation config is blanked -> [its own config, how many blocks hold it blank]. Shared by
+# threads: the first block in saves and blanks, the last one out restores, in whatever order they leave.
+_BLANKED: dict[int, list[Any]] = {}
+_BLANKED_LOCK = threading.Lock()
+
+
 @contextmanager
 def own_generation_config(model: Any) -> Iterator[None]:
     """For the block, ``model.generate`` sees no generation config of the model's own.
@@ -246,7 +253,8 @@ def own_generation_config(model: Any) -> Iterator[None]:
     transformers fills every field a passed ``GenerationConfig`` leaves unset from ``model.generation_config``, so an
     Instruct checkpoint's ``repetition_penalty``, ``no_repeat_ngram_size``, ``suppress_tokens`` or ``min_new_tokens``
     would steer a "greedy" evaluation away from the argmax. The model's config (under PEFT, its base model's: the
-    one ``generate`` reads) is a blank one until the block ends.
+    one ``generate`` reads) is a blank one until the last of the blocks open on that model ends, so that threads
+    generating with one model at once never leave it blank, nor restore it under another thread's generation.
     """
     from transformers import GenerationConfig
 
@@ -254,15 +262,26 @@ def own_generation_config(model: Any) -> Iterator[None]:
     while hasattr(target, "get_base_model") and id(target) not in seen:  # PEFT: generate() runs on the base model
         seen.add(id(target))
         target = target.get_base_model()
-    saved = getattr(target, "generation_config", None)
-    if saved is None:
+    if getattr(target, "generation_config", None) is None:
         yield
         return
-    target.generation_config = GenerationConfig()
+    key = id(target)
+    with _BLANKED_LOCK:
+        held = _BLANKED.get(key)
+        if held is None:
+            _BLANKED[key] = [target.generation_config, 1]
+            target.generation_config = GenerationConfig()
+        else:
+            held[1] += 1
     try:
         yield
     finally:
-        target.generation_config = saved
+        with _BLANKED_LOCK:
+            held = _BLANKED[key]
+            held[1] -= 1
+            if held[1] == 0:
+                del _BLANKED[key]
+                target.generation_config = held[0]
 
 
 def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int,
