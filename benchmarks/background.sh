@@ -2,7 +2,7 @@
 # The long accuracy grids as background runners, one thread each (one per core on a 2-core machine):
 #
 #   benchmarks/background.sh start     # start what is not running: the reproduction's issue-24 arms, the decoder grid
-#   benchmarks/background.sh status    # the runners and their training processes
+#   benchmarks/background.sh status    # the runners and their training processes; for one that ended, its log's end
 #   benchmarks/background.sh pause     # SIGSTOP them (before timing anything), `resume` to go on
 #   benchmarks/background.sh stop      # end them; a prefix run resumes from its last epoch on the next start
 #
@@ -36,6 +36,11 @@ chain_pids() {  # the shell waiting to start the second decoder runner once the 
 
 case "${1:-status}" in
   start)
+    if ! command -v "$PY" > /dev/null; then
+      echo "background.sh: no interpreter $PY: run ./setup.sh first (the decoder grid also needs the packages that" \
+           "benchmarks/decoder/README.md installs)" >&2
+      exit 1
+    fi
     mkdir -p "$LOGS"
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
     if [ -n "$(pids encoder)$(chain_pids)" ]; then echo "encoder: already running"; else
@@ -56,7 +61,11 @@ case "${1:-status}" in
   status)
     for runner in encoder decoder; do
       list=$(pids $runner | paste -sd, -)
-      if [ -z "$list" ]; then echo "$runner: not running"; else ps -o pid,stat,etime,args -p "$list" | cut -c1-150; fi
+      if [ -z "$list" ]; then
+        # why it is not running, where its log says (a progress bar's line: its last state)
+        last=$([ -f "$LOGS/$runner.log" ] && tail -n 1 "$LOGS/$runner.log" | tr '\r' '\n' | grep -v '^ *$' | tail -n 1 || true)
+        echo "$runner: not running${last:+ (its log ends: ${last:0:160})}"
+      else ps -o pid,stat,etime,args -p "$list" | cut -c1-150; fi
     done ;;
   *) echo "usage: benchmarks/background.sh start|status|pause|resume|stop" >&2; exit 2 ;;
 esac

