@@ -93,21 +93,32 @@ def at_chosen_rates(records: list[dict], rates: dict[str, float]) -> dict[str, d
     return by_arm
 
 
+def peaked_late(record: dict, last: int = 2) -> bool:
+    """Whether the run's best dev accuracy came in its last ``last`` epochs: a curve that may not have flattened."""
+    return record["best_epoch"] > len(record["epochs"]) - last
+
+
 def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
-    """Per arm at its chosen rate, on one model and task: mean dev accuracy over seeds and the margin to LoRA
-    paired by seed."""
+    """Per arm at its chosen rate, on one model and task: mean dev accuracy over seeds, the margin to LoRA paired by
+    seed, how soon and how late the runs peaked, their size and their time."""
     by_arm = at_chosen_rates(records, rates)
-    lines = ["| arm | rate | seeds | dev accuracy (mean ± sd) | invalid | minus LoRA (paired) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | rate | seeds | dev accuracy (mean ± sd) | invalid | minus LoRA (paired) | steps to 90% (mean) | "
+             "best in the last 2 epochs | trainable | time (mean) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     reference = by_arm.get(REFERENCE, {})
     for arm, runs in sorted(by_arm.items()):
-        accs = [runs[s]["dev"]["accuracy"] for s in sorted(runs)]
+        seeds = [runs[s] for s in sorted(runs)]
+        accs = [r["dev"]["accuracy"] for r in seeds]
         sd = statistics.stdev(accs) * 100 if len(accs) > 1 else float("nan")
         pairs = [runs[s]["dev"]["accuracy"] - reference[s]["dev"]["accuracy"] for s in runs if s in reference]
         margin = f"{100 * statistics.mean(pairs):+.1f} ({len(pairs)})" if pairs and arm != REFERENCE else "-"
-        invalid = statistics.mean(runs[s]["dev"].get("invalid", float("nan")) for s in runs)
+        invalid = statistics.mean(r["dev"].get("invalid", float("nan")) for r in seeds)
+        steps = [s for s in map(steps_to_90, seeds) if s is not None]
         lines.append(f"| {arm} | {rates[arm]:g} | {len(runs)} | {100 * statistics.mean(accs):.1f} ± "
-                     f"{'-' if math.isnan(sd) else f'{sd:.1f}'} | {_cell(invalid)} | {margin} |")
+                     f"{'-' if math.isnan(sd) else f'{sd:.1f}'} | {_cell(invalid)} | {margin} | "
+                     f"{f'{statistics.mean(steps):.0f}' if steps else '-'} | "
+                     f"{sum(map(peaked_late, seeds))} of {len(seeds)} | {seeds[0]['trainable_parameters']:,} | "
+                     f"{statistics.mean(r['train_seconds'] for r in seeds) / 60:.0f} min |")
     return lines
 
 
@@ -220,7 +231,9 @@ def markdown(records: list[dict], curves: Path = CURVES) -> str:
     rates = chosen_rates(records)
     lines += ["", "## Each arm at its chosen rate", "",
               "The rate: the arm's best seed-1 dev accuracy in the SmolLM2 CB sweep, which RTE and Gemma take too. "
-              "Arms whose sweep is not complete are left out here (their runs are below)."]
+              "Arms whose sweep is not complete are left out here (their runs are below). A run whose best epoch is one of "
+              "its last two may not have flattened: more epochs might have helped it. Time is wall time, pauses "
+              "included: an upper bound."]
     if not rates:
         lines += ["", "No arm's sweep is complete yet."]
     for model, task in sorted({(r["model"], r["task"]) for r in records}, key=lambda mt: (mt[0] != "smollm2", mt)):

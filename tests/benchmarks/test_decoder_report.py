@@ -62,7 +62,18 @@ def test_margins_are_paired_by_task_and_seed(report):
     margins = report.paired_margins(records, rates, "exact", "lora")
     assert margins == pytest.approx([-5.0, 10.0, -5.0, -10.0])  # cb s1, cb s2, rte s1, rte s2
     table = "\n".join(report.summary_table([r for r in records if r["task"] == "cb-t2t"], rates))
-    assert "| exact | 0.01 | 2 | 75.0 ± 7.1 | 0.0 | +2.5 (2) |" in table
+    assert "| exact | 0.01 | 2 | 75.0 ± 7.1 | 0.0 | +2.5 (2) | 96 | 2 of 2 | 10 | 1 min |" in table
+
+
+def test_the_summary_says_how_soon_and_how_late_the_runs_peaked(report):
+    records = _grid(_by([0.70, 0.80, 0.60, 0.50]), _by([0.75] * 4), _by([0.5] * 4), _by([0.6] * 4))
+    early = next(r for r in records if r["arm"] == "exact" and r["seed"] == 2)
+    early["epochs"] = [{"epoch": e, "step": 32 * e, "dev_accuracy": a} for e, a in ((1, 0.8), (2, 0.6), (3, 0.7))]
+    early["best_epoch"], early["train_seconds"] = 1, 300.0
+    table = "\n".join(report.summary_table([r for r in records if r["task"] == "cb-t2t"], report.chosen_rates(records)))
+    # seed 1 reaches 90% of its best at its third epoch (step 96), seed 2 at its first (32); only seed 1 peaked late
+    assert "| exact | 0.01 | 2 | 75.0 ± 7.1 | 0.0 | +0.0 (2) | 64 | 1 of 2 | 10 | 3 min |" in table
+    assert report.peaked_late(early) is False and report.peaked_late(early, last=3) is True
 
 
 @pytest.mark.parametrize("exact, verdict", [
