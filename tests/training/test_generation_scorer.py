@@ -255,6 +255,9 @@ def test_generations_that_overlap_on_one_model_leave_its_generation_config_as_it
     assert model.generation_config is not own and model.generation_config.repetition_penalty in (None, 1.0)
     second.__exit__(None, None, None)
     assert model.generation_config is own
+    with own_generation_config(model):  # nothing of the two blocks is left over: the next one blanks it again
+        assert model.generation_config is not own
+    assert model.generation_config is own
 
     prompts = [tok(p)["input_ids"] for p, _ in LEARNED]
     expected = generate_completions(model, tok, prompts, 6, batch_size=4)
