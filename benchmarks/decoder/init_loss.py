@@ -7,7 +7,7 @@ PEFT's LLaMA-Adapter and LoRA, which start at the base model by construction.
     python benchmarks/decoder/init_loss.py            # cb-t2t, 16 dev examples; writes results/init_loss.json
     python benchmarks/decoder/init_loss.py --model gemma3-270m    # writes results/init_loss-gemma3-270m.json
 
-Needs the dequantised model: SmolLM2's is made by run.py when missing; Gemma's by `adaprefix install gemma3-270m`.
+Needs the packaged backbones: `adaprefix install smollm2-135m` (and `gemma3-270m`).
 PEFT's LLaMA-Adapter knows only some architectures (not Gemma 3): where it refuses a model, its row says why.
 """
 
@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prefix-length", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--cache", type=Path, default=HERE / "cache")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE.parents[1]))
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     from adaprefix.analysis.run_info import run_metadata
     from adaprefix.tasks import get_task
     from grid import model_path
-    from run import GGUF_PACKAGE, converted_model, peft_config
+    from run import peft_config
 
     def peft_loss(model, kind: str, path) -> float:
         """The completion loss with a freshly made PEFT adapter (LoRA's B and LLaMA-Adapter's gates start at 0)."""
@@ -55,15 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
             sums = task.preprocess_logits_for_metrics(wrapped(**batch).logits, batch["labels"])
         return float(sums[:, 0].sum() / sums[:, 1].sum())
 
-    if args.model == "smollm2":
-        path, described, packages = converted_model(args.cache), "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)", \
-            ("gguf", GGUF_PACKAGE.replace("_", "-"))
-    else:
-        from adaprefix.backbones.packaged import PACKAGED
+    from adaprefix.backbones.packaged import PACKAGED
+    from grid import PACKAGED_NAMES
 
-        backbone = PACKAGED[args.model]
-        path, described = model_path(args.model), backbone.description
-        packages = ("gguf", *(spec.split("==")[0] for spec in backbone.requirements))
+    backbone = PACKAGED[PACKAGED_NAMES.get(args.model, args.model)]
+    path, described = model_path(args.model), backbone.description
+    packages = ("gguf", *(spec.split("==")[0] for spec in backbone.requirements))
     task = get_task(args.task)
     tokenizer = task.load_tokenizer(path)
     examples = task.load("dev", args.data_dir)[: args.examples]

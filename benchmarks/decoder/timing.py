@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> dict:
     from adaprefix.tasks import get_task
     from adaprefix.training.completion_loss import completion_nll
     from adaprefix.training.generation import GenerationScorer
-    from run import converted_model, peft_config
+    from grid import model_path
+    from run import peft_config
 
     grid = yaml.safe_load((HERE / "grid.yaml").read_text())
     defaults, text = grid["defaults"], grid["tasks"][args.task].get("init_text")
-    path = converted_model(HERE / "cache")
+    path = model_path("smollm2")
     task = get_task(args.task)
     tokenizer = task.load_tokenizer(path)
     train = task.load("train")[: defaults["batch_size"] * (args.steps + 1)]

@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     from adaprefix.tasks import get_task
     from adaprefix.training.completion_loss import GREEDY_MARGIN, logits_preprocessor, trainer_class
     from adaprefix.training.generation import GenerationScorer
-    from run import converted_model
+    from grid import model_path
 
-    base = converted_model(HERE / "cache")
+    base = model_path("smollm2")
     task = get_task("cb-t2t")
     dev = task.load("dev")
     results = {}
