@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The long accuracy grids as background runners, one thread each (one per core on a 2-core machine):
+# The long accuracy grids as background runners, one thread each (one per core on a 2-core machine). On a fresh
+# machine, first: ./setup.sh --with smollm2-135m --with gemma3-270m (the decoder grid's two models).
 #
 #   benchmarks/background.sh start     # start what is not running: the reproduction's issue-24 arms, the decoder grid
 #   benchmarks/background.sh status    # the runners and their training processes; for one that ended, its log's end
@@ -37,8 +38,8 @@ chain_pids() {  # the shell waiting to start the second decoder runner once the 
 case "${1:-status}" in
   start)
     if ! command -v "$PY" > /dev/null; then
-      echo "background.sh: no interpreter $PY: run ./setup.sh first (the decoder grid also needs the packages that" \
-           "benchmarks/decoder/README.md installs)" >&2
+      echo "background.sh: no interpreter $PY: run ./setup.sh --with smollm2-135m --with gemma3-270m first (the" \
+           "decoder grid's models)" >&2
       exit 1
     fi
     mkdir -p "$LOGS"
