@@ -55,6 +55,13 @@ def steps_to_90(record: dict) -> int | None:
     return next(e["step"] for e in epochs if e["dev_accuracy"] >= 0.9 * best)
 
 
+def run_seconds(record: dict) -> float:
+    """A run's wall time over all its sittings: its ``train_seconds``, or its last epoch's ``elapsed_seconds`` where
+    that is more (a PEFT run resumed before run.py counted every sitting recorded its last sitting's time alone)."""
+    last = record["epochs"][-1].get("elapsed_seconds") if record["epochs"] else None
+    return max(record["train_seconds"], last or 0.0)
+
+
 def _cell(value, digits: int = 1, scale: float = 100.0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -69,7 +76,7 @@ def run_table(records: list[dict]) -> list[str]:
         lines.append(f"| {r['arm']} s{r['seed']} | {r['learning_rate']:g} | {_cell(dev.get('accuracy'))} | "
                      f"{_cell(dev.get('invalid'))} | {_cell(dev.get('completion_loss'), 3, 1.0)} | "
                      f"{r['best_epoch']} / {len(r['epochs'])} | {steps_to_90(r) or '-'} | "
-                     f"{r['trainable_parameters']:,} | {r['train_seconds'] / 60:.0f} min |")
+                     f"{r['trainable_parameters']:,} | {run_seconds(r) / 60:.0f} min |")
     return lines
 
 
@@ -118,7 +125,7 @@ def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
                      f"{'-' if math.isnan(sd) else f'{sd:.1f}'} | {_cell(invalid)} | {margin} | "
                      f"{f'{statistics.mean(steps):.0f}' if steps else '-'} | "
                      f"{sum(map(peaked_late, seeds))} of {len(seeds)} | {seeds[0]['trainable_parameters']:,} | "
-                     f"{statistics.mean(r['train_seconds'] for r in seeds) / 60:.0f} min |")
+                     f"{statistics.mean(map(run_seconds, seeds)) / 60:.0f} min |")
     return lines
 
 

@@ -177,7 +177,7 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
     scorer = GenerationScorer(task, tokenizer, {"dev": dev}, args.max_length, args.eval_batch_size,
                               eval_rows={"dev": dev_rows})
     recorder = EpochRecorder(out, ["dev"], f"dev_{task.main_metric}", save_best=lambda: None, history=history,
-                             extra_metrics=scorer)
+                             extra_metrics=scorer, started=started)
     training = TrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size, learning_rate=learning_rate, weight_decay=0.0,
@@ -199,7 +199,9 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
     return {"best_epoch": best["epoch"], "dev": {k.removeprefix("dev_"): v for k, v in best.items()
                                                  if k.startswith("dev_")},
             "epochs": history, "trainable_parameters": trainable, "total_parameters": total,
-            "train_seconds": time.time() - started, "train_examples": len(train_examples)}
+            # every sitting's time, as adaprefix's own runs count it (a resumed run's last sitting alone is less)
+            "train_seconds": recorder.elapsed_seconds(), "sitting_seconds": time.time() - started,
+            "train_examples": len(train_examples)}
 
 
 def markdown(result: dict) -> str:

@@ -43,6 +43,8 @@ def test_a_peft_run_resumes_from_its_last_epoch_checkpoint(tmp_path):
     second = bench.train_peft(args, "lora", 1e-3, model, str(data), out, resume=True)
     assert [e["epoch"] for e in second["epochs"]] == [1, 2] and [e["step"] for e in second["epochs"]] == [2, 4]
     assert second["epochs"][0] == first["epochs"][0]
+    # its time counts both sittings: the first's, up to the epoch resumed from, and all of this one's
+    assert second["train_seconds"] >= first["epochs"][0]["elapsed_seconds"] + second["sitting_seconds"] - 0.05
     third = bench.train_peft(args, "lora", 1e-3, model, str(data), out, resume=False)  # asked afresh: starts over
     assert [e["epoch"] for e in third["epochs"]] == [1, 2]
 

@@ -151,3 +151,14 @@ def test_the_start_table_has_a_column_per_model_and_says_where_peft_refused_one(
                          "| llama-adapter (PEFT) | 4.130 | refused by PEFT |",
                          "| exact, from the label words ('yes no') | - | 4.660 |"]
     assert report.init_table([]) == ["(no results/init_loss.json: run init_loss.py)"]
+
+
+def test_a_runs_time_counts_every_sitting_even_where_its_train_seconds_counted_the_last(report):
+    resumed = record("lora", 0.01, 1, 0.7)
+    resumed["epochs"][-1]["elapsed_seconds"], resumed["train_seconds"] = 5398.0, 3787.0  # an early PEFT record
+    assert report.run_seconds(resumed) == 5398.0
+    whole = record("apt", 0.01, 1, 0.7)
+    whole["epochs"][-1]["elapsed_seconds"], whole["train_seconds"] = 2890.3, 2897.8  # the time after the last epoch
+    assert report.run_seconds(whole) == 2897.8
+    assert report.run_seconds(record("pt2", 0.01, 1, 0.7)) == 60.0  # epochs without times
+    assert "| lora s1 | 0.01 | 70.0 | 0.0 | 0.400 | 3 / 3 | 96 | 10 | 90 min |" in report.run_table([resumed])
