@@ -248,19 +248,22 @@ def test_generations_that_overlap_on_one_model_leave_its_generation_config_as_it
     _, model = learned
     model = copy.deepcopy(model)
     own = model.generation_config
+    prompts = [tok(p)["input_ids"] for p, _ in LEARNED]
+    expected = generate_completions(model, tok, prompts, 6, batch_size=4)
+    assert expected[0] == "d"
+    # the model's own settings would change what it generates, were they used: its first answer's first token
+    own.suppress_tokens = tok(LEARNED[0][1], add_special_tokens=False)["input_ids"][:1]
     first, second = own_generation_config(model), own_generation_config(model)
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)  # the first to start ends first: the second still runs
-    assert model.generation_config is not own and model.generation_config.repetition_penalty in (None, 1.0)
+    assert model.generation_config is not own and not model.generation_config.suppress_tokens
     second.__exit__(None, None, None)
     assert model.generation_config is own
     with own_generation_config(model):  # nothing of the two blocks is left over: the next one blanks it again
         assert model.generation_config is not own
     assert model.generation_config is own
 
-    prompts = [tok(p)["input_ids"] for p, _ in LEARNED]
-    expected = generate_completions(model, tok, prompts, 6, batch_size=4)
     results, errors = [], []
 
     def generate():

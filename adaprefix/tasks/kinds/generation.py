@@ -269,8 +269,8 @@ def own_generation_config(model: Any) -> Iterator[None]:
     with _BLANKED_LOCK:
         held = _BLANKED.get(key)
         if held is None:
-            _BLANKED[key] = [target.generation_config, 1]
-            target.generation_config = GenerationConfig()
+            own, target.generation_config = target.generation_config, GenerationConfig()
+            _BLANKED[key] = [own, 1]  # only once blanked: a failure above leaves no holder behind
         else:
             held[1] += 1
     try:
