@@ -26,8 +26,10 @@ def test_shares_are_averaged_over_heads_and_real_queries_only(prefix_mass):
     weights = torch.zeros(1, 2, 3, 5)
     weights[0, 0, :, 0], weights[0, 1, :, 1] = 0.5, 0.1   # head 0: 0.5 on the prefix, head 1: 0.1
     weights[0, :, 2, :2] = 1.0                             # the pad query: all on the prefix, not counted
-    shares = prefix_mass.prefix_shares([weights, weights * 0], torch.tensor([[1, 1, 0]]))
+    shares = prefix_mass.prefix_shares([weights, weights * 0], torch.tensor([[1, 1, 0]]), prefix_length=2)
     assert shares == pytest.approx([0.3, 0.0])
+    with pytest.raises(ValueError, match="expected 3 prefix columns, got 2"):
+        prefix_mass.prefix_shares([weights], torch.tensor([[1, 1, 0]]), prefix_length=3)
 
 
 def test_the_prefix_columns_come_first_in_the_attention_weights():
