@@ -64,7 +64,8 @@ case "${1:-status}" in
       list=$(pids $runner | paste -sd, -)
       if [ -z "$list" ]; then
         # why it is not running, where its log says (a progress bar's line: its last state)
-        last=$([ -f "$LOGS/$runner.log" ] && tail -n 5 "$LOGS/$runner.log" | tr '\r' '\n' | grep -v '^ *$' | tail -n 1 || true)
+        log="$LOGS/$runner.log"
+        last=$([ -f "$log" ] && tail -n 5 "$log" | tr '\r' '\n' | grep -v '^ *$' | tail -n 1 || true)
         echo "$runner: not running${last:+ (its log ends: ${last:0:160})}"
       else ps -o pid,stat,etime,args -p "$list" | cut -c1-150; fi
     done ;;

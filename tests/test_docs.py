@@ -23,6 +23,7 @@ from adaprefix.config import AdaptivePrefixConfig, METHODS
 from adaprefix.training.config import TRAIN_METHODS, load_train_config, run_fields, section_fields
 
 from .doc_blocks import DOCS, ROOT, code_blocks, run_python_blocks
+from .script_helpers import load_script
 
 PAGES = sorted(DOCS.rglob("*.md"))
 BUILD_SECONDS = 30   # in-process, after the imports the tests share; about 3 s on 2 busy cores
@@ -281,11 +282,7 @@ def test_backbone_table_lists_every_packaged_backbone():
 
 def test_figure_script_draws_the_committed_figure(tmp_path, monkeypatch):
     """docs/img/apt-layer.svg is what docs/figures/apt_layer.py draws now (the figure and its script agree)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("apt_layer", DOCS / "figures" / "apt_layer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(DOCS / "figures" / "apt_layer.py", "apt_layer")
     import matplotlib
 
     monkeypatch.setattr(module, "OUT", tmp_path / "apt-layer.svg")

@@ -48,41 +48,43 @@ def test_mpnet_with_apt_keeps_the_base_model_behind_disable_and_its_embeddings_a
     assert model.adaprefix.prefix.embedding.grad.abs().sum() > 0
 
 
-@pytest.mark.slow
-@_installed("gemma3-270m")
-def test_gemma3_270m_from_gguf_generates_with_apt_as_by_recomputation():
-    path = PACKAGED["gemma3-270m"].locate()
-    record = conversion_record(path)
-    assert record["model_type"] == "gemma3_text" and "not the original checkpoint" in record["note"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
-    config = model.config
-    assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads) == (18, 640, 1)
-    assert {"sliding_attention", "full_attention"} == set(config.layer_types)
-    ids = tokenizer(["Monday, Tuesday, Wednesday,"], return_tensors="pt")["input_ids"]
+def _decoder(name):
+    """A packaged decoder's tokenizer and model, loaded from its converted folder."""
+    path = PACKAGED[name].locate()
+    return path, transformers.AutoTokenizer.from_pretrained(path), \
+        transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def _continues_then_generates_with_apt_as_by_recomputation(tokenizer, model, prompt, expected):
+    """The dequantised model continues ``prompt`` with ``expected`` (the conversion kept real weights); with APT
+    attached, greedy generation with the KV cache equals recomputing each token without it."""
+    ids = tokenizer([prompt], return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        # The dequantised base model still continues the obvious (a check that the conversion kept real weights).
-        assert tokenizer.decode(model(input_ids=ids).logits[0, -1].argmax()).strip() == "Thursday"
+        assert tokenizer.decode(model(input_ids=ids).logits[0, -1].argmax()).strip() == expected
         attach(model, AdaptivePrefixConfig(prefix_length=4, prefix_init_std=0.02, token_gate_weight_std=0.02))
         generated = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
         recomputed = model(input_ids=generated).logits[:, ids.shape[1] - 1:-1].argmax(-1)
         assert torch.equal(recomputed, generated[:, ids.shape[1]:])
+
+
+@pytest.mark.slow
+@_installed("gemma3-270m")
+def test_gemma3_270m_from_gguf_generates_with_apt_as_by_recomputation():
+    path, tokenizer, model = _decoder("gemma3-270m")
+    record = conversion_record(path)
+    assert record["model_type"] == "gemma3_text" and "not the original checkpoint" in record["note"]
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads) == (18, 640, 1)
+    assert {"sliding_attention", "full_attention"} == set(config.layer_types)
+    _continues_then_generates_with_apt_as_by_recomputation(tokenizer, model, "Monday, Tuesday, Wednesday,", "Thursday")
 
 
 @pytest.mark.slow
 @_installed("smollm2-135m")
 def test_smollm2_from_gguf_is_a_grouped_query_llama_that_generates_with_apt_as_by_recomputation():
-    path = PACKAGED["smollm2-135m"].locate()
+    path, tokenizer, model = _decoder("smollm2-135m")
     assert conversion_record(path)["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
     config = model.config
     assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 30, 576)
     assert (config.num_attention_heads, config.num_key_value_heads) == (9, 3)
-    ids = tokenizer(["The capital of France is"], return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        assert tokenizer.decode(model(input_ids=ids).logits[0, -1].argmax()).strip() == "Paris"
-        attach(model, AdaptivePrefixConfig(prefix_length=4, prefix_init_std=0.02, token_gate_weight_std=0.02))
-        generated = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
-        recomputed = model(input_ids=generated).logits[:, ids.shape[1] - 1:-1].argmax(-1)
-        assert torch.equal(recomputed, generated[:, ids.shape[1]:])
+    _continues_then_generates_with_apt_as_by_recomputation(tokenizer, model, "The capital of France is", "Paris")

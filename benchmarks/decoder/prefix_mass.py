@@ -3,10 +3,10 @@
     python benchmarks/decoder/prefix_mass.py      # smollm2 and gemma3-270m; writes results/prefix_mass.json
 
 A P-tuning v2 prefix (16 tokens, init std 0.02, seed 0) is attached to each grid model, and one eager-attention
-forward over the first 16 dev examples of cb-t2t (init_loss.py's) returns the attention weights. A pseudo token's share, for one query,
-is the softmax weight on the prefix columns; it is averaged over heads, then over every real (unpadded) query, per
-layer. That share is what the real tokens' outputs lose at init (they are scaled by 1 - share), so it explains the
-completion losses of `init_loss.py`: SmolLM2's is moved far more than Gemma 3's.
+forward over the first 16 dev examples of cb-t2t (init_loss.py's) returns the attention weights. The prefix's share,
+for one query, is the softmax weight on the prefix columns; it is averaged over heads, then over every real
+(unpadded) query, per layer. That share is what the real tokens' outputs lose at init (they are scaled by
+1 - share), so it explains the completion losses of `init_loss.py`: SmolLM2's is moved far more than Gemma 3's.
 """
 
 from __future__ import annotations

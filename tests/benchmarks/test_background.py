@@ -113,7 +113,8 @@ def test_stop_does_not_let_the_encoder_runner_hand_over(tmp_path):
 def test_start_without_the_interpreter_says_to_set_up_first_and_starts_nothing(tmp_path):
     env = {**_stand_ins(tmp_path, encoder_seconds=0), "BENCH_PYTHON": str(tmp_path / "no-venv" / "python")}
     done = _with(env, "start")
-    assert done.returncode == 1 and "run ./setup.sh --with smollm2-135m --with gemma3-270m first" in done.stderr and "started" not in done.stdout
+    assert done.returncode == 1 and "started" not in done.stdout
+    assert "run ./setup.sh --with smollm2-135m --with gemma3-270m first" in done.stderr
     assert not (tmp_path / "logs").exists()
 
 

@@ -1,17 +1,16 @@
 """benchmarks/decoder/run.py runs end to end (--dry-run: a tiny random decoder, made-up CB data) and writes its JSON,
 with run metadata and every method's epoch records, and the markdown table."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decoder" / "run.py"
 
 
 def test_decoder_benchmark_dry_run_writes_json_and_table(tmp_path):
-    spec = importlib.util.spec_from_file_location("decoder_bench", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(SCRIPT, "decoder_bench")
     bench.main(["--dry-run", "--out", str(tmp_path), "--epochs", "1", "--prefix-length", "4"])
     result = json.loads((tmp_path / "cb-t2t.json").read_text())
     assert list(result["runs"]) == ["pt2", "apt", "lora"]
@@ -30,9 +29,7 @@ def test_a_peft_run_resumes_from_its_last_epoch_checkpoint(tmp_path):
     """The grid's PEFT arms keep a checkpoint per epoch, so a sitting that ends mid-run loses at most an epoch."""
     import argparse
 
-    spec = importlib.util.spec_from_file_location("decoder_bench", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(SCRIPT, "decoder_bench")
     model, data = bench.dry_run_inputs(tmp_path / "inputs")
     out = tmp_path / "lora"
     args = argparse.Namespace(task="cb-t2t", epochs=1, batch_size=2, eval_batch_size=4, max_length=64, seed=1,
@@ -60,9 +57,7 @@ def test_vouching_measures_drift_with_the_positions_generation_uses(monkeypatch)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from decoder_helpers import tiny_llama
 
-    spec = importlib.util.spec_from_file_location("vouching", SCRIPT.parent / "vouching.py")
-    vouching = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vouching)
+    vouching = load_script(SCRIPT.parent / "vouching.py", "vouching")
 
     class Tok:
         pad_token_id, eos_token_id = 0, 2

@@ -1,21 +1,19 @@
 """benchmarks/decoder/report.py on made-up records: the chosen rates, margins paired by task and seed, the moonshot's
 verdict, and the learning-curve plot."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decoder" / "report.py"
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("decoder_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "decoder_report")
 
 
 def record(arm, rate, seed, accuracy, task="cb-t2t", experiment="sweep", model="smollm2"):
@@ -114,9 +112,7 @@ def test_the_untuned_model_table_shows_both_readings_beside_the_majority_class(r
 
 
 def test_the_untuned_model_is_read_on_its_first_word():
-    spec = importlib.util.spec_from_file_location("zero_shot", SCRIPT.with_name("zero_shot.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT.with_name("zero_shot.py"), "zero_shot")
     assert module.first_word(" no\n\nThe answer is no.") == "no"
     assert module.first_word(" \n ") == ""
 

@@ -1,7 +1,6 @@
 """benchmarks/decoder/prefix_mass.py: the share of attention a prefix takes, read from eager attention weights whose
 prefix columns come first."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,16 +8,14 @@ import torch
 
 from adaprefix import AdaptivePrefixConfig, attach
 from decoder_helpers import tiny_llama
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decoder" / "prefix_mass.py"
 
 
 @pytest.fixture(scope="module")
 def prefix_mass():
-    spec = importlib.util.spec_from_file_location("prefix_mass", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "prefix_mass")
 
 
 def test_shares_are_averaged_over_heads_and_real_queries_only(prefix_mass):

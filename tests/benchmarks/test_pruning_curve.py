@@ -1,12 +1,11 @@
 """benchmarks/pruning/prune_curve.py: the thresholds that keep given shares of a run's pseudo tokens."""
 
-import importlib.util
 from pathlib import Path
 
+from script_helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pruning" / "prune_curve.py"
-spec = importlib.util.spec_from_file_location("prune_curve", SCRIPT)
-CURVE = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(CURVE)
+CURVE = load_script(SCRIPT, "prune_curve")
 
 
 def kept(max_gates, threshold):

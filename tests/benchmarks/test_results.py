@@ -1,7 +1,6 @@
 """Committed results can be regenerated and name no machine: every plot redraws from its committed JSON with the
 command written beside it, and no result file holds an absolute path of the machine that made it."""
 
-import importlib.util
 import json
 import re
 import struct
@@ -15,6 +14,7 @@ BENCHMARKS = REPO / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS / "reproduce"))
 import grid as G  # noqa: E402
 import report as R  # noqa: E402
+from script_helpers import load_script  # noqa: E402
 
 PNGS = sorted(BENCHMARKS.rglob("*.png"))
 RESULT_FILES = sorted(p for p in BENCHMARKS.rglob("*") if p.suffix in (".json", ".jsonl", ".md", ".txt")
@@ -32,9 +32,7 @@ def redraw(png: Path, out: Path) -> Path:
     """Redraw one committed plot into ``out`` with the command its README names; the redrawn file's path."""
     where = png.relative_to(BENCHMARKS)
     if where.parts[:2] == ("compare", "results"):  # benchmarks/compare/README.md: plot.py results/<name>.json
-        spec = importlib.util.spec_from_file_location("compare_plot", BENCHMARKS / "compare" / "plot.py")
-        plot = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(plot)
+        plot = load_script(BENCHMARKS / "compare" / "plot.py", "compare_plot")
         plot.main([str(png.with_suffix(".json")), "--out-dir", str(out)])
         return out / png.name
     if where.parts[:2] == ("reproduce", "results"):  # benchmarks/reproduce/README.md: report.py
@@ -43,15 +41,11 @@ def redraw(png: Path, out: Path) -> Path:
         R.build_report(records, G.load_grid(), plots=out)
         return out / where.relative_to("reproduce/results")
     if where.parts[:2] == ("pruning", "results"):  # benchmarks/pruning/prune_curve.py with no run: redraws
-        spec = importlib.util.spec_from_file_location("prune_curve", BENCHMARKS / "pruning" / "prune_curve.py")
-        curve = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(curve)
+        curve = load_script(BENCHMARKS / "pruning" / "prune_curve.py", "prune_curve")
         curve.plot(json.loads(png.with_suffix(".json").read_text()), out / png.name)
         return out / png.name
     if where.parts[:2] == ("decoder", "results"):  # benchmarks/decoder/report.py, from results/runs.jsonl
-        spec = importlib.util.spec_from_file_location("decoder_report", BENCHMARKS / "decoder" / "report.py")
-        report = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(report)
+        report = load_script(BENCHMARKS / "decoder" / "report.py", "decoder_report")
         report.markdown(report.read_records(), curves=out / png.name)
         return out / png.name
     raise AssertionError(f"{where}: no command redraws this plot from committed JSON; add one (and to this test)")
