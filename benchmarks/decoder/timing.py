@@ -8,8 +8,8 @@ first step is warm-up and not counted), then one evaluation as a run does it: th
 their labels (the Trainer's ``evaluate``) and greedy generation of the label word (``GenerationScorer``, batched,
 with the KV cache), both over ``--dev`` dev examples. The training step and the loss pass are timed both ways,
 interleaved: with the LM head over every position (transformers' own loss) and over the completion positions only
-(``completion_nll``, what runs use). Run it on an otherwise idle machine: the grid runners pause it
-is not (stop them first, e.g. ``kill -STOP``).
+(``completion_nll``, what runs use). Run it on an otherwise idle machine: pause the grid runners first
+(``benchmarks/background.sh pause``, then ``resume``).
 """
 
 from __future__ import annotations
