@@ -431,40 +431,46 @@ class _FusedGatedAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        query, key, value, pk, pv, gate, wgate, mask, out, lse = ctx.saved_tensors
-        batch, heads, q_len, head_dim = query.shape
-        groups, length = pk.shape[1], pk.shape[2]
-        rep, ct = heads // groups, lse.dtype
-        grad_out = grad_out.contiguous()
-        q, kernel_mask, _ = _kernel_inputs(query, key, mask)
-        shape = q.shape  # the kernel's view of the query: (B, H, T, hd), or (B, G, R, hd) when folded
-        grad_q, grad_k, grad_v = _flash_backward(
-            grad_out.view(shape), q, key, value, out.view(shape), lse.view(shape[:-1]), 0.0, ctx.causal,
-            attn_mask=kernel_mask, scale=ctx.scale)
-        grad_q = grad_q.reshape(query.shape)
-        inputs = {i: t for i, t in zip((0, 3, 4, 5, 6), (query, pk, pv, gate, wgate)) if t is not None}
-        wanted = [i for i in inputs if ctx.needs_input_grad[i]]
-        grads = {}
-        if wanted:
-            with torch.enable_grad():
-                leaves = {i: t.detach().requires_grad_(i in wanted) for i, t in inputs.items()}
-                a, w = _heads_gate(leaves.get(5), ct), _heads_gate(leaves.get(6), ct)  # (B, 1, 1, T, l)
-                g = _cast(grad_out, ct)
-                d = (g * _cast(out, ct)).sum(dim=-1).view(batch, groups, rep, q_len, 1)
-                logits = _prefix_logits(leaves[0], leaves[3], a, ctx.scale, ct)  # (B, G, R, T, l)
-                # Clamped as weighted_softmax clamps: exp overflows where g is below exp(-80) (and is 0 there).
-                probs = torch.exp((logits - lse.view(batch, groups, rep, q_len, 1)).clamp(max=80.0))
-                if w is not None:
-                    probs = probs * w
-                g_dot_pv = torch.matmul(g.reshape(batch, groups, rep * q_len, head_dim),
-                                        _cast(leaves[4], ct).transpose(-1, -2))  # (B, G, R*T, l)
-                g_dot_pv = g_dot_pv.view(batch, groups, rep, q_len, length)
-                surrogate = (probs * ((g_dot_pv if a is None else a * g_dot_pv) - d)).sum()
-                found = torch.autograd.grad(surrogate, [leaves[i] for i in wanted])
-            grads = {i: _cast(g_i, leaves[i].dtype) for i, g_i in zip(wanted, found)}
-        if 0 in grads:
-            grad_q = grad_q + grads[0]
-        return (grad_q, grad_k, grad_v, grads.get(3), grads.get(4), grads.get(5), grads.get(6), None, None, None)
+        # The math lives in a plain function: mutmut (the core's mutation testing) skips decorated ones.
+        return _fused_backward(ctx.saved_tensors, ctx.needs_input_grad, ctx.scale, ctx.causal, grad_out)
+
+
+def _fused_backward(saved, needs_input_grad, scale: float, causal: bool, grad_out):
+    """:class:`_FusedGatedAttention`'s gradients, from its saved tensors (see there)."""
+    query, key, value, pk, pv, gate, wgate, mask, out, lse = saved
+    batch, heads, q_len, head_dim = query.shape
+    groups, length = pk.shape[1], pk.shape[2]
+    rep, ct = heads // groups, lse.dtype
+    grad_out = grad_out.contiguous()
+    q, kernel_mask, _ = _kernel_inputs(query, key, mask)
+    shape = q.shape  # the kernel's view of the query: (B, H, T, hd), or (B, G, R, hd) when folded
+    grad_q, grad_k, grad_v = _flash_backward(
+        grad_out.view(shape), q, key, value, out.view(shape), lse.view(shape[:-1]), 0.0, causal,
+        attn_mask=kernel_mask, scale=scale)
+    grad_q = grad_q.reshape(query.shape)
+    inputs = {i: t for i, t in zip((0, 3, 4, 5, 6), (query, pk, pv, gate, wgate)) if t is not None}
+    wanted = [i for i in inputs if needs_input_grad[i]]
+    grads = {}
+    if wanted:
+        with torch.enable_grad():
+            leaves = {i: t.detach().requires_grad_(i in wanted) for i, t in inputs.items()}
+            a, w = _heads_gate(leaves.get(5), ct), _heads_gate(leaves.get(6), ct)  # (B, 1, 1, T, l)
+            g = _cast(grad_out, ct)
+            d = (g * _cast(out, ct)).sum(dim=-1).view(batch, groups, rep, q_len, 1)
+            logits = _prefix_logits(leaves[0], leaves[3], a, scale, ct)  # (B, G, R, T, l)
+            # Clamped as weighted_softmax clamps: exp overflows where g is below exp(-80) (and is 0 there).
+            probs = torch.exp((logits - lse.view(batch, groups, rep, q_len, 1)).clamp(max=80.0))
+            if w is not None:
+                probs = probs * w
+            g_dot_pv = torch.matmul(g.reshape(batch, groups, rep * q_len, head_dim),
+                                    _cast(leaves[4], ct).transpose(-1, -2))  # (B, G, R*T, l)
+            g_dot_pv = g_dot_pv.view(batch, groups, rep, q_len, length)
+            surrogate = (probs * ((g_dot_pv if a is None else a * g_dot_pv) - d)).sum()
+            found = torch.autograd.grad(surrogate, [leaves[i] for i in wanted])
+        grads = {i: _cast(g_i, leaves[i].dtype) for i, g_i in zip(wanted, found)}
+    if 0 in grads:
+        grad_q = grad_q + grads[0]
+    return (grad_q, grad_k, grad_v, grads.get(3), grads.get(4), grads.get(5), grads.get(6), None, None, None)
 
 
 def fused_per_query_gated_attention(module, query, key, value, attention_mask, prefix: LayerPrefix, scaling=None,

@@ -51,7 +51,6 @@ def last_token_gates(model: nn.Module) -> torch.Tensor | None:
     return torch.stack(per_layer, dim=1)  # (B, N, l)
 
 
-@torch.no_grad()
 def collect_token_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
     """Run the model over ``batches`` (dicts of model inputs) in eval mode; stack the token gates: (examples, N, l)."""
     was_training = model.training
@@ -61,7 +60,8 @@ def collect_token_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.T
     try:
         for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            model(**inputs)
+            with torch.no_grad():
+                model(**inputs)
             gates = last_token_gates(model)
             if gates is None:
                 raise ConfigError(f"method: {model.adapter_config.method!r} has no token gate to collect; "

@@ -44,7 +44,6 @@ class PruneResult:
         return [len(k) for k in self.kept]
 
 
-@torch.no_grad()
 def max_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
     """The largest gate g_ij = lambda_i * alpha_ij (|lambda_i| for exact gates) each pseudo token reached on
     ``batches`` (dicts of model inputs), over examples and, for per-query gates, the real query positions: (N, l).
@@ -66,7 +65,8 @@ def max_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -
         seen = False
         try:
             for batch in batches:
-                model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+                with torch.no_grad():
+                    model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
                 for i, alpha in enumerate(runtime.token_gates):
                     if alpha is None:
                         continue
@@ -88,7 +88,6 @@ def max_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -
     return gates
 
 
-@torch.no_grad()
 def prune_adapter(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], threshold: float) -> PruneResult:
     """Remove, in place, every pseudo token whose gate never exceeds ``threshold`` on ``batches``.
 
@@ -131,17 +130,18 @@ def prune_adapter(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]
     new.adapter_name = name
     new.adapter.train(training)
     shape = new.shape
-    for i, keep in enumerate(kept):
-        if not keep:
-            continue
-        index = torch.tensor(keep)
-        keys, values = (x[:, index.to(x.device)] for x in prefix[i])  # (kv_heads, l_i, head_dim)
-        rows = torch.stack([keys, values]).permute(2, 0, 1, 3).reshape(len(keep), 2 * shape.kv_dim)
-        new.adapter.prefix.embedding[i].copy_(rows)
-        if weights is not None:
-            weight, bias = weights[i]
-            new.adapter.token_gate.weight[i].copy_(weight[:, index.to(weight.device)])
-            new.adapter.token_gate.bias[i].copy_(bias[index.to(bias.device)])
-    if layer_scale is not None:
-        new.adapter.layer_gate.scale.copy_(layer_scale)
+    with torch.no_grad():
+        for i, keep in enumerate(kept):
+            if not keep:
+                continue
+            index = torch.tensor(keep)
+            keys, values = (x[:, index.to(x.device)] for x in prefix[i])  # (kv_heads, l_i, head_dim)
+            rows = torch.stack([keys, values]).permute(2, 0, 1, 3).reshape(len(keep), 2 * shape.kv_dim)
+            new.adapter.prefix.embedding[i].copy_(rows)
+            if weights is not None:
+                weight, bias = weights[i]
+                new.adapter.token_gate.weight[i].copy_(weight[:, index.to(weight.device)])
+                new.adapter.token_gate.bias[i].copy_(bias[index.to(bias.device)])
+        if layer_scale is not None:
+            new.adapter.layer_gate.scale.copy_(layer_scale)
     return PruneResult(kept, gates, float(threshold))

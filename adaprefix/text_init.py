@@ -64,7 +64,6 @@ def _uses_rotary_positions(model: nn.Module) -> bool:
     return getattr(model.base_model, "rotary_emb", None) is not None
 
 
-@torch.no_grad()
 def text_keys_values(model: nn.Module, token_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every layer's (keys, values) of ``token_ids`` in the frozen model: (kv_heads, n, head_dim) each.
 
@@ -77,7 +76,7 @@ def text_keys_values(model: nn.Module, token_ids: list[int]) -> list[tuple[torch
     was_training = model.training
     model.eval()
     try:
-        with _capturing(model) as captured:
+        with _capturing(model) as captured, torch.no_grad():
             model.base_model(**inputs)
     finally:
         model.train(was_training)
@@ -88,7 +87,6 @@ def text_keys_values(model: nn.Module, token_ids: list[int]) -> list[tuple[torch
     return [(keys[0], values[0]) for ((keys, values),) in captured]
 
 
-@torch.no_grad()
 def init_prefix_from_text(model: nn.Module, tokenizer, text: str) -> list[int]:
     """Set every layer's prefix of the attached adapter to the frozen model's keys and values of ``text``.
 
@@ -117,16 +115,18 @@ def init_prefix_from_text(model: nn.Module, tokenizer, text: str) -> list[int]:
     per_layer = text_keys_values(model, ids)
     shape = runtime.shape
     encoder = runtime.adapter.prefix
-    for i, (keys, values) in enumerate(per_layer):
-        kv = torch.stack([keys, values])  # (2, kv_heads, L, head_dim)
-        if isinstance(encoder.embedding, nn.ParameterList):  # per-layer lengths: (l_i, 2 * kv_dim), layer i's own
-            n = encoder.layer_lengths[i]
-            if n:
-                encoder.embedding[i].copy_(kv[:, :, kv.shape[2] - n:].permute(2, 0, 1, 3).reshape(n, -1))
-            continue
-        # The flat layout (l, N * 2 * kv_dim) orders the last dimension as (layer, key|value, head, head_dim).
-        flat = encoder.embedding.view(config.prefix_length, shape.num_layers, 2, shape.num_kv_heads, shape.head_dim)
-        flat[:, i].copy_(kv.permute(2, 0, 1, 3))
+    with torch.no_grad():
+        for i, (keys, values) in enumerate(per_layer):
+            kv = torch.stack([keys, values])  # (2, kv_heads, L, head_dim)
+            if isinstance(encoder.embedding, nn.ParameterList):  # per-layer lengths: (l_i, 2 * kv_dim), layer i's own
+                n = encoder.layer_lengths[i]
+                if n:
+                    encoder.embedding[i].copy_(kv[:, :, kv.shape[2] - n:].permute(2, 0, 1, 3).reshape(n, -1))
+                continue
+            # The flat layout (l, N * 2 * kv_dim) orders the last dimension as (layer, key|value, head, head_dim).
+            flat = encoder.embedding.view(config.prefix_length, shape.num_layers, 2, shape.num_kv_heads,
+                                          shape.head_dim)
+            flat[:, i].copy_(kv.permute(2, 0, 1, 3))
     runtime.config = replace(config, prefix_init_text=text)
     if runtime.bank is not None:  # several adapters: the active one's entry holds the same config
         runtime.bank.entries[runtime.adapter_name].config = runtime.config

@@ -1,6 +1,7 @@
 """save_adapter / load_adapter: small, pickle-free, bit-for-bit, and loud about every mismatch."""
 
 import json
+import os
 import warnings
 
 import pytest
@@ -168,7 +169,9 @@ def test_adapter_records_its_base_model_and_warns_on_another(tmp_path):
     warned = "adaprefix: .*'org/bert-tiny'.*'org/bert-tiny-other-seed'"
     with pytest.warns(BaseModelMismatchWarning, match=warned) as seen:
         load_adapter(other, tmp_path / "adapter")
-    assert seen[0].filename == __file__, "the warning points at the line that called load_adapter"
+    # mutmut's trampoline adds a frame between the caller and load_adapter, so the stack level is checked outside it
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        assert seen[0].filename == __file__, "the warning points at the line that called load_adapter"
 
 
 @pytest.mark.parametrize("version", [2, None])
