@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from adaprefix import AdaptivePrefixConfig, attach
-from adaprefix.attention import LayerPrefix, _inner_function, layer_site, per_query_gated_attention, prefix_attention
+from adaprefix.attention import (LayerPrefix, _inner_function, explicit_mask, layer_site, per_query_gated_attention,
+                                 prefix_attention, widen_mask)
 from tiny_models import tiny_batch, tiny_model
 
 P = 0.5
@@ -65,12 +66,13 @@ def test_hand_written_paths_apply_the_models_attention_dropout(name, field):
         assert abs(zeroed - P) < 0.1, zeroed
 
 
+@pytest.mark.parametrize("length", [2, 5])  # 2: the shortest prompt whose causal mask is not trivial
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_seam_keeps_a_causal_module_causal_without_a_mask_and_leaves_modules_without_prefix_alone(impl):
+def test_seam_keeps_a_causal_module_causal_without_a_mask_and_leaves_modules_without_prefix_alone(impl, length):
     model = attach(tiny_model("llama", impl), AdaptivePrefixConfig(prefix_length=3))
     module = model.model.layers[0].self_attn
     torch.manual_seed(0)
-    batch, length, hd = 2, 5, module.head_dim
+    batch, hd = 2, module.head_dim
     q = torch.randn(batch, 4, length, hd)
     k, v = torch.randn(batch, 2, length, hd), torch.randn(batch, 2, length, hd)
     layer_site(module).prefix = LayerPrefix(torch.randn(1, 2, 3, hd), torch.randn(1, 2, 3, hd))
@@ -122,3 +124,25 @@ def test_a_float64_model_gets_float64_attention_probabilities():
     expected = probs[..., :3] * gate @ pv + probs[..., 3:] @ vr
     assert weights.dtype == torch.float64
     torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_explicit_mask_is_bottom_right_causal_only_where_the_host_gave_none():
+    query = torch.zeros(1, 1, 2, 4)  # 2 new queries after 3 cached keys
+    expected = torch.tensor([[True, True, True, True, False], [True, True, True, True, True]])
+    assert torch.equal(explicit_mask(None, query, 5, causal=True), expected[None, None])
+    assert explicit_mask(None, query[:, :, :1], 5, causal=True) is None  # one query sees every key: nothing to hide
+    assert explicit_mask(None, query, 5, causal=False) is None
+    given = torch.ones(1, 1, 2, 5, dtype=torch.bool)
+    assert explicit_mask(given, query, 5, causal=True) is given
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float16, torch.bfloat16, torch.float32])
+def test_widen_mask_puts_visible_columns_first_in_the_mask_s_own_dtype(dtype):
+    keep = torch.tensor([[True, False, True]])[None, None]  # (1, 1, 1, 3)
+    mask = keep if dtype == torch.bool else torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, -1e4)
+    widened = widen_mask(mask, 2)
+    assert widened.dtype == dtype and widened.shape == (1, 1, 1, 5)
+    assert torch.equal(widened[..., 2:], mask)
+    visible = torch.ones(1, 1, 1, 2, dtype=torch.bool) if dtype == torch.bool else torch.zeros(1, 1, 1, 2, dtype=dtype)
+    assert torch.equal(widened[..., :2], visible)
+    assert widen_mask(None, 2) is None

@@ -282,3 +282,12 @@ def test_the_gates_padding_weights_are_sliced_and_cast_once_per_forward(monkeypa
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
     assert len(made) == 1 and model.config.num_hidden_layers > 1
+
+
+@pytest.mark.parametrize("option", ["softcap", "sinks", "s_aux"])
+def test_options_the_fused_kernel_lacks_send_a_call_to_the_per_query_path(option):
+    q, k, v, pk, pv, gate = _inputs()
+    prefix = LayerPrefix(pk, pv, gate, shared=ForwardState())
+    assert seam.fast_path_blocker(_module(), q, k, v, None, prefix) is None  # the fused path otherwise
+    assert seam.fast_path_blocker(_module(), q, k, v, None, prefix, **{option: torch.ones(4)}) == \
+        "softcap / attention sinks"

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForMultipleChoice, AutoModelForTokenClassification
 
 from adaprefix import (AdapterLoadError, AdapterRoutingError, AdapterStateError, AdaptivePrefixConfig,
-                       adapter_width, attach, detach, list_adapters, load_adapter)
+                       adapter_width, attach, detach, last_token_gates, list_adapters, load_adapter)
 from adaprefix.persistence import WEIGHTS_NAME
 from safetensors.torch import load_file
 from tiny_models import tiny_batch, tiny_config, tiny_model
@@ -78,6 +78,19 @@ def test_mixed_sequence_classification_batch_equals_each_adapter_alone(tmp_path,
         model = _multi(build, paths)
         mixed = model(input_ids=ids, attention_mask=mask, adapter_names=ROWS).logits
     assert mixed.shape == (len(ROWS), max(LABELS.values()))
+    _check_rows(mixed, refs, ROWS, LABELS)
+
+
+def test_mixed_batch_without_an_attention_mask_equals_each_adapter_alone(tmp_path):
+    """No mask: the gates pool over every position, on the stacked path as alone."""
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    ids, _ = tiny_batch(len(ROWS), 9)
+    with torch.no_grad():
+        refs = {n: _alone(build, paths[n], LABELS[n])(input_ids=ids).logits for n in paths}
+        mixed = _multi(build, paths)(input_ids=ids, adapter_names=ROWS).logits
     _check_rows(mixed, refs, ROWS, LABELS)
 
 
@@ -244,6 +257,23 @@ def test_set_adapter_switches_what_a_plain_forward_runs_and_what_is_saved(tmp_pa
         model.delete_adapter("apt4")
     detach(model)
     assert not hasattr(model, "adaprefix_bank")
+
+
+def test_set_adapter_forgets_the_last_forward_s_token_gates(tmp_path):
+    """The gates of the forward before a switch are the other adapter's: none are reported until the new one runs."""
+    def build(labels):
+        return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+    paths = _save_adapters(tmp_path, build)
+    ids, mask = tiny_batch(2, 7)
+    model = _multi(build, paths)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+        assert last_token_gates(model).shape == (2, model.config.num_hidden_layers, 4)  # apt4's
+        model.set_adapter("tok2")
+        assert last_token_gates(model) is None
+        model(input_ids=ids, attention_mask=mask)
+    assert last_token_gates(model).shape == (2, model.config.num_hidden_layers, 2)  # tok2's
 
 
 @pytest.mark.parametrize("arch,impl", [("distilbert", "sdpa"), ("deberta-v2", "eager")])
