@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from adaprefix import AdaptivePrefixConfig, attach
-from adaprefix.attention import (LayerPrefix, _inner_function, explicit_mask, layer_site, per_query_gated_attention,
-                                 prefix_attention, widen_mask)
+from adaprefix.attention import (LayerPrefix, _inner_function, explicit_mask, fast_path, layer_site,
+                                 per_query_gated_attention, prefix_attention, widen_mask)
 from tiny_models import tiny_batch, tiny_model
 
 P = 0.5
@@ -66,20 +66,25 @@ def test_hand_written_paths_apply_the_models_attention_dropout(name, field):
         assert abs(zeroed - P) < 0.1, zeroed
 
 
+# Per-query gates take the fused path where it applies, else the hand-written eager one: both are checked.
+@pytest.mark.parametrize("gated", [None, "fused", "eager"])
 @pytest.mark.parametrize("length", [2, 5])  # 2: the shortest prompt whose causal mask is not trivial
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_seam_keeps_a_causal_module_causal_without_a_mask_and_leaves_modules_without_prefix_alone(impl, length):
+def test_seam_keeps_a_causal_module_causal_without_a_mask_and_leaves_modules_without_prefix_alone(impl, length,
+                                                                                                  gated):
     model = attach(tiny_model("llama", impl), AdaptivePrefixConfig(prefix_length=3))
     module = model.model.layers[0].self_attn
     torch.manual_seed(0)
     batch, hd = 2, module.head_dim
     q = torch.randn(batch, 4, length, hd)
     k, v = torch.randn(batch, 2, length, hd), torch.randn(batch, 2, length, hd)
-    layer_site(module).prefix = LayerPrefix(torch.randn(1, 2, 3, hd), torch.randn(1, 2, 3, hd))
+    gate = torch.rand(batch, length, 3) if gated else None
+    layer_site(module).prefix = LayerPrefix(torch.randn(1, 2, 3, hd), torch.randn(1, 2, 3, hd), query_gate=gate)
     causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
-    expected, _ = prefix_attention(impl, module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)
-    # No mask at all: keys outnumber queries, so causality must not be left to sdpa's top-left is_causal.
-    unmasked, _ = prefix_attention(impl, module, q, k, v, None, scaling=hd**-0.5, dropout=0.0)
+    with fast_path(gated != "eager"):
+        expected, _ = prefix_attention(impl, module, q, k, v, causal, scaling=hd**-0.5, dropout=0.0)
+        # No mask at all: keys outnumber queries, so causality must not be left to sdpa's top-left is_causal.
+        unmasked, _ = prefix_attention(impl, module, q, k, v, None, scaling=hd**-0.5, dropout=0.0)
     torch.testing.assert_close(unmasked, expected)
 
     layer_site(module).prefix = None  # no prefix for this call: exactly the host's own kernel

@@ -192,7 +192,9 @@ def test_padded_prefix_columns_get_exactly_zero_attention_weight(tmp_path):
             assert torch.all(layer[i, :, :, :own] > 0)
 
 
-def test_mixed_per_layer_lengths_and_shifted_positions(tmp_path):
+# The second batch: in star's empty layer, only plain's rows have a prefix.
+@pytest.mark.parametrize("rows", [["shift", "star", "plain", "shift"], ["star", "plain", "plain", "star"]])
+def test_mixed_per_layer_lengths_and_shifted_positions(tmp_path, rows):
     def build(labels):
         return tiny_model("roberta", "sdpa", num_labels=3)
 
@@ -200,7 +202,6 @@ def test_mixed_per_layer_lengths_and_shifted_positions(tmp_path):
                "shift": dict(method="apt", prefix_length=4, shift_positions=True, token_gate_weight_std=0.5),
                "plain": dict(method="pt2", prefix_length=2)}
     paths = _save_adapters(tmp_path, build, configs, labels={})
-    rows = ["shift", "star", "plain", "shift"]
     ids, mask = tiny_batch(4, 9, pad_last=3)
     ids[-1, -3:] = 1  # RoBERTa's padding id, which positions count from
     with torch.no_grad():
