@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=45.0)
     parser.add_argument("--recheck", help="a results JSON: run its surviving mutants again instead of a sample")
+    parser.add_argument("--module", action="append", default=None,
+                        help="sample only the mutants of this module, e.g. adaprefix.pruning (repeatable)")
     args = parser.parse_args()
 
     # Generate the mutants of the code as it is now and collect which tests cover which function, running no mutant
@@ -56,6 +58,10 @@ def main() -> None:
     subprocess.run([*MUTMUT, "run", "--max-children", "1", "no-such-mutant"], cwd=ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     names = sorted(all_mutants())
+    if args.module:
+        names = [n for n in names if n.split(".x")[0] in args.module]
+        if not names:
+            raise SystemExit(f"no mutants in {args.module}: is each module in pyproject.toml's [tool.mutmut] only_mutate?")
     if args.recheck:  # the survivors of an earlier result, after tests were added for them
         previous = json.loads(Path(args.recheck).read_text())
         sample = sorted(n for n in previous["survived"] if n in names)
@@ -84,7 +90,8 @@ def main() -> None:
         by_file.setdefault(module, {}).setdefault(verdict, 0)
         by_file[module][verdict] += 1
     argv = [sys.argv[0], "--recheck", args.recheck] if args.recheck else \
-        [sys.argv[0], "--sample", str(args.sample), "--seed", str(args.seed), "--max-minutes", f"{args.max_minutes:g}"]
+        [sys.argv[0], "--sample", str(args.sample), "--seed", str(args.seed), "--max-minutes", f"{args.max_minutes:g}",
+         *(f"--module={m}" for m in args.module or ())]
     summary = {
         "tool": "mutmut 3.8.1",
         **run_metadata(packages=("mutmut",), argv=argv),
@@ -100,7 +107,8 @@ def main() -> None:
         "by_module": by_file,
         "verdicts": verdicts,
     }
-    name = f"recheck-{Path(args.recheck).stem}.json" if args.recheck else f"sample-seed{args.seed}.json"
+    scope = "-" + "+".join(m.rsplit(".", 1)[-1] for m in args.module) if args.module else ""
+    name = f"recheck-{Path(args.recheck).stem}.json" if args.recheck else f"sample{scope}-seed{args.seed}.json"
     out = Path(__file__).parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
