@@ -45,6 +45,13 @@ def test_removing_tokens_whose_gates_are_exactly_0_changes_nothing(name, tmp_pat
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_a_pruned_adapter_keeps_its_name(tmp_path):
+    _exact_with_pattern("bert").save_adapter(tmp_path / "trained")
+    model = load_adapter(tiny_model("bert", "sdpa"), tmp_path / "trained", adapter_name="mine")
+    prune_adapter(model, _batches("bert"), threshold=0.0)
+    assert model.active_adapter == "mine" and list(model.peft_config) == ["mine"]
+
+
 def test_the_largest_gate_over_examples_and_positions_decides():
     model = _exact_with_pattern("llama", torch.ones_like(PATTERN))
     gates = max_gates(model, _batches("llama"))
@@ -62,7 +69,8 @@ def test_what_cannot_be_pruned_is_refused_by_name():
     with pytest.raises(ConfigError, match="no pseudo token's gate exceeds threshold 5 .*use a lower threshold"):
         prune_adapter(_exact_with_pattern("bert"), _batches("bert"), threshold=5)
     pt2 = attach(tiny_model("bert", "sdpa"), AdaptivePrefixConfig(method="pt2", prefix_length=3))
-    with pytest.raises(ConfigError, match="method 'pt2' has no gate to prune by"):
+    with pytest.raises(ConfigError, match=r"^prune: method 'pt2' has no gate to prune by; train an apt adapter "
+                                          r"\(gate_mode 'exact'\)$"):
         prune_adapter(pt2, _batches("bert"), threshold=0.1)
     scaled = attach(tiny_model("bert", "sdpa"), AdaptivePrefixConfig(prefix_length=3))
     with pytest.warns(PruningWarning, match="gate_mode 'scale'"):

@@ -127,6 +127,18 @@ def test_the_text_is_recorded_with_the_adapter_and_gates_are_left_alone(tmp_path
     assert load_adapter(tiny_model("bert", "sdpa"), tmp_path).adapter_config.prefix_init_text == TEXT
 
 
+def test_with_several_adapters_loaded_the_text_stays_with_its_adapter(tmp_path):
+    for name in ("a", "b"):
+        attach(tiny_model("bert", "sdpa"), _config()).save_adapter(tmp_path / name)
+    model = load_adapter(tiny_model("bert", "sdpa"), tmp_path / "a", adapter_name="a")
+    model.load_adapter(tmp_path / "b", adapter_name="b")
+    init_prefix_from_text(model, TOKENIZER, TEXT)
+    model.set_adapter("b")
+    assert model.adapter_config.prefix_init_text is None
+    model.set_adapter("a")  # its config comes back from the bank's entry
+    assert model.adapter_config.prefix_init_text == TEXT and model.peft_config["a"].prefix_init_text == TEXT
+
+
 def test_what_cannot_be_initialised_from_a_text_is_refused_by_name():
     model = attach(tiny_model("bert", "sdpa"), _config(prefix_projection=True))
     with pytest.raises(ConfigError, match="prefix_init_text: a reparameterised prefix .*prefix_projection"):
