@@ -27,6 +27,11 @@ LABELS = {"apt4": 3, "pt7": 2, "tok2": 5}
 ROWS = ["apt4", "pt7", "tok2", "pt7", "apt4", "tok2"]
 
 
+def _bert(labels):
+    """A tiny BERT classifier with ``labels`` labels (3 where an adapter brings its own head)."""
+    return tiny_model("bert", "sdpa", num_labels=labels or 3)
+
+
 def _save_adapters(tmp_path, build, configs=CONFIGS, labels=LABELS):
     """Save one adapter per config, each on its own model, with a random head and its own seed."""
     paths = {}
@@ -83,14 +88,11 @@ def test_mixed_sequence_classification_batch_equals_each_adapter_alone(tmp_path,
 
 def test_mixed_batch_without_an_attention_mask_equals_each_adapter_alone(tmp_path):
     """No mask: the gates pool over every position, on the stacked path as alone."""
-    def build(labels):
-        return tiny_model("bert", "sdpa", num_labels=labels or 3)
-
-    paths = _save_adapters(tmp_path, build)
+    paths = _save_adapters(tmp_path, _bert)
     ids, _ = tiny_batch(len(ROWS), 9)
     with torch.no_grad():
-        refs = {n: _alone(build, paths[n], LABELS[n])(input_ids=ids).logits for n in paths}
-        mixed = _multi(build, paths)(input_ids=ids, adapter_names=ROWS).logits
+        refs = {n: _alone(_bert, paths[n], LABELS[n])(input_ids=ids).logits for n in paths}
+        mixed = _multi(_bert, paths)(input_ids=ids, adapter_names=ROWS).logits
     _check_rows(mixed, refs, ROWS, LABELS)
 
 
@@ -232,18 +234,15 @@ def test_mixed_shifted_positions_from_inputs_embeds_equal_those_from_input_ids(t
 
 
 def test_set_adapter_switches_what_a_plain_forward_runs_and_what_is_saved(tmp_path):
-    def build(labels):
-        return tiny_model("bert", "sdpa", num_labels=labels or 3)
-
-    paths = _save_adapters(tmp_path, build)
+    paths = _save_adapters(tmp_path, _bert)
     ids, mask = tiny_batch(2, 7)
-    model = _multi(build, paths)
+    model = _multi(_bert, paths)
     assert list_adapters(model) == ["apt4", "pt7", "tok2"] and list(model.peft_config) == list_adapters(model)
     assert model.peft_config["pt7"].method == "pt2" and model.active_adapters == ["apt4"]
     assert [adapter_width(model, n) for n in paths] == [3, 2, 5]
     model.set_adapter("tok2")
     with torch.no_grad():
-        expected = _alone(build, paths["tok2"], 5)(input_ids=ids, attention_mask=mask).logits
+        expected = _alone(_bert, paths["tok2"], 5)(input_ids=ids, attention_mask=mask).logits
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, expected)
     model.save_adapter(tmp_path / "again")
     saved, original = load_file(tmp_path / "again" / WEIGHTS_NAME), load_file(paths["tok2"] / WEIGHTS_NAME)
@@ -262,12 +261,9 @@ def test_set_adapter_switches_what_a_plain_forward_runs_and_what_is_saved(tmp_pa
 
 def test_set_adapter_forgets_the_last_forward_s_token_gates(tmp_path):
     """The gates of the forward before a switch are the other adapter's: none are reported until the new one runs."""
-    def build(labels):
-        return tiny_model("bert", "sdpa", num_labels=labels or 3)
-
-    paths = _save_adapters(tmp_path, build)
+    paths = _save_adapters(tmp_path, _bert)
     ids, mask = tiny_batch(2, 7)
-    model = _multi(build, paths)
+    model = _multi(_bert, paths)
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
         assert last_token_gates(model).shape == (2, model.config.num_hidden_layers, 4)  # apt4's
@@ -300,11 +296,8 @@ def test_set_adapter_to_another_number_of_labels_sets_the_model_s_number_of_labe
     adapter's, so a forward with labels gives that adapter's loss and save_pretrained writes a loadable model."""
     from transformers import AutoModelForSequenceClassification
 
-    def build(labels):
-        return tiny_model("bert", "sdpa", num_labels=labels or 3)
-
-    paths = _save_adapters(tmp_path, build)
-    model = _multi(build, paths)
+    paths = _save_adapters(tmp_path, _bert)
+    model = _multi(_bert, paths)
     model.config.id2label = {0: "no", 1: "maybe", 2: "yes"}
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
     ids, mask = tiny_batch(3, 7)
@@ -312,7 +305,7 @@ def test_set_adapter_to_another_number_of_labels_sets_the_model_s_number_of_labe
     model.set_adapter("tok2")
     assert model.config.num_labels == 5 and model.num_labels == 5
     with torch.no_grad():
-        expected = _alone(build, paths["tok2"], 5)(input_ids=ids, attention_mask=mask, labels=labels).loss
+        expected = _alone(_bert, paths["tok2"], 5)(input_ids=ids, attention_mask=mask, labels=labels).loss
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask, labels=labels).loss, expected)
     model.save_pretrained(tmp_path / "full")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full").eval()
@@ -329,11 +322,8 @@ def test_set_adapter_to_another_number_of_labels_sets_the_model_s_number_of_labe
 
 
 def test_routing_and_loading_errors_name_the_problem(tmp_path):
-    def build(labels):
-        return tiny_model("bert", "sdpa", num_labels=labels or 3)
-
-    paths = _save_adapters(tmp_path, build)
-    model = _multi(build, {k: paths[k] for k in ("apt4", "pt7")})
+    paths = _save_adapters(tmp_path, _bert)
+    model = _multi(_bert, {k: paths[k] for k in ("apt4", "pt7")})
     ids, mask = tiny_batch(2, 5)
     with pytest.raises(AdapterRoutingError, match=r"no adapter named 'nope' on this model; loaded: apt4, pt7"):
         model(input_ids=ids, attention_mask=mask, adapter_names=["apt4", "nope"])
@@ -390,11 +380,8 @@ def test_adapter_names_inside_disable_adapter_are_refused(tmp_path):
 
 
 def test_a_deepcopy_routes_like_the_original_and_owns_its_adapters(tmp_path):
-    def build(labels):
-        return tiny_model("bert", "sdpa", num_labels=labels or 3)
-
-    paths = _save_adapters(tmp_path, build)
-    model = _multi(build, paths)
+    paths = _save_adapters(tmp_path, _bert)
+    model = _multi(_bert, paths)
     ids, mask = tiny_batch(len(ROWS), 9, pad_last=2)
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask, adapter_names=ROWS).logits
@@ -414,11 +401,8 @@ def test_a_deepcopy_routes_like_the_original_and_owns_its_adapters(tmp_path):
 def test_two_routed_forwards_before_one_backward_give_the_sum_of_their_gradients(tmp_path):
     """Routing is per forward: a second forward with other names must not change what the first one's backward
     differentiates (its routing is over by then)."""
-    def build(labels):
-        return tiny_model("bert", "sdpa", num_labels=labels or 3)
-
-    paths = _save_adapters(tmp_path, build)
-    model = _multi(build, paths)
+    paths = _save_adapters(tmp_path, _bert)
+    model = _multi(_bert, paths)
     ids, mask = tiny_batch(len(ROWS), 9, pad_last=2)
     others = ["apt4"] * 3 + ["tok2"] * 3
     trainable = [p for p in model.parameters() if p.requires_grad]
