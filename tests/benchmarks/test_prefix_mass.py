@@ -41,3 +41,37 @@ def test_the_prefix_columns_come_first_in_the_attention_weights():
         assert layer.shape[-1] == 3 + 4
         assert torch.all(layer[0, :, 0, 4:] == 0) and torch.all(layer[0, :, 0, :3].sum(-1) > 0)
         assert torch.allclose(layer.sum(-1), torch.ones(layer.shape[:-1]))
+
+
+@pytest.mark.parametrize("attention_mask", [[[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]],
+                         ids=["padded", "unpadded: transformers passes no mask"])
+def test_zero_key_share_of_the_bare_model_is_what_a_zero_prefix_takes_in_the_first_layer(prefix_mass, attention_mask):
+    """The probe's l / (l + Z), read from the model without a prefix, against the share the injected prefix takes
+    when its keys and values are 0 (the injection's own attention weights): equal in layer 0, where the prefix has
+    not yet changed the hidden states. Grouped heads, padding and the causal mask all enter both."""
+    model = tiny_llama(20)
+    model.config._attn_implementation = "eager"
+    batch = {"input_ids": torch.tensor([[1, 5, 6, 7, 8], [1, 9, 4, 0, 0]]),
+             "attention_mask": torch.tensor(attention_mask)}
+    stats = prefix_mass.real_logit_stats(model, batch, prefix_length=3)
+    assert model.config._attn_implementation == "eager"  # the probe is switched off again
+    assert len(stats["zero_key_share"]) == 2 and all(0 < s < 1 for s in stats["zero_key_share"])
+    attach(model, AdaptivePrefixConfig(method="pt2", prefix_length=3))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.zero_()
+        attentions = model(**batch, output_attentions=True).attentions
+    taken = prefix_mass.prefix_shares(attentions, batch["attention_mask"], prefix_length=3)
+    assert stats["zero_key_share"][0] == pytest.approx(taken[0], abs=1e-6)
+
+
+def test_log_partition_sees_only_the_keys_a_query_may_see(prefix_mass):
+    query = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])           # (1, 1, 2, 2)
+    key = torch.tensor([[[[3.0, 0.0], [0.0, 1.0]]]])
+    keep = torch.tensor([[True, False], [True, True]])
+    lse, largest = prefix_mass.log_partition(query, key, scaling=0.5, keep=keep)
+    expected = torch.tensor([1.5, float(torch.logsumexp(torch.tensor([0.0, 1.0]), 0))])
+    assert torch.allclose(lse[0, 0], expected) and torch.allclose(largest[0, 0], torch.tensor([1.5, 1.0]))
+    assert torch.allclose(prefix_mass.zero_key_share(torch.tensor([0.0, 1000.0]), 3),
+                          torch.tensor([0.75, 0.0]))
