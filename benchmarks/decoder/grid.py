@@ -171,7 +171,7 @@ def train_run(grid: dict[str, Any], run: Run) -> dict[str, Any]:
                     max_train_samples=s.get("max_train_samples"), max_eval_samples=s.get("max_eval_samples"),
                     **adapter)
     resume = (out / "config.yaml").is_file() and not (out / "final_metrics.json").is_file()
-    result = train(load_train_config(None, settings), overwrite=not resume, resume=resume, verbosity="quiet")
+    result = train(load_train_config(None, settings), overwrite=not resume, resume=resume, verbosity="normal")
     final = result.final
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"best_epoch": final["best_epoch"], "dev": final["dev"], "epochs": history,

@@ -140,6 +140,7 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
     from adaprefix.tasks import get_task, sample_examples
     from adaprefix.training.callbacks import EpochRecorder
     from adaprefix.training.completion_loss import logits_preprocessor, trainer_class
+    from adaprefix.training.display import RunDisplay, library_output
     from adaprefix.training.generation import GenerationScorer
 
     started = time.time()
@@ -149,7 +150,8 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
     train_examples = sample_examples(train_full, args.max_train_samples, args.seed)
     dev = task.load("dev", data_dir)[: args.max_eval_samples]
     set_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    with library_output("normal"):
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     model = get_peft_model(model, peft_config(kind, model_path))
     records = out / "metrics.jsonl"
@@ -167,7 +169,8 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
     scorer = GenerationScorer(task, tokenizer, {"dev": dev}, args.max_length, args.eval_batch_size,
                               eval_rows={"dev": dev_rows})
     recorder = EpochRecorder(out, ["dev"], f"dev_{task.main_metric}", save_best=lambda: None, history=history,
-                             extra_metrics=scorer, started=started)
+                             extra_metrics=scorer, started=started,
+                             on_record=RunDisplay(f"dev_{task.main_metric}", args.epochs, live=False).on_record)
     training = TrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size, learning_rate=learning_rate, weight_decay=0.0,
@@ -182,7 +185,8 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
         data_collator=task.collator(tokenizer), compute_metrics=scorer.compute_metrics,
         preprocess_logits_for_metrics=logits_preprocessor(task), callbacks=[recorder])
     trainer.remove_callback(PrinterCallback)  # the raw log dicts; the epoch records hold the numbers
-    trainer.train(resume_from_checkpoint=resume_from)
+    with library_output("normal"):  # no checkpoint-writing bars in the runner's log
+        trainer.train(resume_from_checkpoint=resume_from)
     best = recorder.best
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad)

@@ -43,7 +43,12 @@ def test_the_grid_trains_the_middle_rates_first_records_them_and_skips_them_afte
     monkeypatch.setattr(grid, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(grid, "model_path", lambda name: model)
 
+    capsys.readouterr()  # the inputs' own saving
     grid.main(["--max-runs", "2"])
+    printed = capsys.readouterr()
+    # one line per epoch in the runner's log, from the PEFT arm and from adaprefix's own recipe alike
+    assert (printed.out + printed.err).count("epoch 1/1 · dev accuracy") == 2
+    assert "Writing model shards" not in printed.err and "Loading weights" not in printed.err
     records = grid.read_records()
     assert [(r["arm"], r["learning_rate"]) for r in records] == [("lora", 0.002), ("exact-text", 0.01)]
     for r in records:
