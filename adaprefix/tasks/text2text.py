@@ -72,7 +72,9 @@ class Text2TextTask(GenerationTask):
 
 def macro_f1_over(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
     """Mean F1 of the classes 0..num_labels-1 present in gold or predictions; an invalid prediction (-1) is a miss
-    for its gold class and adds no class of its own (sklearn's ``f1_score(labels=range(k), average="macro")``)."""
+    for its gold class and adds no class of its own. As classification's ``macro_f1`` (sklearn's
+    ``f1_score(average="macro")``, over the classes that occur), a class absent from both is left out, where
+    ``f1_score(labels=range(k))`` would count it as 0."""
     scores = []
     for c in range(num_labels):
         tp = np.sum((pred == c) & (gold == c))

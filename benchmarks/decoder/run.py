@@ -139,6 +139,7 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
 
     from adaprefix.tasks import get_task, sample_examples
     from adaprefix.training.callbacks import EpochRecorder
+    from adaprefix.training.build import precision_flags
     from adaprefix.training.completion_loss import logits_preprocessor, trainer_class
     from adaprefix.training.display import RunDisplay, library_output
     from adaprefix.training.generation import GenerationScorer
@@ -177,7 +178,8 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
         warmup_steps=0, lr_scheduler_type="linear", eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
         logging_steps=10,
         report_to="none", seed=args.seed, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
-        dataloader_num_workers=0, disable_tqdm=True)
+        dataloader_num_workers=0, disable_tqdm=True,
+        **precision_flags("auto"))  # adaprefix's recipe's default: bf16 on a GPU that has it, fp32 on the CPU
     # The same loss computation as adaprefix's recipe (logits only at completion positions), so that times compare.
     trainer = trainer_class(task, Trainer)(
         model=model, args=training, train_dataset=task.encode(train_examples, tokenizer, args.max_length).dataset,

@@ -217,3 +217,20 @@ def test_text_to_text_tasks_are_registered(superglue_dir):
     for name in ("boolq-t2t", "cb-t2t", "copa-t2t", "rte-t2t", "wic-t2t", "wsc-t2t"):
         assert rows[name].kind == "generation" and rows[name].found
     assert rows["cb-t2t"].num_labels == 3
+
+
+@pytest.mark.parametrize("gold, pred", [
+    ([0, 0, 1, 1], [0, 1, 1, -1]),            # class 2 absent from both: left out, as classification's macro_f1
+    ([0, 1, 2, 2, 1], [2, 1, 2, -1, -1]),     # invalid answers: misses of their gold class, no class of their own
+])
+def test_text_to_text_macro_f1_is_sklearns_over_the_classes_that_occur(gold, pred):
+    from sklearn.metrics import f1_score
+
+    from adaprefix.tasks.metrics import macro_f1
+    from adaprefix.tasks.text2text import macro_f1_over
+
+    occurring = sorted(set(gold) | {p for p in pred if p != -1})
+    expected = f1_score(gold, pred, labels=occurring, average="macro")
+    assert macro_f1_over(np.array(pred), np.array(gold), 3) == pytest.approx(expected)
+    if -1 not in pred:
+        assert macro_f1(pred, gold) == pytest.approx(expected)

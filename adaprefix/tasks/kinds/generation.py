@@ -184,8 +184,10 @@ class GenerationTask(Task):
 
     def prompt_ids(self, examples: Sequence[Example], tokenizer: Any, max_length: int,
                    max_new_tokens: int) -> list[list[int]]:
-        """The prompts' token ids for generation, cut (as in training) so that prompt + new tokens fit
-        ``max_length``, the prompt keeping at least half of it."""
+        """The prompts' token ids for generation, cut from the same end as in training so that prompt + new tokens
+        fit ``max_length``, the prompt keeping at least half of it. The new tokens' budget includes
+        :data:`GENERATION_MARGIN`, which training's target does not, so a prompt that training cut is cut by up to
+        that many more tokens here (on cb-t2t and rte-t2t at 256 tokens: 3 of the 333 dev prompts, 8 tokens)."""
         lead = leading_specials(tokenizer)
         keep = max(max_length - max_new_tokens, max_length // 2, 1)
         ids = tokenizer([self.format(ex)[0] for ex in examples], add_special_tokens=True, verbose=False)["input_ids"]
@@ -286,7 +288,9 @@ def own_generation_config(model: Any) -> Iterator[None]:
 
 def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int,
                          batch_size: int = 32, adapter_names: Sequence[str] | None = None) -> list[str]:
-    """Greedy completions of tokenized prompts, decoded without special tokens, in the prompts' order.
+    """Greedy completions of tokenized prompts, decoded without special tokens, in the prompts' order. A completion
+    is cut at the first EOS; special tokens other than EOS are dropped in decoding, so " yes" followed by another
+    end-of-text token (never EOS) reads as " yes".
     ``adapter_names`` (one per prompt) routes each prompt through its own adapter of a multi-adapter model.
 
     Prompts are batched by length (fewer pad tokens), left-padded, and generated with the KV cache; each completion
