@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -187,7 +188,9 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
         data_collator=task.collator(tokenizer), compute_metrics=scorer.compute_metrics,
         preprocess_logits_for_metrics=logits_preprocessor(task), callbacks=[recorder])
     trainer.remove_callback(PrinterCallback)  # the raw log dicts; the epoch records hold the numbers
-    with library_output("normal"):  # no checkpoint-writing bars in the runner's log
+    with library_output("normal"), warnings.catch_warnings():  # no checkpoint-writing bars in the runner's log
+        # PEFT 0.21 still asks transformers 5's deprecated `is_gradient_checkpointing` (PEFT's call; nothing to fix here)
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         trainer.train(resume_from_checkpoint=resume_from)
     best = recorder.best
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
