@@ -89,28 +89,39 @@ def expand(grid: dict[str, Any]) -> list[Run]:
 
 
 def read_records(path: Path | None = None) -> list[dict[str, Any]]:
+    """The records so far; a run recorded twice (a merge of two runners' files, say) is refused, naming both lines."""
     path = RECORDS if path is None else path
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records, seen = [], {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record["run_id"] in seen:
+            raise SystemExit(f"{path}: line {number}: run {record['run_id']!r} is already recorded on line "
+                             f"{seen[record['run_id']]}; keep one of the two")
+        seen[record["run_id"]] = number
+        records.append(record)
+    return records
 
 
-def swept_rate(grid: dict[str, Any], run: Run, records: list[dict[str, Any]]) -> float | None:
-    """The arm's rate with the best seed-1 dev accuracy in the sweep (ties: the smaller rate); None until all of its
-    sweep runs are recorded."""
-    done = [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL
-            and r["task"] == SWEEP_TASK and r["arm"] == run.arm]
-    if len(done) < len(grid["arms"][run.arm]["rates"]):
+def swept_rate(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) -> float | None:
+    """The arm's rate with the best seed-1 dev accuracy in the SmolLM2 CB sweep (ties: the smaller rate); None until
+    every rate grid.yaml gives the arm is recorded there."""
+    rates = [float(rate) for rate in grid["arms"][arm]["rates"]]
+    done = [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL and r["task"] == SWEEP_TASK
+            and r["arm"] == arm and r["seed"] == 1 and any(math.isclose(r["learning_rate"], x) for x in rates)]
+    if not all(any(math.isclose(r["learning_rate"], x) for r in done) for x in rates):
         return None
     return float(max(done, key=lambda r: (round(r["dev"]["accuracy"], 9), -r["learning_rate"]))["learning_rate"])
-
 
 
 def resolved(grid: dict[str, Any], run: Run, records: list[dict[str, Any]]) -> Run | None:
     """``run`` with its learning rate; None while it waits for its sweep."""
     if run.learning_rate is not None:
         return run
-    rate = swept_rate(grid, run, records)
+    rate = swept_rate(grid, run.arm, records)
     if rate is None:
         return None
     return Run(run.experiment, run.model, run.task, run.arm, run.seed, rate, run.settings)

@@ -18,10 +18,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import grid as decoder_grid  # noqa: E402  the records and each arm's rate, read as the runners read them
 RECORDS = HERE / "results" / "runs.jsonl"
 INIT = HERE / "results" / "init_loss.json"
 ZERO_SHOT = HERE / "results" / "zero_shot.json"
@@ -35,24 +38,29 @@ ADAPTIVE = ("apt", "exact", "exact-text")
 
 def grid_arms() -> dict[str, dict]:
     """The arms of grid.yaml, with their rates."""
-    import yaml
-
-    return yaml.safe_load((HERE / "grid.yaml").read_text())["arms"]
+    return decoder_grid.load_grid(HERE / "grid.yaml")["arms"]
 
 
 def read_records(path: Path = RECORDS) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """grid.py's records (a run recorded twice is refused)."""
+    return decoder_grid.read_records(path)
+
+
+def moonshot_keys() -> set[tuple]:
+    """The (model, task, seed) of every SmolLM2 run grid.yaml plans: the pairs a final moonshot verdict needs."""
+    grid = decoder_grid.load_grid(HERE / "grid.yaml")
+    return {(e["model"], task, int(seed)) for e in grid["experiments"] if e["model"] == decoder_grid.SWEEP_MODEL
+            for task in e["tasks"] for seed in e["seeds"]}
 
 
 def steps_to_90(record: dict) -> int | None:
-    """The optimiser step of the first epoch whose dev accuracy reached 90% of the run's best."""
+    """The optimiser step of the first epoch whose dev accuracy reached 90% of the run's best (exactly 90% counts:
+    207 of 277 is 90% of 230 of 277, although 0.9 * (230/277) rounds above 207/277)."""
     epochs = [e for e in record["epochs"] if e.get("dev_accuracy") is not None]
     if not epochs:
         return None
     best = max(e["dev_accuracy"] for e in epochs)
-    return next(e["step"] for e in epochs if e["dev_accuracy"] >= 0.9 * best)
+    return next(e["step"] for e in epochs if e["dev_accuracy"] >= 0.9 * best - 1e-9)
 
 
 def run_seconds(record: dict) -> float:
@@ -81,21 +89,19 @@ def run_table(records: list[dict]) -> list[str]:
 
 
 def chosen_rates(records: list[dict]) -> dict[str, float]:
-    """Each arm's best seed-1 rate in the SmolLM2 CB sweep (ties: the smaller rate), for arms whose sweep is done."""
-    sweep = defaultdict(list)
-    for r in records:
-        if r["experiment"] == "sweep":
-            sweep[r["arm"]].append(r)
-    return {arm: float(max(runs, key=lambda r: (round(r["dev"]["accuracy"], 9), -r["learning_rate"]))["learning_rate"])
-            for arm, runs in sweep.items() if len(runs) == 3}
+    """Each arm's best seed-1 rate in the SmolLM2 CB sweep (ties: the smaller rate), for arms whose sweep has every
+    rate of grid.yaml recorded: grid.py's own choice (``swept_rate``)."""
+    grid = decoder_grid.load_grid(HERE / "grid.yaml")
+    return {arm: rate for arm in grid["arms"] if (rate := decoder_grid.swept_rate(grid, arm, records)) is not None}
 
 
 def at_chosen_rates(records: list[dict], rates: dict[str, float]) -> dict[str, dict[tuple, dict]]:
-    """Per arm, its runs at its chosen rate, keyed by (model, task, seed)."""
+    """Per arm, its runs at its chosen rate in grid.yaml's experiments, keyed by (model, task, seed)."""
+    experiments = {e["name"] for e in decoder_grid.load_grid(HERE / "grid.yaml")["experiments"]}
     by_arm: dict[str, dict[tuple, dict]] = defaultdict(dict)
     for r in records:
         rate = rates.get(r["arm"])
-        if rate is not None and math.isclose(r["learning_rate"], rate):
+        if rate is not None and math.isclose(r["learning_rate"], rate) and r["experiment"] in experiments:
             by_arm[r["arm"]][(r["model"], r["task"], r["seed"])] = r
     return by_arm
 
@@ -129,30 +135,46 @@ def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
     return lines
 
 
-def paired_margins(records: list[dict], rates: dict[str, float], arm: str, other: str) -> list[float]:
-    """``arm`` minus ``other`` in dev accuracy points, one per (model, task, seed) both have at their chosen rates."""
+def paired(records: list[dict], rates: dict[str, float], arm: str, other: str) -> dict[tuple, float]:
+    """``arm`` minus ``other`` in dev accuracy points, per (model, task, seed) both have at their chosen rates."""
     by_arm = at_chosen_rates(records, rates)
     mine, theirs = by_arm.get(arm, {}), by_arm.get(other, {})
-    return [100 * (mine[k]["dev"]["accuracy"] - theirs[k]["dev"]["accuracy"]) for k in sorted(mine) if k in theirs]
+    return {k: 100 * (mine[k]["dev"]["accuracy"] - theirs[k]["dev"]["accuracy"]) for k in sorted(mine) if k in theirs}
 
 
-def moonshot_table(records: list[dict], rates: dict[str, float]) -> list[str]:
+def paired_margins(records: list[dict], rates: dict[str, float], arm: str, other: str) -> list[float]:
+    """:func:`paired`'s margins, in (model, task, seed) order."""
+    return list(paired(records, rates, arm, other).values())
+
+
+def moonshot_table(records: list[dict], rates: dict[str, float], expected: set[tuple] | None = None) -> list[str]:
     """Each adaptive arm against LoRA, pt2 and LLaMA-Adapter: the mean paired margin over every run both have at
-    their chosen rates (SmolLM2, CB and RTE), and whether it meets the moonshot's bar."""
+    their chosen rates (SmolLM2, CB and RTE), and whether it meets the moonshot's bar.
+
+    The verdict is final only when each comparison pairs every (model, task, seed) in ``expected`` (grid.yaml's
+    SmolLM2 runs); before that it reads "met so far" or "not met so far", with the fewest pairs any comparison has.
+    Means are rounded to 1e-9 points before the bars, so that pairs which cancel exactly read as 0."""
+    expected = moonshot_keys() if expected is None else expected
     head = " | ".join(f"minus {other} (bar {bar:+g})" for other, bar in MOONSHOT)
     lines = [f"| arm | {head} | moonshot |", "|---|" + "---:|" * len(MOONSHOT) + "---|"]
     for arm in ADAPTIVE:
-        cells, verdicts = [], []
+        cells, verdicts, covered = [], [], []
         for other, bar in MOONSHOT:
-            pairs = paired_margins(records, rates, arm, other)
+            pairs = {k: v for k, v in paired(records, rates, arm, other).items() if k in expected}
             if not pairs:
                 cells.append("-")
                 verdicts.append(None)
                 continue
-            mean = statistics.mean(pairs)
-            cells.append(f"{mean:+.1f} ({len(pairs)})")
+            mean = round(statistics.mean(pairs.values()), 9)
+            cells.append(f"{mean:+.2f} ({len(pairs)})")
             verdicts.append(mean > bar if bar == 0 else mean >= bar)
-        verdict = "not yet measured" if None in verdicts else ("met" if all(verdicts) else "not met")
+            covered.append(len(pairs))
+        if None in verdicts:
+            verdict = "not yet measured"
+        else:
+            verdict = "met" if all(verdicts) else "not met"
+            if min(covered) < len(expected):
+                verdict += f" so far ({min(covered)} of {len(expected)} pairs)"
         lines.append(f"| {arm} | {' | '.join(cells)} | {verdict} |")
     return lines
 
@@ -260,8 +282,8 @@ def markdown(records: list[dict], curves: Path = CURVES) -> str:
     lines += ["", "## Each arm at its chosen rate", "",
               "The rate: the arm's best seed-1 dev accuracy in the SmolLM2 CB sweep, which RTE and Gemma take too. "
               "Arms whose sweep is not complete are left out here (their runs are below). A run whose best epoch is "
-              "one of its last two may not have flattened: more epochs might have helped it. Time is wall time, "
-              "pauses included: an upper bound."]
+              "one of its last two (the first of tied best epochs counts) may not have flattened: more epochs might "
+              "have helped it. Time is wall time, pauses included: an upper bound."]
     if not rates:
         lines += ["", "No arm's sweep is complete yet."]
     for model, task in sorted({(r["model"], r["task"]) for r in records}, key=lambda mt: (mt[0] != "smollm2", mt)):
@@ -271,7 +293,8 @@ def markdown(records: list[dict], curves: Path = CURVES) -> str:
     lines += ["", "## The moonshot", "",
               "Each adaptive arm's mean margin in dev accuracy points, paired by task and seed over every SmolLM2 run "
               "at the chosen rates (the number of pairs in brackets). The bar: within 2 points of LoRA, at least 3 "
-              "above pt2, above LLaMA-Adapter.", ""]
+              "above pt2, above LLaMA-Adapter. The verdict is final once every comparison pairs all of grid.yaml's "
+              f"{len(moonshot_keys())} SmolLM2 task and seed pairs; until then it says \"so far\".", ""]
     lines += moonshot_table([r for r in records if r["model"] == "smollm2"], rates)
     usual = {arm: spec["rates"][len(spec["rates"]) // 2] for arm, spec in grid_arms().items()}
     if plot_curves(records, {**usual, **rates}, curves):

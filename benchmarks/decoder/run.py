@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -124,6 +125,15 @@ def train_lora(args: argparse.Namespace, model_path: Path, data_dir: str | None,
     return train_peft(args, "lora", LEARNING_RATES["lora"], model_path, data_dir, runs / "lora")
 
 
+@contextmanager
+def peft_deprecation_hushed():
+    """PEFT 0.21 still asks transformers 5's deprecated ``is_gradient_checkpointing`` (PEFT's call, nothing to fix
+    here); its FutureWarning, once per run, would fill the runner's log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_path: Path, data_dir: str | None,
                out: Path, resume: bool = False) -> dict:
     """A PEFT arm (``kind``: lora or llama-adapter) on the same Trainer recipe: the task's encoding, collator and
@@ -155,7 +165,8 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
     with library_output("normal"):
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
-    model = get_peft_model(model, peft_config(kind, model_path))
+    with peft_deprecation_hushed():
+        model = get_peft_model(model, peft_config(kind, model_path))
     records = out / "metrics.jsonl"
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     resume_from = str(checkpoints[-1]) if resume and checkpoints and records.is_file() else None
@@ -188,9 +199,7 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
         data_collator=task.collator(tokenizer), compute_metrics=scorer.compute_metrics,
         preprocess_logits_for_metrics=logits_preprocessor(task), callbacks=[recorder])
     trainer.remove_callback(PrinterCallback)  # the raw log dicts; the epoch records hold the numbers
-    with library_output("normal"), warnings.catch_warnings():  # no checkpoint-writing bars in the runner's log
-        # PEFT 0.21 still asks transformers 5's deprecated `is_gradient_checkpointing` (PEFT's call; nothing to fix here)
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with library_output("normal"), peft_deprecation_hushed():  # no checkpoint-writing bars in the runner's log
         trainer.train(resume_from_checkpoint=resume_from)
     best = recorder.best
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
