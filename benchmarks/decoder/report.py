@@ -106,6 +106,15 @@ def at_chosen_rates(records: list[dict], rates: dict[str, float]) -> dict[str, d
     return by_arm
 
 
+def sweep_edge(arm: str, rate: float) -> str:
+    """Where ``rate`` sits in the arm's swept rates: "lowest" or "highest" (a rate beyond the sweep might have done
+    better), else ""."""
+    rates = [float(r) for r in grid_arms()[arm]["rates"]]
+    if math.isclose(rate, max(rates)):
+        return "highest"
+    return "lowest" if math.isclose(rate, min(rates)) else ""
+
+
 def peaked_late(record: dict, last: int = 2) -> bool:
     """Whether the run's best dev accuracy came in its last ``last`` epochs: a curve that may not have flattened."""
     return record["best_epoch"] > len(record["epochs"]) - last
@@ -127,7 +136,9 @@ def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
         margin = f"{100 * statistics.mean(pairs):+.1f} ({len(pairs)})" if pairs and arm != REFERENCE else "-"
         invalid = statistics.mean(r["dev"].get("invalid", float("nan")) for r in seeds)
         steps = [s for s in map(steps_to_90, seeds) if s is not None]
-        lines.append(f"| {arm} | {rates[arm]:g} | {len(runs)} | {100 * statistics.mean(accs):.1f} ± "
+        edge = sweep_edge(arm, rates[arm])
+        rate = f"{rates[arm]:g}" + (f" ({edge} swept)" if edge else "")
+        lines.append(f"| {arm} | {rate} | {len(runs)} | {100 * statistics.mean(accs):.1f} ± "
                      f"{'-' if math.isnan(sd) else f'{sd:.1f}'} | {_cell(invalid)} | {margin} | "
                      f"{f'{statistics.mean(steps):.0f}' if steps else '-'} | "
                      f"{sum(map(peaked_late, seeds))} of {len(seeds)} | {seeds[0]['trainable_parameters']:,} | "
@@ -283,7 +294,8 @@ def markdown(records: list[dict], curves: Path = CURVES) -> str:
               "The rate: the arm's best seed-1 dev accuracy in the SmolLM2 CB sweep, which RTE and Gemma take too. "
               "Arms whose sweep is not complete are left out here (their runs are below). A run whose best epoch is "
               "one of its last two (the first of tied best epochs counts) may not have flattened: more epochs might "
-              "have helped it. Time is wall time, pauses included: an upper bound."]
+              "have helped it. A rate marked highest or lowest swept is at the edge of the arm's sweep: a rate beyond "
+              "it might have done better. Time is wall time, pauses included: an upper bound."]
     if not rates:
         lines += ["", "No arm's sweep is complete yet."]
     for model, task in sorted({(r["model"], r["task"]) for r in records}, key=lambda mt: (mt[0] != "smollm2", mt)):

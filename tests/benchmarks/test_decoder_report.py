@@ -104,6 +104,14 @@ def test_the_summary_says_how_soon_and_how_late_the_runs_peaked(report):
     assert report.peaked_late(early) is False and report.peaked_late(early, last=3) is True
 
 
+def test_a_rate_at_the_edge_of_its_sweep_is_marked(report):
+    records = sweep(report, "exact", [0.70, 0.72, 0.75]) + sweep(report, "pt2", [0.75, 0.72, 0.70])
+    records += sweep(report, "lora", [0.70, 0.75, 0.70])
+    table = "\n".join(report.summary_table(records, report.chosen_rates(records)))
+    assert "| exact | 0.02 (highest swept) | 1 |" in table and "| pt2 | 0.005 (lowest swept) | 1 |" in table
+    assert "| lora | 0.0005 | 1 |" in table
+
+
 @pytest.mark.parametrize("exact, verdict", [
     ([0.74, 0.74, 0.74, 0.74], "met"),          # -1 from LoRA, +4 over pt2, above LLaMA-Adapter
     ([0.72, 0.72, 0.72, 0.72], "not met"),      # -3 from LoRA
