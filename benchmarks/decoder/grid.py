@@ -6,11 +6,12 @@
     python benchmarks/decoder/grid.py --arm exact       # one arm's runs (a second runner beside the first)
 
 Run ids are ``<experiment>/<model>/<task>/<arm>-lr<rate>-s<seed>``. A run of an experiment with ``rates: swept`` takes
-its arm's best rate from the ``sweep`` experiment's seed-1 runs on the same task (CB's for RTE: see grid.yaml), and
-waits until all three are recorded. Records go to ``results/runs.jsonl``, one line a run, appended under a file
-lock (several runners may share the grid: each claims a run with a lock file first). Prefix arms train through
-``adaprefix.training.train`` into ``cache/runs/<run id>``, PEFT arms through the Trainer with a checkpoint every
-epoch; either resumes from its last epoch's checkpoint when a sitting ends mid-run.
+its arm's best rate from the ``sweep`` experiment's seed-1 runs on CB (for RTE and Gemma too: see grid.yaml), and
+waits until all three are recorded, and the one more past an edge that ``extend_at_edge`` adds (``sweep_rates``).
+Records go to ``results/runs.jsonl``, one line a run, appended under a file lock (several runners may share the grid:
+each claims a run with a lock file first). Prefix arms train through ``adaprefix.training.train`` into
+``cache/runs/<run id>``, PEFT arms through the Trainer with a checkpoint every epoch; either resumes from its last
+epoch's checkpoint when a sitting ends mid-run.
 """
 
 from __future__ import annotations
@@ -106,15 +107,70 @@ def read_records(path: Path | None = None) -> list[dict[str, Any]]:
     return records
 
 
-def swept_rate(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) -> float | None:
-    """The arm's rate with the best seed-1 dev accuracy in the SmolLM2 CB sweep (ties: the smaller rate); None until
-    every rate grid.yaml gives the arm is recorded there."""
+def _edge_step(runs: list[dict[str, Any]]) -> int:
+    """+1 when the best dev accuracy sits at the highest rate and beats every other rate, -1 at the lowest, else 0."""
+    by_rate = sorted(runs, key=lambda r: r["learning_rate"])
+    best = max(round(r["dev"]["accuracy"], 9) for r in runs)
+    at_best = [r for r in by_rate if round(r["dev"]["accuracy"], 9) == best]
+    if len(at_best) > 1:
+        return 0
+    return 1 if at_best[0] is by_rate[-1] else -1 if at_best[0] is by_rate[0] else 0
+
+
+def sweep_rates(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) -> tuple[list[float], bool]:
+    """The arm's rates in the SmolLM2 CB sweep (seed 1) so far, and whether the sweep is complete.
+
+    First grid.yaml's rates. Where the sweep experiment has ``extend_at_edge: {factor: f, max: n}`` and, once those
+    are recorded, the best dev accuracy sits at the highest (lowest) rate and beats every other rate, one more rate at
+    f times (1/f times) that edge; again while the best stays at the new edge, at most n more. Complete: every rate
+    listed is recorded and no further one is due."""
     rates = [float(rate) for rate in grid["arms"][arm]["rates"]]
     done = [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL and r["task"] == SWEEP_TASK
-            and r["arm"] == arm and r["seed"] == 1 and any(math.isclose(r["learning_rate"], x) for x in rates)]
-    if not all(any(math.isclose(r["learning_rate"], x) for r in done) for x in rates):
+            and r["arm"] == arm and r["seed"] == 1]
+
+    def at(rate: float) -> dict[str, Any] | None:
+        return next((r for r in done if math.isclose(r["learning_rate"], rate)), None)
+
+    if any(at(rate) is None for rate in rates):
+        return rates, False
+    sweep = next(e for e in grid["experiments"] if e["name"] == SWEEP)
+    rule = sweep.get("extend_at_edge") or {"factor": 2, "max": 0}
+    for _ in range(int(rule["max"])):
+        step = _edge_step([at(rate) for rate in rates])
+        if step == 0:
+            break
+        rates.append((max(rates) if step > 0 else min(rates)) * float(rule["factor"]) ** step)
+        if at(rates[-1]) is None:
+            return rates, False
+    return rates, True
+
+
+def swept_rate(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) -> float | None:
+    """The arm's rate with the best seed-1 dev accuracy in its SmolLM2 CB sweep (ties: the smaller rate); None until
+    the sweep is complete (:func:`sweep_rates`)."""
+    rates, complete = sweep_rates(grid, arm, records)
+    if not complete:
         return None
+    done = [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL and r["task"] == SWEEP_TASK
+            and r["arm"] == arm and r["seed"] == 1 and any(math.isclose(r["learning_rate"], x) for x in rates)]
     return float(max(done, key=lambda r: (round(r["dev"]["accuracy"], 9), -r["learning_rate"]))["learning_rate"])
+
+
+def planned(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[Run]:
+    """``expand(grid)`` plus each arm's sweep rates beyond an edge (:func:`sweep_rates`), recorded or due, right
+    after the sweep's own runs."""
+    runs = expand(grid)
+    sweep_runs = [r for r in runs if r.experiment == SWEEP]
+    if not sweep_runs:
+        return runs
+    extra = []
+    for arm in dict.fromkeys(r.arm for r in sweep_runs):
+        base = [float(rate) for rate in grid["arms"][arm]["rates"]]
+        template = next(r for r in sweep_runs if r.arm == arm)
+        for rate in sweep_rates(grid, arm, records)[0][len(base):]:
+            extra.append(Run(SWEEP, template.model, template.task, arm, template.seed, rate, template.settings))
+    at = runs.index(sweep_runs[-1]) + 1
+    return runs[:at] + extra + runs[at:]
 
 
 def resolved(grid: dict[str, Any], run: Run, records: list[dict[str, Any]]) -> Run | None:
@@ -209,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         records = read_records()
         have = {r["run_id"] for r in records}
         pending, waiting = [], 0
-        for run in expand(grid):
+        for run in planned(grid, records):
             if (args.only and run.experiment not in args.only) or (args.arm and run.arm not in args.arm):
                 continue
             ready = resolved(grid, run, records)

@@ -15,6 +15,7 @@ a cell with no run says so.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import statistics
@@ -23,8 +24,21 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import grid as decoder_grid  # noqa: E402  the records and each arm's rate, read as the runners read them
+
+
+def _load_grid_module():
+    """grid.py, loaded by its path: the records and each arm's rate, read as the runners read them. By path, since
+    the reproduction has a ``grid`` module of its own."""
+    name = "adaprefix_benchmarks_decoder_grid"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / "grid.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: its dataclass looks its module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+decoder_grid = _load_grid_module()
 RECORDS = HERE / "results" / "runs.jsonl"
 INIT = HERE / "results" / "init_loss.json"
 ZERO_SHOT = HERE / "results" / "zero_shot.json"
@@ -106,10 +120,10 @@ def at_chosen_rates(records: list[dict], rates: dict[str, float]) -> dict[str, d
     return by_arm
 
 
-def sweep_edge(arm: str, rate: float) -> str:
-    """Where ``rate`` sits in the arm's swept rates: "lowest" or "highest" (a rate beyond the sweep might have done
-    better), else ""."""
-    rates = [float(r) for r in grid_arms()[arm]["rates"]]
+def sweep_edge(arm: str, rate: float, records: list[dict]) -> str:
+    """Where ``rate`` sits in the arm's swept rates (grid.yaml's, and any beyond an edge): "lowest" or "highest" (a
+    rate beyond the sweep might have done better), else ""."""
+    rates = decoder_grid.sweep_rates(decoder_grid.load_grid(HERE / "grid.yaml"), arm, records)[0]
     if math.isclose(rate, max(rates)):
         return "highest"
     return "lowest" if math.isclose(rate, min(rates)) else ""
@@ -120,9 +134,10 @@ def peaked_late(record: dict, last: int = 2) -> bool:
     return record["best_epoch"] > len(record["epochs"]) - last
 
 
-def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
+def summary_table(records: list[dict], rates: dict[str, float], sweeps: list[dict] | None = None) -> list[str]:
     """Per arm at its chosen rate, on one model and task: mean dev accuracy over seeds, the margin to LoRA paired by
-    seed, how soon and how late the runs peaked, their size and their time."""
+    seed, how soon and how late the runs peaked, their size and their time. ``sweeps``: the records that hold the
+    sweep (default ``records``), for marking a rate at its edge."""
     by_arm = at_chosen_rates(records, rates)
     lines = ["| arm | rate | seeds | dev accuracy (mean ± sd) | invalid | minus LoRA (paired) | steps to 90% (mean) | "
              "best in the last 2 epochs | trainable | time (mean) |",
@@ -136,7 +151,7 @@ def summary_table(records: list[dict], rates: dict[str, float]) -> list[str]:
         margin = f"{100 * statistics.mean(pairs):+.1f} ({len(pairs)})" if pairs and arm != REFERENCE else "-"
         invalid = statistics.mean(r["dev"].get("invalid", float("nan")) for r in seeds)
         steps = [s for s in map(steps_to_90, seeds) if s is not None]
-        edge = sweep_edge(arm, rates[arm])
+        edge = sweep_edge(arm, rates[arm], records if sweeps is None else sweeps)
         rate = f"{rates[arm]:g}" + (f" ({edge} swept)" if edge else "")
         lines.append(f"| {arm} | {rate} | {len(runs)} | {100 * statistics.mean(accs):.1f} ± "
                      f"{'-' if math.isnan(sd) else f'{sd:.1f}'} | {_cell(invalid)} | {margin} | "
@@ -301,7 +316,7 @@ def markdown(records: list[dict], curves: Path = CURVES) -> str:
     for model, task in sorted({(r["model"], r["task"]) for r in records}, key=lambda mt: (mt[0] != "smollm2", mt)):
         chosen = [r for r in records if r["model"] == model and r["task"] == task]
         if rates and at_chosen_rates(chosen, rates):
-            lines += ["", f"### {model}, {task}", ""] + summary_table(chosen, rates)
+            lines += ["", f"### {model}, {task}", ""] + summary_table(chosen, rates, records)
     lines += ["", "## The moonshot", "",
               "Each adaptive arm's mean margin in dev accuracy points, paired by task and seed over every SmolLM2 run "
               "at the chosen rates (the number of pairs in brackets). The bar: within 2 points of LoRA, at least 3 "

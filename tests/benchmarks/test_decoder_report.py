@@ -39,7 +39,10 @@ def middle(report, arm):
 def test_the_chosen_rate_is_the_best_seed1_sweep_run_and_ties_take_the_smaller(report):
     records = sweep(report, "exact", [0.70, 0.75, 0.75]) + sweep(report, "pt2", [0.60, 0.50, 0.55])
     records += sweep(report, "apt", [0.9, 0.9])
-    assert report.chosen_rates(records) == {"exact": 0.01, "pt2": 0.005}  # apt's sweep is incomplete
+    # apt's sweep is incomplete; pt2's best is its lowest rate and beats the others, so it waits for 0.0025 first
+    assert report.chosen_rates(records) == {"exact": 0.01}
+    records.append(record("pt2", 0.0025, 1, 0.55))
+    assert report.chosen_rates(records) == {"exact": 0.01, "pt2": 0.005}
 
 
 def test_the_chosen_rate_reads_only_the_smollm2_cb_sweep_at_grid_rates(report):
@@ -104,12 +107,22 @@ def test_the_summary_says_how_soon_and_how_late_the_runs_peaked(report):
     assert report.peaked_late(early) is False and report.peaked_late(early, last=3) is True
 
 
-def test_a_rate_at_the_edge_of_its_sweep_is_marked(report):
+def test_a_sweep_won_at_its_edge_is_extended_once_and_a_rate_still_at_the_edge_is_marked(report):
+    """grid.yaml's sweep has extend_at_edge {factor: 2, max: 1}: a best rate at the highest (lowest) of the three that
+    beats the other two adds one run at twice (half) it; if that wins again, the sweep ends there all the same."""
     records = sweep(report, "exact", [0.70, 0.72, 0.75]) + sweep(report, "pt2", [0.75, 0.72, 0.70])
-    records += sweep(report, "lora", [0.70, 0.75, 0.70])
-    table = "\n".join(report.summary_table(records, report.chosen_rates(records)))
-    assert "| exact | 0.02 (highest swept) | 1 |" in table and "| pt2 | 0.005 (lowest swept) | 1 |" in table
-    assert "| lora | 0.0005 | 1 |" in table
+    records += sweep(report, "lora", [0.70, 0.75, 0.70]) + sweep(report, "apt", [0.75, 0.72, 0.75])
+    assert report.chosen_rates(records) == {"lora": 0.0005, "apt": 0.005}  # apt's tie is not a win at an edge
+    grid = report.decoder_grid
+    loaded = grid.load_grid(grid.GRID_FILE)
+    due = [(r.arm, r.learning_rate) for r in grid.planned(loaded, records) if r.experiment == "sweep"][21:]
+    assert due == [("pt2", 0.0025), ("exact", 0.04)]  # the extensions, right after the sweep's own 21 runs
+    records += [record("exact", 0.04, 1, 0.80), record("pt2", 0.0025, 1, 0.74)]
+    rates = report.chosen_rates(records)
+    assert rates == {"lora": 0.0005, "apt": 0.005, "exact": 0.04, "pt2": 0.005}
+    table = "\n".join(report.summary_table(records, rates))
+    assert "| exact | 0.04 (highest swept) | 1 |" in table and "| pt2 | 0.005 | 1 |" in table
+    assert "| lora | 0.0005 | 1 |" in table and "| apt | 0.005 (lowest swept) | 1 |" in table
 
 
 @pytest.mark.parametrize("exact, verdict", [
