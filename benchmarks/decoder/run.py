@@ -199,7 +199,7 @@ def train_peft(args: argparse.Namespace, kind: str, learning_rate: float, model_
         data_collator=task.collator(tokenizer), compute_metrics=scorer.compute_metrics,
         preprocess_logits_for_metrics=logits_preprocessor(task), callbacks=[recorder])
     trainer.remove_callback(PrinterCallback)  # the raw log dicts; the epoch records hold the numbers
-    with library_output("normal"), peft_deprecation_hushed():  # no checkpoint-writing bars in the runner's log
+    with peft_deprecation_hushed():
         trainer.train(resume_from_checkpoint=resume_from)
     best = recorder.best
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -230,3 +230,14 @@ def test_a_runs_time_counts_every_sitting_even_where_its_train_seconds_counted_t
     assert report.run_seconds(whole) == 2897.8
     assert report.run_seconds(record("pt2", 0.01, 1, 0.7)) == 60.0  # epochs without times
     assert "| lora s1 | 0.01 | 70.0 | 0.0 | 0.400 | 3 / 3 | 96 | 10 | 90 min |" in report.run_table([resumed])
+
+
+def test_a_failed_run_is_listed_as_failed_and_left_out_of_the_comparison(report):
+    records = _grid(report, _by([0.74] * 4), _by([0.75] * 4), _by([0.70] * 4), _by([0.73] * 4))
+    failed = next(r for r in records if r["arm"] == "exact" and r["seed"] == 2)
+    del failed["dev"]
+    failed["failed"] = "the training loss became nan at step 40"
+    assert "| exact s2 | 0.01 | failed: the training loss became nan at step 40 (after 3 epochs) |" in \
+        "\n".join(report.run_table(records))
+    assert ("smollm2", "cb-t2t", 2) not in report.at_chosen_rates(records, report.chosen_rates(records))["exact"]
+    assert len(report.paired_margins(records, report.chosen_rates(records), "exact", "lora")) == 3

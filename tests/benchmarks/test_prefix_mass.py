@@ -8,6 +8,7 @@ import torch
 
 from adaprefix import AdaptivePrefixConfig, attach
 from decoder_helpers import tiny_llama
+from tiny_models import tiny_model
 from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decoder" / "prefix_mass.py"
@@ -45,17 +46,20 @@ def test_the_prefix_columns_come_first_in_the_attention_weights():
 
 @pytest.mark.parametrize("attention_mask", [[[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]],
                          ids=["padded", "unpadded: transformers passes no mask"])
-def test_zero_key_share_of_the_bare_model_is_what_a_zero_prefix_takes_in_the_first_layer(prefix_mass, attention_mask):
+@pytest.mark.parametrize("build", [lambda: tiny_llama(20), lambda: tiny_model("gemma3_text", impl="eager")],
+                         ids=["llama", "gemma3: scaling by query_pre_attn_scalar, not head_dim"])
+def test_zero_key_share_of_the_bare_model_is_what_a_zero_prefix_takes_in_the_first_layer(prefix_mass, attention_mask,
+                                                                                      build):
     """The probe's l / (l + Z), read from the model without a prefix, against the share the injected prefix takes
     when its keys and values are 0 (the injection's own attention weights): equal in layer 0, where the prefix has
     not yet changed the hidden states. Grouped heads, padding and the causal mask all enter both."""
-    model = tiny_llama(20)
+    model = build()
     model.config._attn_implementation = "eager"
     batch = {"input_ids": torch.tensor([[1, 5, 6, 7, 8], [1, 9, 4, 0, 0]]),
              "attention_mask": torch.tensor(attention_mask)}
     stats = prefix_mass.real_logit_stats(model, batch, prefix_length=3)
     assert model.config._attn_implementation == "eager"  # the probe is switched off again
-    assert len(stats["zero_key_share"]) == 2 and all(0 < s < 1 for s in stats["zero_key_share"])
+    assert len(stats["zero_key_share"]) == model.config.num_hidden_layers and all(0 < s < 1 for s in stats["zero_key_share"])
     attach(model, AdaptivePrefixConfig(method="pt2", prefix_length=3))
     with torch.no_grad():
         for parameter in model.parameters():
