@@ -249,3 +249,45 @@ def test_a_folder_that_cannot_be_locked_warns_and_trains_unguarded(tmp_path, mon
         with run_dir.run_lock(tmp_path / "r"):
             (tmp_path / "r" / "metrics.jsonl").write_text("")
     assert (tmp_path / "r" / "metrics.jsonl").is_file()  # and leaving the lock did not raise either
+
+
+def test_a_checkpoint_holds_only_the_trainable_parameters_and_an_older_whole_model_one_still_resumes(
+        tiny_backbone, sentiment_files, tmp_path, monkeypatch):
+    """The frozen backbone is not copied into every checkpoint; a run whose checkpoints an older adaprefix wrote with
+    the whole model (the Trainer's own save) resumes from them to the same result."""
+    from transformers import Trainer
+
+    from adaprefix.training.trainer import TRAINABLE_WEIGHTS, SelectiveEvalTrainer
+
+    cfg, _ = _killed_after_two_epochs(tiny_backbone, sentiment_files, tmp_path / "new")
+    (checkpoint,) = (tmp_path / "new" / "checkpoints").glob("checkpoint-*")
+    assert not (checkpoint / "model.safetensors").exists()
+    saved = load_file(checkpoint / TRAINABLE_WEIGHTS)
+    assert {k.split(".")[0] for k in saved} == {"adaprefix", "classifier"}  # the adapter and the task head, no backbone
+    assert all(k.startswith("adaprefix.") or k.startswith("classifier.") for k in saved)
+    whole = train(cfg, resume=True).final
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SelectiveEvalTrainer, "_save", Trainer._save)  # how checkpoints were written before
+        old_cfg, _ = _killed_after_two_epochs(tiny_backbone, sentiment_files, tmp_path / "old")
+    (old,) = (tmp_path / "old" / "checkpoints").glob("checkpoint-*")
+    assert (old / "model.safetensors").is_file() and not (old / TRAINABLE_WEIGHTS).exists()
+    resumed = train(old_cfg, resume=True).final
+    assert resumed["dev"] == whole["dev"] and epoch_records(tmp_path / "old") == epoch_records(tmp_path / "new")
+
+
+def test_a_checkpoint_whose_trainable_weights_do_not_match_the_model_is_refused(tiny_backbone, sentiment_files,
+                                                                                tmp_path):
+    from safetensors.torch import save_file
+
+    from adaprefix.training.trainer import TRAINABLE_WEIGHTS, CheckpointError
+
+    cfg, _ = _killed_after_two_epochs(tiny_backbone, sentiment_files, tmp_path / "cut")
+    (checkpoint,) = (tmp_path / "cut" / "checkpoints").glob("checkpoint-*")
+    saved = load_file(checkpoint / TRAINABLE_WEIGHTS)
+    saved.pop(next(k for k in saved if k.startswith("classifier.")))
+    save_file({**saved, "adaprefix.stray": torch.zeros(1)}, checkpoint / TRAINABLE_WEIGHTS)
+    with pytest.raises(CheckpointError, match=r"trainable.safetensors: expected the model's \d+ trainable parameters, "
+                                              r"got \d+; missing \['classifier\..*'\], not in the model's trainable "
+                                              r"set \['adaprefix.stray'\]"):
+        train(cfg, resume=True)
