@@ -124,6 +124,12 @@ def _edge_step(runs: list[dict[str, Any]]) -> int:
     return 1 if at_best[0] is by_rate[-1] else -1 if at_best[0] is by_rate[0] else 0
 
 
+def _sweep_records(arm: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The arm's seed-1 runs in the SmolLM2 CB sweep."""
+    return [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL and r["task"] == SWEEP_TASK
+            and r["arm"] == arm and r["seed"] == 1]
+
+
 def sweep_rates(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) -> tuple[list[float], bool]:
     """The arm's rates in the SmolLM2 CB sweep (seed 1) so far, and whether the sweep is complete.
 
@@ -132,8 +138,7 @@ def sweep_rates(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) -
     f times (1/f times) that edge; again while the best stays at the new edge, at most n more. Complete: every rate
     listed is recorded and no further one is due."""
     rates = [float(rate) for rate in grid["arms"][arm]["rates"]]
-    done = [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL and r["task"] == SWEEP_TASK
-            and r["arm"] == arm and r["seed"] == 1]
+    done = _sweep_records(arm, records)
 
     def at(rate: float) -> dict[str, Any] | None:
         return next((r for r in done if math.isclose(r["learning_rate"], rate)), None)
@@ -160,8 +165,7 @@ def swept_rate(grid: dict[str, Any], arm: str, records: list[dict[str, Any]]) ->
     rates, complete = sweep_rates(grid, arm, records)
     if not complete:
         return None
-    done = [r for r in records if r["experiment"] == SWEEP and r["model"] == SWEEP_MODEL and r["task"] == SWEEP_TASK
-            and r["arm"] == arm and r["seed"] == 1 and any(math.isclose(r["learning_rate"], x) for x in rates)]
+    done = [r for r in _sweep_records(arm, records) if any(math.isclose(r["learning_rate"], x) for x in rates)]
     return float(max(done, key=lambda r: (score(r), -r["learning_rate"]))["learning_rate"])
 
 
