@@ -59,7 +59,7 @@ class PrefixAdapter(nn.Module):
             batch = hidden.shape[0]  # one dropout mask per example, as P-tuning v2
             keys = nn.functional.dropout(keys.expand(batch, -1, -1, -1), p, training=True)
             values = nn.functional.dropout(values.expand(batch, -1, -1, -1), p, training=True)
-        scale = None
+        scale = alpha = None
         if self.token_gate is not None:
             keep = None
             if padding_mask is not None and config.gate_pooling == "mean":  # sliced and cast once per forward
@@ -72,6 +72,10 @@ class PrefixAdapter(nn.Module):
             scale = alpha
         if self.layer_gate is not None:
             lam = self.layer_gate(i).to(device)
+            if config.gate_mode == "separate":  # alpha weighs within the prefix's own softmax, lambda its output
+                weight = None if alpha is None else exact_gate(alpha, keys.shape[2])
+                return seam.LayerPrefix(keys=keys, values=values, separate_gate=lam.reshape(1),
+                                        separate_weight=weight, shared=shared)
             scale = lam if scale is None else lam * scale
         if config.gate_mode == "exact":  # g weighs each pseudo token's attention weight, inside attention
             return seam.LayerPrefix(keys=keys, values=values, weight_gate=exact_gate(scale, keys.shape[2]),

@@ -15,6 +15,10 @@ Two implementations compute that attention, with the same result:
 - :func:`per_query_gated_attention`, the eager reference: one (B, H, T, l + S) score matrix. It runs whenever the
   fast path cannot: attention weights requested (``output_attentions``), attention dropout while training (the fused
   CPU kernel has no dropout), a device other than CPU, or a non-floating dtype.
+
+Separate gates (``gate_mode="separate"``) give the prefix a softmax of its own and add its output times lambda, as
+LLaMA-Adapter does: :func:`separate_attention` runs the host's attention over the real keys untouched and adds
+:func:`separate_branch`; the eager reference computes the same from its score matrix (:func:`separate_softmax`).
 """
 
 from __future__ import annotations
@@ -88,6 +92,15 @@ class LayerPrefix:
     # (B,) bool, True for the rows whose adapter has exact gates, in a batch mixing them with others (whose rows
     # carry weight_gate 1). None: every row's, when weight_gate is set.
     exact_rows: torch.Tensor | None = None
+    # gate_mode "separate": (B|1,) lambda. The prefix gets a softmax of its own, and its output times lambda is added
+    # to the real keys' attention, which is theirs alone (the frozen model's, at lambda = 0 exactly).
+    separate_gate: torch.Tensor | None = None
+    # (B|1, T|1, l) alpha: pseudo token j's unnormalised weight in the prefix's own softmax is alpha_j exp(s_j).
+    # None: 1 for every token.
+    separate_weight: torch.Tensor | None = None
+    # (B,) bool, True for the rows whose adapter attends to its prefix apart, in a batch mixing them with others
+    # (whose separate_gate is 0). None: every row's, when separate_gate is set.
+    separate_rows: torch.Tensor | None = None
 
 
 class LayerSite:
@@ -214,14 +227,60 @@ def weighted_softmax(scores: torch.Tensor, length: int, weight_gate: torch.Tenso
     return torch.cat([e_prefix, e_real], dim=-1) / total
 
 
+def prefix_weighted_softmax(scores: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """softmax over the last dim of ``scores`` (..., l) where column j has unnormalised weight w_j exp(s_j).
+
+    ``weight`` w broadcasts against ``scores`` (None: 1). As in :func:`weighted_softmax`, w multiplies the exponential
+    (its gradient at w = 0 is finite) and the shift is the largest exponent among the columns with any weight. A row
+    whose every weight is 0 gives zeros rather than 0/0.
+    """
+    if weight is None:
+        return torch.softmax(scores, dim=-1)
+    w = weight.to(scores.dtype)
+    with torch.no_grad():
+        m = (scores + torch.log(w)).amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, scores.amax(dim=-1, keepdim=True))  # every weight 0: any finite shift
+    e = torch.exp((scores - m).clamp(max=80.0)) * w
+    total = e.sum(dim=-1, keepdim=True)
+    return e / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def separate_softmax(scores: torch.Tensor, length: int, prefix: LayerPrefix) -> torch.Tensor:
+    """gate_mode "separate": [lambda * the prefix columns' own softmax, the real keys' own softmax] from masked scores
+    (B, H, T, l + S), in the scores' dtype (computed in :func:`softmax_dtype`). In the prefix's softmax, token j weighs
+    alpha_j exp(s_j) (``separate_weight``); a padded column (its score at the dtype's minimum) gets no weight."""
+    ct = softmax_dtype(scores.dtype)
+    weight = None if prefix.separate_weight is None else prefix.separate_weight.unsqueeze(1)  # (B|1, 1, T|1, l)
+    own = prefix_weighted_softmax(scores[..., :length].to(ct), weight)
+    real = torch.softmax(scores[..., length:], dim=-1, dtype=ct)
+    lam = prefix.separate_gate.to(ct).view(-1, 1, 1, 1)
+    return torch.cat([lam * own, real], dim=-1).to(scores.dtype)
+
+
+def with_separate_rows(scores: torch.Tensor, length: int, prefix: LayerPrefix,
+                       joint: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The probabilities over [prefix columns; real keys] of each row: :func:`separate_softmax` for the rows whose
+    adapter attends to its prefix apart, ``joint()`` (the joint softmax) for the others."""
+    if prefix.separate_gate is None:
+        return joint()
+    separate = separate_softmax(scores, length, prefix)
+    if prefix.separate_rows is None:
+        return separate
+    return torch.where(prefix.separate_rows[:, None, None, None], separate, joint())
+
+
 def prefix_softmax(scores: torch.Tensor, length: int, prefix: LayerPrefix) -> torch.Tensor:
     """Probabilities over [prefix columns; real keys] from masked scores (B, H, T, l + S), in the scores' dtype:
-    a plain softmax, or with exact gates :func:`weighted_softmax`. For the patched attentions (DeBERTa, MPNet), whose
-    gates are pooled (``weight_gate`` (B, 1, l)) or already in the keys and values."""
-    if prefix.weight_gate is None:
-        return nn.functional.softmax(scores, dim=-1)
-    ct = softmax_dtype(scores.dtype)
-    return weighted_softmax(scores.to(ct), length, prefix.weight_gate.unsqueeze(1)).to(scores.dtype)
+    a plain softmax, with exact gates :func:`weighted_softmax`, with separate ones :func:`separate_softmax`. For the
+    patched attentions (DeBERTa, MPNet), whose gates are pooled (``weight_gate`` (B, 1, l)) or already in the keys
+    and values."""
+    def joint():
+        if prefix.weight_gate is None:
+            return nn.functional.softmax(scores, dim=-1)
+        ct = softmax_dtype(scores.dtype)
+        return weighted_softmax(scores.to(ct), length, prefix.weight_gate.unsqueeze(1)).to(scores.dtype)
+
+    return with_separate_rows(scores, length, prefix, joint)
 
 
 def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPrefix, scaling=None, dropout=0.0,
@@ -265,10 +324,13 @@ def per_query_gated_attention(module, query, key, value, mask, prefix: LayerPref
             scores = scores + mask
     both = torch.cat([prefix_scores, scores], dim=-1)  # (B, H, T, l + S)
     ct = softmax_dtype(query.dtype)
-    if prefix.weight_gate is None:
-        probs = torch.softmax(both, dim=-1, dtype=ct).to(query.dtype)
-    else:
-        probs = weighted_softmax(both.to(ct), length, weight_gate.unsqueeze(1)).to(query.dtype)
+
+    def joint():
+        if prefix.weight_gate is None:
+            return torch.softmax(both, dim=-1, dtype=ct).to(query.dtype)
+        return weighted_softmax(both.to(ct), length, weight_gate.unsqueeze(1)).to(query.dtype)
+
+    probs = with_separate_rows(both, length, prefix, joint)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     # The weights the values are really mixed with (gate on the prefix columns, after dropout): these are what
     # output_attentions reports, so that weights @ [values] reproduces the output.
@@ -514,6 +576,51 @@ def gated_attention(module, query, key, value, attention_mask, prefix: LayerPref
     return per_query_gated_attention(module, query, key, value, mask, prefix, **kwargs)
 
 
+def separate_blocker(prefix: LayerPrefix, **kwargs) -> str | None:
+    """Why a separately normalised prefix must take the eager per-query path; None when the host's own attention
+    over the real keys plus :func:`separate_branch` applies (any device and dtype: no fused kernel is involved)."""
+    if not _FAST_PATH["enabled"]:
+        return "fast path disabled"
+    if kwargs.get("output_attentions") or prefix.shared.want_weights:
+        return "attention weights requested"
+    if prefix.separate_rows is not None or prefix.query_gate is not None or prefix.weight_gate is not None:
+        return "a batch mixing separate rows with others"
+    return None
+
+
+def separate_branch(query: torch.Tensor, prefix: LayerPrefix, scale: float, dropout: float = 0.0,
+                    training: bool = False) -> torch.Tensor:
+    """lambda * (the prefix's own softmax, token j weighing alpha_j exp(s_j)) @ prefix values: (B, H, T, hd), in
+    :func:`softmax_dtype`. The R query heads of a key/value group read its prefix as it is (no copy per head)."""
+    batch, heads, q_len, head_dim = query.shape
+    groups, length = prefix.keys.shape[1], prefix.keys.shape[2]
+    rep = heads // groups
+    ct = softmax_dtype(query.dtype)
+    logits = _prefix_logits(query, prefix.keys, None, scale, ct)  # (B, G, R, T, l)
+    if prefix.keep is not None:  # two separate adapters of different lengths in one batch: padded columns
+        logits = logits.masked_fill(~prefix.keep[:, None, None, None, :], torch.finfo(ct).min)
+    probs = prefix_weighted_softmax(logits, _heads_gate(prefix.separate_weight, ct))  # (B, G, R, T, l)
+    probs = nn.functional.dropout(probs, p=dropout, training=training)
+    out = torch.matmul(probs.reshape(batch, groups, rep * q_len, length), _cast(prefix.values, ct))  # (B, G, R*T, hd)
+    return out.view(batch, heads, q_len, head_dim) * _cast(prefix.separate_gate, ct).view(-1, 1, 1, 1)
+
+
+def separate_attention(inner: Callable, module, query, key, value, attention_mask, prefix: LayerPrefix, **kwargs):
+    """gate_mode "separate": the host's own attention over the real keys (``inner``, untouched: at lambda = 0 the
+    output is the frozen model's, bit for bit) plus :func:`separate_branch`. A batch mixing such rows with others,
+    or a request for the weights, takes the eager :func:`per_query_gated_attention`, which computes the same."""
+    unsupported = [k for k in ("softcap", "sinks", "s_aux") if kwargs.get(k) is not None]
+    if unsupported:  # the prefix's own softmax would need them too; no supported architecture passes them
+        raise NotImplementedError(f"separately normalised prefixes do not implement {', '.join(unsupported)}")
+    if separate_blocker(prefix, **kwargs) is not None:
+        mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))
+        return per_query_gated_attention(module, query, key, value, mask, prefix, **kwargs)
+    out, _ = inner(module, query, key, value, attention_mask, **kwargs)  # (B, T, H, hd)
+    scale = query.shape[-1] ** -0.5 if kwargs.get("scaling") is None else kwargs["scaling"]
+    branch = separate_branch(query, prefix, scale, kwargs.get("dropout", 0.0), module.training)
+    return out + branch.transpose(1, 2).to(out.dtype), None
+
+
 def _inner_function(module_class: type, impl: str) -> Callable:
     if impl == "sdpa":
         return sdpa_attention_forward
@@ -533,6 +640,8 @@ def prefix_attention(impl: str, module, query, key, value, attention_mask, **kwa
     if site is None or site.prefix is None:
         return inner(module, query, key, value, attention_mask, **kwargs)
     prefix = site.prefix
+    if prefix.separate_gate is not None:
+        return separate_attention(inner, module, query, key, value, attention_mask, prefix, **kwargs)
     if prefix.query_gate is not None or prefix.weight_gate is not None:
         return gated_attention(module, query, key, value, attention_mask, prefix, **kwargs)
     mask = explicit_mask(attention_mask, query, key.shape[2], bool(getattr(module, "is_causal", False)))

@@ -10,10 +10,13 @@ from .errors import AdaprefixError
 
 METHODS = ("apt", "pt2", "token-gate", "layer-gate")
 POOLINGS = ("auto", "mean", "cls", "token")
-GATE_MODES = ("scale", "exact")
+GATE_MODES = ("scale", "exact", "separate")
 #: What each gate mode does, for help texts (one entry per mode in GATE_MODES).
 GATE_MODE_NOTES = {"scale": "the paper's: the gate scales the pseudo token's key and value",
-                   "exact": "the gate weighs the pseudo token's attention weight; 0 removes it exactly"}
+                   "exact": "the gate weighs the pseudo token's attention weight; 0 removes it exactly",
+                   "separate": "the prefix gets its own softmax, added times lambda, as in LLaMA-Adapter"}
+#: Gate modes whose layer gate starts at 0, so that the adapter starts at the frozen model.
+FROZEN_START_MODES = ("exact", "separate")
 #: What each method attaches, for help texts (one entry per method in METHODS).
 METHOD_NOTES = {"apt": "both gates, the paper's method", "pt2": "P-tuning v2, no gates",
                 "token-gate": "token gate only, an ablation", "layer-gate": "layer gate only, an ablation"}
@@ -111,14 +114,18 @@ class AdaptivePrefixConfig:
     layer_gate_init: float | None = field(
         default=None,
         metadata={"help": "Initial layer-level scalar lambda_i (unconstrained, as in the paper). None: 1.0 with "
-                  "gate_mode 'scale' (start from the ungated prefix), 0.0 with 'exact' (start at the frozen model)."},
+                  "gate_mode 'scale' (start from the ungated prefix), 0.0 with 'exact' and 'separate' (start at the "
+                  "frozen model)."},
     )
     gate_mode: Literal[GATE_MODES] = field(
         default="scale",
         metadata={"help": "How the gate g = lambda_i * alpha_ij acts on pseudo token j: " + choices_help(
             GATE_MODES, GATE_MODE_NOTES) + ". 'exact' gives the token the unnormalised attention weight "
             "g * exp(q.k_j / sqrt(d)) and leaves its value unscaled, so g = 1 is pt2 and g = 0 is the frozen "
-            "model; it uses |lambda| (the weight must not be negative) and starts lambda at 0 unless "
+            "model; it uses |lambda| (the weight must not be negative). 'separate' attends to the prefix apart "
+            "from the real tokens, in a softmax of its own where token j weighs alpha_j * exp(q.k_j / sqrt(d)), and "
+            "adds that output times lambda (unconstrained) to the real tokens' attention, which is the frozen "
+            "model's; it needs the layer gate (method apt or layer-gate). Both start lambda at 0 unless "
             "layer_gate_init says otherwise. Not for pt2, which has no gate."},
     )
     prefix_init_text: str | None = field(
@@ -170,8 +177,11 @@ class AdaptivePrefixConfig:
         if self.gate_mode == "exact" and not (self.use_token_gate or self.use_layer_gate):
             raise ConfigError(f"gate_mode: 'exact' weighs a gate, and method {self.method!r} has none; use "
                               "method 'apt' (or 'token-gate', 'layer-gate') with it, or gate_mode 'scale'")
+        if self.gate_mode == "separate" and not self.use_layer_gate:
+            raise ConfigError(f"gate_mode: 'separate' adds the prefix's attention times the layer gate lambda, and "
+                              f"method {self.method!r} has none; use method 'apt' or 'layer-gate' with it")
         if self.layer_gate_init is None:
-            self.layer_gate_init = 0.0 if self.gate_mode == "exact" else 1.0
+            self.layer_gate_init = 0.0 if self.gate_mode in FROZEN_START_MODES else 1.0
         for name in ("token_gate_bias_init", "layer_gate_init"):
             if not _is_number(getattr(self, name)):
                 _refuse(name, "a number", getattr(self, name))

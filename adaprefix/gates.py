@@ -38,7 +38,8 @@ class TokenGate(nn.Module):
 
 
 class LayerGate(nn.Module):
-    """lambda_i: one learnable scalar per layer, unconstrained (the paper) or, for exact gates, used as |lambda_i|."""
+    """lambda_i: one learnable scalar per layer, unconstrained (the paper's, and separate gates': it scales an added
+    output, which may be subtracted) or, for exact gates, used as |lambda_i| (a weight must not be negative)."""
 
     def __init__(self, config: AdaptivePrefixConfig, num_layers: int):
         super().__init__()

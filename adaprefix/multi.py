@@ -371,7 +371,9 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
     length = max(part.keys.shape[2] for part in real)
     per_query = any(part.query_gate is not None for part in real)
     exact = any(part.weight_gate is not None for part in real)
+    separate = any(part.separate_gate is not None for part in real)
     keys, values, gates, weight_gates, lengths, exact_rows = [], [], [], [], [], []
+    lambdas, alphas, separate_rows = [], [], []
     for rows, part in parts:
         n = len(rows)
         l = part.keys.shape[2] if part is not None else 0  # None: PT-2*'s layer without a prefix for this adapter
@@ -387,6 +389,12 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
             gate = gate.to(ref.dtype).expand(n, q_len, -1)
             weight_gates.append(nn.functional.pad(gate, (0, length - l), value=1.0))  # (n, T, L)
             exact_rows += [part is not None and part.weight_gate is not None] * n
+        if separate:  # rows of other adapters get lambda 0 (their prefix is in the joint softmax) and alpha 1
+            apart = part is not None and part.separate_gate is not None
+            lambdas.append(part.separate_gate.to(ref.dtype).expand(n) if apart else ref.new_zeros(n))
+            alpha = part.separate_weight if apart and part.separate_weight is not None else ref.new_ones(n, 1, l)
+            alphas.append(nn.functional.pad(alpha.to(ref.dtype).expand(n, q_len, -1), (0, length - l), value=1.0))
+            separate_rows += [apart] * n
         lengths += [l] * n
     inverse = routing.inverse(batch, ref.device)
     keep = None
@@ -395,7 +403,11 @@ def routed_layer_prefix(runtime: AdapterRuntime, i: int, layer: nn.Module, hidde
     return seam.LayerPrefix(keys=torch.cat(keys)[inverse], values=torch.cat(values)[inverse],
                             query_gate=torch.cat(gates)[inverse] if per_query else None,
                             weight_gate=torch.cat(weight_gates)[inverse] if exact else None, shared=shared, keep=keep,
-                            exact_rows=torch.tensor(exact_rows, device=ref.device)[inverse] if exact else None)
+                            exact_rows=torch.tensor(exact_rows, device=ref.device)[inverse] if exact else None,
+                            separate_gate=torch.cat(lambdas)[inverse] if separate else None,
+                            separate_weight=torch.cat(alphas)[inverse] if separate else None,
+                            separate_rows=(torch.tensor(separate_rows, device=ref.device)[inverse]
+                                           if separate and not all(separate_rows) else None))
 
 
 @dataclass
@@ -417,14 +429,14 @@ class _Stack:
 
 def _build_stack(runtime: AdapterRuntime, layer: nn.Module, hidden: torch.Tensor) -> _Stack | None:
     """The stacks of this forward's adapters; None where one of them needs its own code path: per-layer lengths
-    (PT-2*), exact gates, per-query gates beside pooled ones, prefix dropout while training, or prefixes on several
-    devices (a layer on another device than the stack takes the loop on its own: routed_layer_prefix checks every
-    layer)."""
+    (PT-2*), exact or separate gates, per-query gates beside pooled ones, prefix dropout while training, or prefixes
+    on several devices (a layer on another device than the stack takes the loop on its own: routed_layer_prefix checks
+    every layer)."""
     routing = runtime.routing
     entries = [(name, *_entry_of(runtime, name)) for name in routing.groups]
     gated = [config.use_token_gate for _, config, _ in entries]
     poolings = tuple(sorted({config.gate_pooling for _, config, _ in entries if config.use_token_gate}))
-    if (any(config.prefix_lengths is not None or config.gate_mode == "exact" for _, config, _ in entries)
+    if (any(config.prefix_lengths is not None or config.gate_mode != "scale" for _, config, _ in entries)
             or ("token" in poolings and len(poolings) > 1)
             or (layer.training and any(config.prefix_dropout for _, config, _ in entries))):
         return None

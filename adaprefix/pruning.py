@@ -2,8 +2,10 @@
 
 With exact gates (``gate_mode="exact"``) a gate of 0 removes its token from the attention exactly, so a token whose
 gate g = |lambda_i| * alpha_ij stays at or below a small threshold on every example and position contributes (almost)
-nothing and can go. The result is an adapter with per-layer lengths (``prefix_lengths``, as PT-2* has), fewer
-parameters and a shorter attention, which saves and loads like any other.
+nothing and can go. With separate gates (``gate_mode="separate"``) the same holds: alpha_ij = 0 takes token j out of
+its layer's prefix softmax, and lambda_i = 0 takes the layer's whole prefix out. The result is an adapter with
+per-layer lengths (``prefix_lengths``, as PT-2* has), fewer parameters and a shorter attention, which saves and loads
+like any other.
 
 With the paper's scaling gates a gate of 0 does not remove its token (a zero key still takes softmax mass), so pruning
 changes the outputs even at threshold 0; it is allowed, with a warning.
@@ -45,7 +47,7 @@ class PruneResult:
 
 
 def max_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-    """The largest gate g_ij = lambda_i * alpha_ij (|lambda_i| for exact gates) each pseudo token reached on
+    """The largest gate g_ij = |lambda_i| * alpha_ij each pseudo token reached on
     ``batches`` (dicts of model inputs), over examples and, for per-query gates, the real query positions: (N, l).
 
     Methods without a token gate give lambda_i for every token of layer i, and pt2 gives 1. Layers shorter than the
@@ -93,8 +95,8 @@ def prune_adapter(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]
 
     The attached adapter is replaced by one with per-layer lengths (``prefix_lengths``) holding the kept tokens'
     keys and values and their gate weights; the layer gates and the task head are kept as they are. A projected
-    prefix (``prefix_projection``) becomes its output. With exact gates, removing tokens whose gates are exactly 0
-    changes no output. Refused when nothing would be left, and on a model with several adapters loaded (prune
+    prefix (``prefix_projection``) becomes its output. With exact or separate gates, removing tokens whose gates are
+    exactly 0 changes no output. Refused when nothing would be left, and on a model with several adapters loaded (prune
     before loading the others).
     """
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold < 0:
@@ -106,7 +108,7 @@ def prune_adapter(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]
     config, adapter = runtime.config, runtime.adapter
     if config.method == "pt2":
         raise ConfigError("prune: method 'pt2' has no gate to prune by; train an apt adapter (gate_mode 'exact')")
-    if config.gate_mode != "exact":
+    if config.gate_mode == "scale":
         warnings.warn("prune: with gate_mode 'scale' (the paper's) a gate of 0 does not remove its token (a zero key "
                       "still takes attention mass): the pruned adapter's outputs will differ", PruningWarning,
                       stacklevel=2)

@@ -30,7 +30,7 @@ BAD = [
     ("token_gate_weight_std", -0.1, "a value >= 0"),
     ("token_gate_bias_init", "0", "a number"),
     ("layer_gate_init", "1", "a number"),
-    ("gate_mode", "log", "one of scale, exact"),
+    ("gate_mode", "log", "one of scale, exact, separate"),
     ("prefix_init_text", "  ", "None or a non-empty text"),
     ("train_head", "no", "None, true or false"),
 ]

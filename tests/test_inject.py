@@ -306,7 +306,7 @@ def test_shift_positions_beyond_the_position_table_names_the_lengths(name, longe
         model(input_ids=too_long)
 
 
-@pytest.mark.parametrize("gate_mode", ["scale", "exact"])
+@pytest.mark.parametrize("gate_mode", ["scale", "exact", "separate"])
 @pytest.mark.parametrize("placement", ["weights", "accelerate-hook"])
 def test_each_layer_gets_its_prefix_and_gates_on_its_own_device(placement, gate_mode):
     # Under device_map, layer i lives on its own device while h_{i-1} arrives on the previous layer's (accelerate
@@ -327,6 +327,8 @@ def test_each_layer_gets_its_prefix_and_gates_on_its_own_device(placement, gate_
     assert prefix.keys.device.type == "meta" and prefix.values.device.type == "meta"
     if gate_mode == "exact":  # the exact gate weighs the attention there: it must be on the layer's device too
         assert prefix.weight_gate.device.type == "meta"
+    if gate_mode == "separate":  # lambda scales the prefix's output there, alpha weighs inside its softmax
+        assert prefix.separate_gate.device.type == "meta" and prefix.separate_weight.device.type == "meta"
     assert runtime.token_gates[1].device.type == "meta"
     assert model.adaprefix.prefix.embedding.device.type == "cpu"  # the parameters stay where attach put them
 
