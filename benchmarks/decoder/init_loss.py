@@ -1,8 +1,8 @@
 """How far a freshly attached prefix moves a pretrained decoder before any training: a grid model's completion loss
 (SmolLM2-135M, or Gemma-3-270m with its sliding-window layers) on the first dev examples of a text-to-text task,
-without a prefix; with pt2, apt and exact-gate prefixes at two init scales; with prefixes initialised from a text's
-keys and values (the grid's instruction, the label words); and with PEFT's LLaMA-Adapter and LoRA, which start at the
-base model by construction.
+without a prefix; with pt2, apt, exact-gate and separate-gate prefixes at two init scales; with prefixes initialised
+from a text's keys and values (the grid's instruction, the label words); and with PEFT's LLaMA-Adapter and LoRA,
+which start at the base model by construction.
 
     python benchmarks/decoder/init_loss.py            # cb-t2t, 16 dev examples; writes results/init_loss.json
     python benchmarks/decoder/init_loss.py --model gemma3-270m    # writes results/init_loss-gemma3-270m.json
@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: The options beside pt2 and the paper's apt, as (row name, AdaptivePrefixConfig settings).
+GATE_MODE_ARMS = (("exact", {"method": "apt", "gate_mode": "exact"}),
+                  ("separate", {"method": "apt", "gate_mode": "separate"}))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         return float(sums[:, 0].sum() / sums[:, 1].sum())
 
     rows = [{"prefix": "none", "completion_loss": completion_loss()}]
-    for method, options in (("pt2", {}), ("apt", {}), ("exact", {"method": "apt", "gate_mode": "exact"})):
+    for method, options in (("pt2", {}), ("apt", {}), *GATE_MODE_ARMS):
         for std in (1.0, 0.02):
             torch.manual_seed(0)
             attach(model, AdaptivePrefixConfig(**{"method": method, **options}, prefix_length=args.prefix_length,
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     for source, text in texts.items():
         if not text:
             continue
-        for method, options in (("pt2", {}), ("apt", {}), ("exact", {"method": "apt", "gate_mode": "exact"})):
+        for method, options in (("pt2", {}), ("apt", {}), *GATE_MODE_ARMS):
             torch.manual_seed(0)
             attach(model, AdaptivePrefixConfig(**{"method": method, **options}, prefix_length=args.prefix_length,
                                                prefix_init_std=0.02))

@@ -47,7 +47,7 @@ CURVES = HERE / "results" / "curves.png"
 REFERENCE = "lora"
 #: The issue's moonshot, for each adaptive arm: (the arm it is compared with, the least mean paired margin, in points).
 MOONSHOT = (("lora", -2.0), ("pt2", 3.0), ("llama-adapter", 0.0))
-ADAPTIVE = ("apt", "exact", "exact-text")
+ADAPTIVE = ("apt", "exact", "exact-text", "separate")
 
 
 def grid_arms() -> dict[str, dict]:

@@ -115,8 +115,9 @@ def test_a_sweep_won_at_its_edge_is_extended_once_and_a_rate_still_at_the_edge_i
     assert report.chosen_rates(records) == {"lora": 0.0005, "apt": 0.005}  # apt's tie is not a win at an edge
     grid = report.decoder_grid
     loaded = grid.load_grid(grid.GRID_FILE)
-    due = [(r.arm, r.learning_rate) for r in grid.planned(loaded, records) if r.experiment == "sweep"][21:]
-    assert due == [("pt2", 0.0025), ("exact", 0.04)]  # the extensions, right after the sweep's own 21 runs
+    own = 3 * len(loaded["arms"])
+    due = [(r.arm, r.learning_rate) for r in grid.planned(loaded, records) if r.experiment == "sweep"][own:]
+    assert due == [("pt2", 0.0025), ("exact", 0.04)]  # the extensions, right after the sweep's own runs
     records += [record("exact", 0.04, 1, 0.80), record("pt2", 0.0025, 1, 0.74)]
     rates = report.chosen_rates(records)
     assert rates == {"lora": 0.0005, "apt": 0.005, "exact": 0.04, "pt2": 0.005}
