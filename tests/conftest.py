@@ -75,7 +75,7 @@ def task_data_dir(tmp_path):
 
 @pytest.fixture(scope="session")
 def serve_runs(tiny_backbone, tmp_path_factory):
-    """Three runs of `adaprefix train` for the serve tests (tests/serve_helpers.py)."""
+    """Four runs of `adaprefix train` for the serve tests (tests/serve_helpers.py)."""
     from serve_helpers import train_runs
 
     return train_runs(tmp_path_factory.mktemp("serve-runs"), tiny_backbone)

@@ -24,8 +24,8 @@ def train(settings: dict) -> None:
 
 
 def train_runs(root, backbone) -> dict:
-    """A 2-label sentiment run (apt), a 3-label topic run (pt2, another prefix length) and a CoNLL04 tagging run
-    (another head class, apt with exact gates), all with max_length 16."""
+    """A 2-label sentiment run (apt), a 3-label topic run (pt2, another prefix length), a CoNLL04 tagging run
+    (another head class, apt with exact gates) and a sentiment run with separate gates, all with max_length 16."""
     def jsonl(name, rows):
         path = root / name
         path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
@@ -43,7 +43,10 @@ def train_runs(root, backbone) -> dict:
     # Exact gates (issue 24): served beside the paper's gates and pt2, each row as `adaprefix predict` answers it.
     train({**common, "task": "conll04", "data_dir": root / "data", "output_dir": root / "ner", "prefix_length": 3,
            "gate_mode": "exact"})
-    return {name: root / name for name in ("sentiment", "topics", "ner")}
+    # Separate gates: the prefix in its own softmax, served in the same batches as the others.
+    train({**common, "task": "custom", "train_file": jsonl("s.jsonl", SENTIMENT * 2), "dev_file": jsonl(
+        "sd.jsonl", SENTIMENT), "output_dir": root / "separate", "prefix_length": 5, "gate_mode": "separate"})
+    return {name: root / name for name in ("sentiment", "topics", "ner", "separate")}
 
 
 def free_port() -> int:

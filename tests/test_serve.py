@@ -34,8 +34,8 @@ def runs(serve_runs):
 
 @pytest.fixture(scope="module")
 def client(runs):
-    engine = Engine.from_runs([str(runs["sentiment"]), f"topic={runs['topics']}", str(runs["ner"])],
-                              Settings(max_batch_size=16, max_wait_ms=50))
+    engine = Engine.from_runs([str(runs["sentiment"]), f"topic={runs['topics']}", str(runs["ner"]),
+                               str(runs["separate"])], Settings(max_batch_size=16, max_wait_ms=50))
     with TestClient(create_app(engine)) as test_client:
         yield test_client
 
@@ -59,11 +59,13 @@ REQUESTS = [("sentiment", ["a wonderful film", "so dull and long"]),
             ("topic", ["the striker missed", "rates and shares", "flu season"]),
             ("ner", ["John Smith lives in Paris", "IBM hired Mary"]),
             ("sentiment", ["brilliant acting"]),
-            ("topic", ["a penalty in the final minute"])]
+            ("topic", ["a penalty in the final minute"]),
+            ("separate", ["a wonderful film", "dull"])]
 
 
 def test_mixed_concurrent_requests_equal_adaprefix_predict_on_each_run(client, runs):
-    folders = {"sentiment": runs["sentiment"], "topic": runs["topics"], "ner": runs["ner"]}
+    folders = {"sentiment": runs["sentiment"], "topic": runs["topics"], "ner": runs["ner"],
+               "separate": runs["separate"]}
     before = client.get("/health").json()["batches"]
 
     def ask(request):
@@ -80,7 +82,7 @@ def test_mixed_concurrent_requests_equal_adaprefix_predict_on_each_run(client, r
         for a, r in zip(answer, reference):
             _same(a, r)
     health = client.get("/health").json()
-    # 9 inputs of two model kinds (classification, tagging): fewer forwards than requests means requests shared them.
+    # 11 inputs of two model kinds (classification, tagging): fewer forwards than requests means requests shared them.
     assert health["batches"] - before < len(REQUESTS)
 
 
@@ -95,7 +97,7 @@ def test_task_format_objects_and_pairs_are_read_as_predict_reads_them(client, ru
 def test_health_adapters_and_openapi(client, runs):
     assert client.get("/health").json()["status"] == "ok"
     adapters = {a["name"]: a for a in client.get("/v1/adapters").json()["adapters"]}
-    assert list(adapters) == ["sentiment", "topic", "ner"]
+    assert list(adapters) == ["sentiment", "topic", "ner", "separate"]
     assert adapters["topic"]["method"] == "pt2" and adapters["topic"]["labels"] == ["health", "money", "sport"]
     assert adapters["sentiment"]["task"] == "custom" and adapters["sentiment"]["labels"] == ["neg", "pos"]
     assert adapters["ner"]["kind"] == "token-classification" and adapters["ner"]["source"] == str(runs["ner"])
@@ -105,7 +107,7 @@ def test_health_adapters_and_openapi(client, runs):
 
 
 @pytest.mark.parametrize("body,status,message", [
-    ({"adapter": "nope", "inputs": ["x"]}, 404, "no adapter named 'nope'; served: sentiment, topic, ner"),
+    ({"adapter": "nope", "inputs": ["x"]}, 404, "no adapter named 'nope'; served: sentiment, topic, ner, separate"),
     ({"adapter": "sentiment"}, 422, "malformed request body: body.inputs: Field required"),
     ({"adapter": "sentiment", "inputs": []}, 422, "body.inputs: List should have at least 1 item"),
     ({"adapter": "sentiment", "inputs": "text"}, 422, "malformed request body"),
