@@ -13,6 +13,8 @@ Variants:
   i.e. the eager per-query path every APT decoder forward used before; shows what the fast path changed.
 - ``exact``      ``AdaptivePrefixConfig(method="apt", gate_mode="exact")``: exact per-query gates (the gate weighs
   each pseudo token's exponential) on the same fused path.
+- ``separate``   ``AdaptivePrefixConfig(method="apt", gate_mode="separate")``: the host's own sdpa over the real
+  keys, plus the prefix in a softmax of its own (per-query gates weighing inside it), added times lambda.
 
 Two tasks, each timed per variant:
 
@@ -60,10 +62,11 @@ from adaprefix import AdaptivePrefixConfig, attach  # noqa: E402
 from adaprefix.analysis.run_info import machine_metadata, run_metadata  # noqa: E402
 from adaprefix.attention import fast_path  # noqa: E402
 
-VARIANTS = ("pt2", "apt", "apt-eager", "exact")
+VARIANTS = ("pt2", "apt", "apt-eager", "exact", "separate")
 TASKS = ("forward", "generate")
 TARGETS = {("forward", "apt/pt2"): 1.3, ("generate", "apt/pt2"): 1.25}
-RATIOS = (("apt", "pt2"), ("apt-eager", "pt2"), ("apt", "apt-eager"), ("exact", "pt2"), ("exact", "apt"))
+RATIOS = (("apt", "pt2"), ("apt-eager", "pt2"), ("apt", "apt-eager"), ("exact", "pt2"), ("exact", "apt"),
+          ("separate", "pt2"), ("separate", "exact"))
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -74,7 +77,7 @@ def build(variant: str, prefix_length: int, seed: int) -> torch.nn.Module:
     model = LlamaForCausalLM(LlamaConfig(**MODEL, attn_implementation="sdpa")).eval()
     torch.manual_seed(seed + 1)
     method = "pt2" if variant == "pt2" else "apt"
-    gate_mode = "exact" if variant == "exact" else "scale"
+    gate_mode = variant if variant in ("exact", "separate") else "scale"
     return attach(model, AdaptivePrefixConfig(method=method, prefix_length=prefix_length, gate_mode=gate_mode)).eval()
 
 
