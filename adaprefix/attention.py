@@ -232,15 +232,16 @@ def prefix_weighted_softmax(scores: torch.Tensor, weight: torch.Tensor | None) -
 
     ``weight`` w broadcasts against ``scores`` (None: 1). As in :func:`weighted_softmax`, w multiplies the exponential
     (its gradient at w = 0 is finite) and the shift is the largest exponent among the columns with any weight. A row
-    whose every weight is 0 gives zeros rather than 0/0.
+    with no weight anywhere (every w exactly 0, or every column padded away at -inf) gives zeros rather than 0/0: a
+    layer whose every alpha is exactly 0 adds nothing, while the same small alpha on every token adds it all.
     """
-    if weight is None:
-        return torch.softmax(scores, dim=-1)
-    w = weight.to(scores.dtype)
+    w = None if weight is None else weight.to(scores.dtype)
     with torch.no_grad():
-        m = (scores + torch.log(w)).amax(dim=-1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, scores.amax(dim=-1, keepdim=True))  # every weight 0: any finite shift
-    e = torch.exp((scores - m).clamp(max=80.0)) * w
+        m = (scores if w is None else scores + torch.log(w)).amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # no weight anywhere: any finite shift
+    e = torch.exp((scores - m).clamp(max=80.0))
+    if w is not None:
+        e = e * w
     total = e.sum(dim=-1, keepdim=True)
     return e / torch.where(total > 0, total, torch.ones_like(total))
 

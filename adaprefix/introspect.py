@@ -75,6 +75,9 @@ def collect_token_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.T
 def effective_gates(model: nn.Module, token_gates: torch.Tensor | None = None) -> torch.Tensor:
     """lambda_i * alpha_ij averaged over examples, shape (N, l): the factor each pseudo token's key/value received.
 
+    Under ``gate_mode="exact"`` it is the factor on the token's attention weight; under ``"separate"`` lambda_i
+    scales the prefix's added output and alpha weighs the tokens only against each other (their ratios count).
+
     With per-layer prefix lengths, pseudo tokens a layer does not have are NaN.
     """
     config = model.adapter_config

@@ -2,8 +2,10 @@
 
 With exact gates (``gate_mode="exact"``) a gate of 0 removes its token from the attention exactly, so a token whose
 gate g = |lambda_i| * alpha_ij stays at or below a small threshold on every example and position contributes (almost)
-nothing and can go. With separate gates (``gate_mode="separate"``) the same holds: alpha_ij = 0 takes token j out of
-its layer's prefix softmax, and lambda_i = 0 takes the layer's whole prefix out. The result is an adapter with
+nothing and can go. With separate gates (``gate_mode="separate"``) alpha only weighs a layer's pseudo tokens against
+each other inside the prefix's own softmax, so a token's gate there is |lambda_i| times its alpha relative to the
+layer's most open token (alpha_ij / max_k alpha_ik, per example and position): 0 where alpha_ij = 0, which takes the
+token out exactly, or where lambda_i = 0, which takes the layer's whole prefix out. The result is an adapter with
 per-layer lengths (``prefix_lengths``, as PT-2* has), fewer parameters and a shorter attention, which saves and loads
 like any other.
 
@@ -47,7 +49,8 @@ class PruneResult:
 
 
 def max_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-    """The largest gate g_ij = |lambda_i| * alpha_ij each pseudo token reached on
+    """The largest gate g_ij = |lambda_i| * alpha_ij (alpha relative to the layer's largest under separate gates: see
+    the module's docstring) each pseudo token reached on
     ``batches`` (dicts of model inputs), over examples and, for per-query gates, the real query positions: (N, l).
 
     Methods without a token gate give lambda_i for every token of layer i, and pt2 gives 1. Layers shorter than the
@@ -73,6 +76,9 @@ def max_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -
                     if alpha is None:
                         continue
                     alpha = alpha.float()
+                    if config.gate_mode == "separate":  # only the ratios count: each relative to the most open
+                        top = alpha.amax(dim=-1, keepdim=True)
+                        alpha = alpha / torch.where(top > 0, top, torch.ones_like(top))
                     if alpha.ndim == 3:  # (B, T, l): only the real tokens' queries count
                         mask = runtime.padding_mask
                         if mask is not None:

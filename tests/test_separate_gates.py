@@ -144,6 +144,81 @@ def test_one_pseudo_token_adds_lambda_times_its_value_whatever_the_query(name, i
                                                                        inputs), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name,impl", [("bert", "sdpa"), ("deberta-v2", "eager"), ("llama", "sdpa")])
+def test_with_zero_keys_the_prefix_adds_lambda_times_its_values_averaged_by_alpha(name, impl):
+    """Keys of 0 score 0 against every query, so the prefix's softmax is alpha_j / sum_k alpha_k whatever the query:
+    the layer adds lambda * that average of its values, a constant the frozen model's output bias can carry. alpha is
+    fractional here (sigmoid of biases 0.3, -1, 2: weights 0.57, 0.27, 0.88), and so pinned beyond 0 and 1."""
+    overrides = {"attention_bias": True} if name == "llama" else {}
+    inputs = _inputs(name)
+    lam = torch.tensor([0.9, -0.7, 1.3])
+    model = attach(tiny_model(name, impl, **overrides), AdaptivePrefixConfig(
+        gate_mode="separate", prefix_length=3, prefix_dropout=0.0, prefix_init_std=1.0))
+    kv = adapter_runtime(model).shape.kv_dim
+    bias = torch.tensor([0.3, -1.0, 2.0])
+    with torch.no_grad():
+        model.adaprefix.layer_gate.scale.copy_(lam)
+        model.adaprefix.token_gate.weight.zero_()
+        model.adaprefix.token_gate.bias.copy_(bias.expand(3, 3))
+        for i in range(3):
+            model.adaprefix.prefix.embedding[:, i * 2 * kv:i * 2 * kv + kv] = 0.0  # layer i's keys
+    flat = model.adaprefix.prefix.embedding.detach()
+    alpha = 1 / (1 + torch.exp(-bias))  # computed here, not by the gate
+    values = [(alpha[:, None] * flat[:, i * 2 * kv + kv:(i + 1) * 2 * kv]).sum(0) / alpha.sum() for i in range(3)]
+    reference = _logits(_with_output_bias(name, impl, lam, values), inputs)
+    for fused in (True, False):
+        with fast_path(fused):
+            torch.testing.assert_close(_logits(model, inputs), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text"])
+def test_open_per_query_gates_give_the_same_logits_step_by_step_with_the_kv_cache(name):
+    """Each position's gate is its own: decoding one token at a time (query length 1, the cache holding the rest)
+    gives the logits of the whole sequence at once, with lambda open and alpha varying by position. Gemma 3's window
+    of 4 is shorter than the 8 tokens, so its sliding layers act."""
+    model = _separate(name, "sdpa", layer_gate_init=0.8)
+    ids = tiny_batch(1, 8, pad_last=0)[0]
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits
+        alpha = adapter_runtime(model).token_gates[0]  # (1, T, l)
+        out = model(input_ids=ids[:, :3], use_cache=True)
+        steps = [out.logits]
+        for t in range(3, ids.shape[1]):
+            out = model(input_ids=ids[:, t:t + 1], cache=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    assert (alpha - alpha[:, :1]).abs().amax() > 0.01  # the gates do differ between positions
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_in_bfloat16_it_starts_at_the_frozen_model_and_both_paths_agree():
+    inputs = _inputs("llama")
+    frozen = _logits(tiny_model("llama", "sdpa").to(torch.bfloat16), inputs)
+    model = attach(tiny_model("llama", "sdpa").to(torch.bfloat16), AdaptivePrefixConfig(
+        gate_mode="separate", prefix_length=4, prefix_dropout=0.0, prefix_init_std=1.0, token_gate_weight_std=0.5))
+    assert torch.equal(_logits(model, inputs), frozen)
+    with torch.no_grad():
+        model.adaprefix.layer_gate.scale.fill_(0.8)
+    host = _logits(model, inputs)
+    with fast_path(False):
+        eager = _logits(model, inputs)
+    assert host.dtype == eager.dtype == torch.bfloat16 and torch.isfinite(host).all()
+    torch.testing.assert_close(host.float(), eager.float(), rtol=0, atol=0.05)
+    assert (host.float() - frozen.float()).abs().max() > 0.05  # the open gates' effect is larger than that bound
+
+
+def test_attention_weights_hold_lambda_times_the_prefix_softmax_and_the_real_keys_own():
+    model = _separate("llama", "sdpa", layer_gate_init=0.0)
+    lam = torch.tensor([0.6, -0.4, 1.5])
+    with torch.no_grad():
+        model.adaprefix.layer_gate.scale.copy_(lam)
+        plain = model(**_inputs("llama")).logits
+        out = model(**_inputs("llama"), output_attentions=True)
+    torch.testing.assert_close(out.logits, plain, rtol=1e-5, atol=1e-5)
+    for i, weights in enumerate(out.attentions):  # (B, H, T, l + S)
+        torch.testing.assert_close(weights[..., :4].sum(-1), torch.full(weights.shape[:3], float(lam[i])))
+        torch.testing.assert_close(weights[..., 4:].sum(-1), torch.ones(weights.shape[:3]))
+
+
 @pytest.mark.parametrize("name,impl", [("llama", "sdpa"), ("bert", "sdpa"), ("mpnet", "eager")])
 def test_alpha_weighs_tokens_within_the_prefix_softmax_only(name, impl):
     """alpha is each token's weight inside the prefix's own softmax: alpha exactly 0 removes the token (the same as a
@@ -343,3 +418,18 @@ def test_tokens_whose_alpha_is_exactly_0_and_layers_whose_lambda_is_0_prune_away
     result = prune_adapter(model, [inputs], threshold=0.0)
     assert result.kept == [[0, 2], [], []]
     torch.testing.assert_close(_logits(model, inputs), before, rtol=1e-5, atol=1e-6)
+
+
+def test_pruning_reads_alpha_relative_to_its_layer_s_most_open_token():
+    """Only alpha's ratios count inside the prefix's softmax: a layer whose every alpha is tiny (about 6e-6) still adds
+    its whole prefix, and must not be pruned away as a tiny gate would be; a token far below its layer's others
+    goes."""
+    model = _separate("llama", "sdpa", prefix_length=4, layer_gate_init=1.0)
+    with torch.no_grad():
+        model.adaprefix.token_gate.weight.zero_()
+        model.adaprefix.token_gate.bias.copy_(torch.tensor([[2.0, 2.0, 2.0, 2.0], [2.0, 2.0, -20.0, 2.0],
+                                                            [-12.0, -12.0, -12.0, -12.0]]))
+    inputs = _inputs("llama")
+    result = prune_adapter(model, [inputs], threshold=1e-3)
+    assert result.kept == [[0, 1, 2, 3], [0, 1, 3], [0, 1, 2, 3]]
+    torch.testing.assert_close(result.max_gates[2], torch.ones(4))  # relative to the layer's largest: 1

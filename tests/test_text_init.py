@@ -83,9 +83,10 @@ def test_each_layer_of_an_encoder_gets_the_text_s_keys_and_values(name):
     _check_layers(model, _reference_encoder(tiny_model(name, "eager"), torch.tensor([ids])))
 
 
+@pytest.mark.parametrize("gate_mode", ["scale", "exact", "separate"])
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3_text"])
-def test_each_layer_of_a_rotary_decoder_gets_the_text_s_keys_and_values_rotated_before_position_0(name):
-    model = attach(tiny_model(name, "sdpa"), _config(method="apt"))  # grouped-query: 2 kv heads for 4 queries
+def test_each_layer_of_a_rotary_decoder_gets_the_text_s_keys_and_values_rotated_before_position_0(name, gate_mode):
+    model = attach(tiny_model(name, "sdpa"), _config(method="apt", gate_mode=gate_mode))  # 2 kv heads for 4 queries
     ids = init_prefix_from_text(model, TOKENIZER, TEXT)
     _check_layers(model, _reference_decoder(tiny_model(name, "sdpa"), torch.tensor([ids])))
 
