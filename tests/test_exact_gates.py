@@ -1,30 +1,21 @@
 """Exact gates (``gate_mode="exact"``): pseudo token j gets the unnormalised attention weight g_j * exp(q.k_j / sqrt(d)).
 
-The references are independent of the gate code: the frozen model before attach (g = 0 everywhere, the start), and
-P-tuning v2 with the same prefix (g = 1), with each pseudo token written twice (g = 2: two identical columns carry
-exactly twice the weight), or with the gated-off tokens left out (g = 0 for some tokens).
+The references are independent of the gate code: P-tuning v2 with the same prefix (g = 1), with each pseudo token
+written twice (g = 2: two identical columns carry exactly twice the weight), or with the gated-off tokens left out
+(g = 0 for some tokens). The start at the frozen model (g = 0 everywhere) is tested with the separate gates' in
+test_frozen_start.py.
 """
 
 import pytest
 import torch
 
-from adaprefix import AdaptivePrefixConfig, adapter_runtime, attach, last_token_gates, layer_gates, load_adapter
+from adaprefix import AdaptivePrefixConfig, adapter_runtime, attach, layer_gates
 from adaprefix.attention import fast_path
 from adaprefix.gates import nonnegative
 from test_multi import _alone, _check_rows, _multi, _save_adapters
-from tiny_models import DECODERS, MATRIX, tiny_batch, tiny_model
+from tiny_models import DECODERS, MATRIX, logits_of, tiny_batch, tiny_inputs, tiny_model
 
 OPEN, SHUT = 30.0, -200.0  # token-gate biases whose sigmoid is exactly 1.0 and 0.0 in float32
-
-
-def _inputs(name):
-    ids, mask = tiny_batch(pad_last=0 if name in DECODERS else 3)
-    return dict(input_ids=ids, attention_mask=mask)
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
 
 
 def _set_gates(model, lam: float, open_tokens: torch.Tensor | None = None):
@@ -61,44 +52,23 @@ def _exact(name, impl, method="apt", **overrides):
 
 
 @pytest.mark.parametrize("name,impl", MATRIX)
-def test_at_init_the_model_equals_the_frozen_model(name, impl):
-    inputs = _inputs(name)
-    frozen = _logits(tiny_model(name, impl), inputs)  # before any adapter exists
-    model = _exact(name, impl)
-    assert bool((layer_gates(model) == 0).all())
-    torch.testing.assert_close(_logits(model, inputs), frozen, rtol=0, atol=1e-6)
-    with pytest.raises(AssertionError):  # the same prefix with the paper's gates does move the model
-        scaled = attach(tiny_model(name, impl), AdaptivePrefixConfig(prefix_length=4, prefix_dropout=0.0))
-        torch.testing.assert_close(_logits(scaled, inputs), frozen, rtol=0, atol=1e-6)
-
-
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-@pytest.mark.parametrize("name", DECODERS)
-def test_at_init_generate_with_the_kv_cache_equals_the_frozen_model(name, impl):
-    ids, _ = tiny_batch(length=6, pad_last=0)  # Gemma 3's window is 4: the sliding layers act while generating
-    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=0)
-    frozen = tiny_model(name, impl).generate(ids, **kwargs)
-    assert torch.equal(_exact(name, impl).generate(ids, **kwargs), frozen)
-
-
-@pytest.mark.parametrize("name,impl", MATRIX)
 def test_gates_at_1_equal_pt2_and_gates_at_2_equal_every_token_written_twice(name, impl):
-    inputs = _inputs(name)
+    inputs = tiny_inputs(name)
     model = _exact(name, impl)
     flat = model.adaprefix.prefix.embedding.detach().clone()  # (l, N * 2 * kv_dim)
     layers, length = model.adaprefix.token_gate.bias.shape
     _set_gates(model, 1.0, torch.ones(layers, length, dtype=torch.bool))
-    torch.testing.assert_close(_logits(model, inputs), _logits(_pt2_with(name, impl, flat), inputs),
+    torch.testing.assert_close(logits_of(model, inputs), logits_of(_pt2_with(name, impl, flat), inputs),
                                rtol=1e-5, atol=1e-5)
     _set_gates(model, 2.0, torch.ones(layers, length, dtype=torch.bool))
     twice = _pt2_with(name, impl, flat.repeat_interleave(2, dim=0))
-    torch.testing.assert_close(_logits(model, inputs), _logits(twice, inputs), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits_of(model, inputs), logits_of(twice, inputs), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,impl", [("bert", "sdpa"), ("deberta-v2", "eager"), ("mpnet", "eager"),
                                        ("llama", "sdpa"), ("gemma3_text", "eager")])
 def test_a_gate_of_exactly_0_removes_its_token_exactly(name, impl):
-    inputs = _inputs(name)
+    inputs = tiny_inputs(name)
     model = _exact(name, impl)
     runtime = adapter_runtime(model)
     flat = model.adaprefix.prefix.embedding.detach()
@@ -108,17 +78,24 @@ def test_a_gate_of_exactly_0_removes_its_token_exactly(name, impl):
     kv = 2 * runtime.shape.kv_dim
     per_layer = [flat[open_tokens[i], i * kv:(i + 1) * kv] for i in range(layers)]
     kept = _pt2_with(name, impl, flat, lengths=open_tokens.sum(1).tolist(), per_layer=per_layer)
-    torch.testing.assert_close(_logits(model, inputs), _logits(kept, inputs), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits_of(model, inputs), logits_of(kept, inputs), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,impl", [("llama", "sdpa"), ("gpt2", "sdpa"), ("bert", "sdpa")])
 def test_the_fused_path_equals_the_eager_one_with_gates_at_exactly_0(name, impl):
     """Outputs and gradients, where some gates are exactly 0: neither path may give NaN, and g = 0 still gets its
     gradient (exp(s - lse) (...), not 0 * log'(0))."""
-    inputs = _inputs(name)
+    grads = gradients_on_both_paths(lambda: _exact(name, impl, layer_gate_init=0.7), tiny_inputs(name))
+    assert grads["adaprefix.layer_gate.scale"][1] != 0  # the layer whose gate is exactly 0 is not stuck
+
+
+def gradients_on_both_paths(make_model, inputs) -> dict:
+    """The gradients of a loss on the outputs of ``make_model()``, with layer 1's gate exactly 0 and two of layer 2's
+    token gates exactly 0, on the fast path and on the eager one: asserted finite and equal (outputs too); returned
+    by parameter name."""
     results = []
     for fused in (True, False):
-        model = _exact(name, impl, layer_gate_init=0.7)
+        model = make_model()
         with torch.no_grad():
             model.adaprefix.layer_gate.scale[1] = 0.0
             model.adaprefix.token_gate.bias[2, :2] = SHUT
@@ -132,7 +109,7 @@ def test_the_fused_path_equals_the_eager_one_with_gates_at_exactly_0(name, impl)
     for n in grads_e:
         assert torch.isfinite(grads_e[n]).all() and torch.isfinite(grads_f[n]).all(), n
         torch.testing.assert_close(grads_f[n], grads_e[n], rtol=1e-4, atol=1e-7, msg=n)
-    assert grads_e["adaprefix.layer_gate.scale"][1] != 0  # the layer whose gate is exactly 0 is not stuck
+    return grads_e
 
 
 def test_the_layer_gate_has_a_gradient_at_0_and_on_both_sides():
@@ -141,30 +118,6 @@ def test_the_layer_gate_has_a_gradient_at_0_and_on_both_sides():
     value.sum().backward()
     assert value.tolist() == [0.0, 0.5, 0.5]
     assert x.grad.tolist() == [1.0, -1.0, 1.0]  # abs would give 0 at 0, where every exact gate starts
-
-
-@pytest.mark.parametrize("name", ["bert", "llama", "deberta-v2"])
-def test_it_learns_from_the_first_step_and_its_gates_leave_their_start(name):
-    model = _exact(name, ATTN[name], prefix_init_std=0.02, token_gate_weight_std=0.02).train()
-    inputs = _inputs(name)
-    labels = inputs["input_ids"] if name in DECODERS else torch.tensor([0, 2])
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("adaprefix.")}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(4):
-        loss = model(**inputs, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-        optimizer.step()
-        losses.append(loss.item())
-    assert (layer_gates(model) > 0).all()  # every layer's gate opened: none is stuck at its start
-    for n, before in start.items():
-        assert not torch.equal(dict(model.named_parameters())[n], before), f"{n} did not move"
-    assert losses[-1] < losses[0]
-
-
-ATTN = {"bert": "sdpa", "llama": "sdpa", "deberta-v2": "eager"}
 
 
 @pytest.mark.parametrize("arch,side", [("llama", "right"), ("llama", "left"), ("bert", "right")])
@@ -193,43 +146,6 @@ def test_a_mixed_batch_of_exact_scaling_and_ungated_adapters_gives_each_row_its_
         mixed = _multi(build, paths)(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
     width = mixed.shape[-1]
     _check_rows(mixed, refs, rows, {n: width for n in paths})
-
-
-def test_a_saved_exact_adapter_reloads_to_identical_outputs_and_gates(tmp_path):
-    model = _exact("llama", "sdpa", layer_gate_init=-0.6)
-    inputs = _inputs("llama")
-    model.save_adapter(tmp_path)
-    again = load_adapter(tiny_model("llama", "sdpa"), tmp_path)
-    assert again.adapter_config.gate_mode == "exact"
-    assert torch.equal(_logits(again, inputs), _logits(model, inputs))
-    torch.testing.assert_close(layer_gates(again), torch.full((3,), 0.6))  # |lambda|, as the attention uses it
-    assert last_token_gates(again) is not None
-
-
-@pytest.mark.parametrize("name", ["bert", "llama"])
-def test_per_layer_lengths_start_at_the_frozen_model(name):
-    inputs = _inputs(name)
-    frozen = _logits(tiny_model(name, "sdpa"), inputs)
-    model = attach(tiny_model(name, "sdpa"), AdaptivePrefixConfig(gate_mode="exact", prefix_lengths=[2, 0, 3],
-                                                                   prefix_dropout=0.0))
-    torch.testing.assert_close(_logits(model, inputs), frozen, rtol=0, atol=1e-6)
-
-
-@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated")
-@pytest.mark.parametrize("name", ["bert", "llama"])
-def test_gradient_checkpointing_gives_the_plain_gradients(name):
-    inputs = _inputs(name)
-    labels = inputs["input_ids"] if name in DECODERS else torch.tensor([0, 2])
-    grads = []
-    for checkpointing in (False, True):
-        model = _exact(name, "sdpa", layer_gate_init=0.5).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-        model(**inputs, labels=labels).loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
-    for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-6, atol=1e-7, msg=n)
-        assert grads[0][n].abs().sum() > 0, n
 
 
 @pytest.mark.parametrize("impl,fused", [("sdpa", True), ("sdpa", False), ("eager", False)],

@@ -1,32 +1,24 @@
 """Separate gates (``gate_mode="separate"``): the prefix gets a softmax of its own, added times lambda.
 
 Per layer and query, out = softmax(real scores) @ V + lambda * sum_j p_j pv_j with p_j = alpha_j exp(s_j) / sum_k
-alpha_k exp(s_k). The references are independent of the code under test: the frozen model before attach (lambda = 0,
-the start), PEFT's LLaMA-Adapter (``AdaptionPromptConfig``: the same sum, with keys and values made by the layer's own
-projections from a prompt, and alpha = 1), and for one pseudo token, whose own softmax is 1 whatever its score, the
-frozen model with lambda * pv_j added to the bias of the attention's output projection.
+alpha_k exp(s_k). The references are independent of the code under test: PEFT's LLaMA-Adapter (``AdaptionPromptConfig``:
+the same sum, with keys and values made by the layer's own projections from a prompt, and alpha = 1), and the frozen
+model with a constant added to the bias of the attention's output projection: what the prefix adds when its own
+softmax does not depend on the query (one pseudo token, or keys of 0). The start at the frozen model is tested with
+the exact gate's in test_frozen_start.py.
 """
 
 import pytest
 import torch
 
-from adaprefix import AdaptivePrefixConfig, ConfigError, adapter_runtime, attach, layer_gates, load_adapter
+from adaprefix import AdaptivePrefixConfig, ConfigError, adapter_runtime, attach, layer_gates
 from adaprefix.attention import fast_path
 from adaprefix.pruning import prune_adapter
+from test_exact_gates import gradients_on_both_paths
 from test_multi import _alone, _check_rows, _multi, _save_adapters
-from tiny_models import DECODERS, MATRIX, PATCHED, tiny_batch, tiny_model
+from tiny_models import DECODERS, PATCHED, logits_of, tiny_batch, tiny_inputs, tiny_model
 
 OPEN, SHUT = 30.0, -200.0  # token-gate biases whose sigmoid is exactly 1.0 and 0.0 in float32
-
-
-def _inputs(name):
-    ids, mask = tiny_batch(pad_last=0 if name in DECODERS else 3)
-    return dict(input_ids=ids, attention_mask=mask)
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
 
 
 def _separate(name, impl, method="apt", **overrides):
@@ -44,27 +36,6 @@ def _set_prefix(model, layer: int, keys: torch.Tensor, values: torch.Tensor):
     with torch.no_grad():
         embedding[:, start:start + shape.kv_dim] = keys
         embedding[:, start + shape.kv_dim:start + 2 * shape.kv_dim] = values
-
-
-@pytest.mark.parametrize("name,impl", MATRIX)
-def test_at_init_the_model_is_the_frozen_model_bit_for_bit(name, impl):
-    inputs = _inputs(name)
-    frozen = _logits(tiny_model(name, impl), inputs)  # before any adapter exists
-    model = _separate(name, impl)
-    assert bool((layer_gates(model) == 0).all())
-    assert torch.equal(_logits(model, inputs), frozen)  # the host's own attention, plus 0 * the prefix's
-    with torch.no_grad():
-        model.adaprefix.layer_gate.scale.fill_(0.5)
-    assert not torch.allclose(_logits(model, inputs), frozen, rtol=0, atol=1e-4)  # an open gate does move it
-
-
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-@pytest.mark.parametrize("name", DECODERS)
-def test_at_init_generate_with_the_kv_cache_is_the_frozen_model(name, impl):
-    ids, _ = tiny_batch(length=6, pad_last=0)  # Gemma 3's window is 4: the sliding layers act while generating
-    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=0)
-    frozen = tiny_model(name, impl).generate(ids, **kwargs)
-    assert torch.equal(_separate(name, impl).generate(ids, **kwargs), frozen)
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")  # PEFT 0.21 on transformers 5
@@ -92,10 +63,10 @@ def test_the_layer_gate_alone_is_peft_llama_adapter(name, fused):
             _set_prefix(model, i, adapted.model.k_proj(prompt), adapted.model.v_proj(prompt))
     ids, mask = tiny_batch(pad_last=2)
     with fast_path(fused):
-        ours = _logits(model, dict(input_ids=ids, attention_mask=mask))
-    expected = _logits(reference, dict(input_ids=ids, attention_mask=mask))
+        ours = logits_of(model, dict(input_ids=ids, attention_mask=mask))
+    expected = logits_of(reference, dict(input_ids=ids, attention_mask=mask))
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(expected, _logits(tiny_model(name, "sdpa"), dict(input_ids=ids, attention_mask=mask)),
+    assert not torch.allclose(expected, logits_of(tiny_model(name, "sdpa"), dict(input_ids=ids, attention_mask=mask)),
                               atol=1e-3)  # the gates are open: the reference is not the frozen model
     prompt = dict(input_ids=ids[:1, :5], attention_mask=torch.ones(1, 5, dtype=torch.long), max_new_tokens=6,
                   do_sample=False, pad_token_id=0)
@@ -127,7 +98,7 @@ def test_one_pseudo_token_adds_lambda_times_its_value_whatever_the_query(name, i
     """l = 2 with alpha exactly (1, 0): the second token leaves the softmax, the first takes all of it, so the layer
     adds lambda * pv_0 to every position's attention output (padding and masks have no say in it)."""
     overrides = {"attention_bias": True} if name == "llama" else {}
-    inputs = _inputs(name)
+    inputs = tiny_inputs(name)
     lam = torch.tensor([0.8, -1.1, 1.9])
     model = attach(tiny_model(name, impl, **overrides), AdaptivePrefixConfig(
         gate_mode="separate", prefix_length=2, prefix_dropout=0.0, prefix_init_std=1.0, layer_gate_init=0.0))
@@ -140,7 +111,7 @@ def test_one_pseudo_token_adds_lambda_times_its_value_whatever_the_query(name, i
     values = [flat[0, i * 2 * kv + kv:(i + 1) * 2 * kv] for i in range(3)]
     for fused in (True, False):
         with fast_path(fused):
-            torch.testing.assert_close(_logits(model, inputs), _logits(_with_output_bias(name, impl, lam, values),
+            torch.testing.assert_close(logits_of(model, inputs), logits_of(_with_output_bias(name, impl, lam, values),
                                                                        inputs), rtol=1e-5, atol=1e-5)
 
 
@@ -150,7 +121,7 @@ def test_with_zero_keys_the_prefix_adds_lambda_times_its_values_averaged_by_alph
     the layer adds lambda * that average of its values, a constant the frozen model's output bias can carry. alpha is
     fractional here (sigmoid of biases 0.3, -1, 2: weights 0.57, 0.27, 0.88), and so pinned beyond 0 and 1."""
     overrides = {"attention_bias": True} if name == "llama" else {}
-    inputs = _inputs(name)
+    inputs = tiny_inputs(name)
     lam = torch.tensor([0.9, -0.7, 1.3])
     model = attach(tiny_model(name, impl, **overrides), AdaptivePrefixConfig(
         gate_mode="separate", prefix_length=3, prefix_dropout=0.0, prefix_init_std=1.0))
@@ -165,10 +136,10 @@ def test_with_zero_keys_the_prefix_adds_lambda_times_its_values_averaged_by_alph
     flat = model.adaprefix.prefix.embedding.detach()
     alpha = 1 / (1 + torch.exp(-bias))  # computed here, not by the gate
     values = [(alpha[:, None] * flat[:, i * 2 * kv + kv:(i + 1) * 2 * kv]).sum(0) / alpha.sum() for i in range(3)]
-    reference = _logits(_with_output_bias(name, impl, lam, values), inputs)
+    reference = logits_of(_with_output_bias(name, impl, lam, values), inputs)
     for fused in (True, False):
         with fast_path(fused):
-            torch.testing.assert_close(_logits(model, inputs), reference, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(logits_of(model, inputs), reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma3_text"])
@@ -191,16 +162,16 @@ def test_open_per_query_gates_give_the_same_logits_step_by_step_with_the_kv_cach
 
 
 def test_in_bfloat16_it_starts_at_the_frozen_model_and_both_paths_agree():
-    inputs = _inputs("llama")
-    frozen = _logits(tiny_model("llama", "sdpa").to(torch.bfloat16), inputs)
+    inputs = tiny_inputs("llama")
+    frozen = logits_of(tiny_model("llama", "sdpa").to(torch.bfloat16), inputs)
     model = attach(tiny_model("llama", "sdpa").to(torch.bfloat16), AdaptivePrefixConfig(
         gate_mode="separate", prefix_length=4, prefix_dropout=0.0, prefix_init_std=1.0, token_gate_weight_std=0.5))
-    assert torch.equal(_logits(model, inputs), frozen)
+    assert torch.equal(logits_of(model, inputs), frozen)
     with torch.no_grad():
         model.adaprefix.layer_gate.scale.fill_(0.8)
-    host = _logits(model, inputs)
+    host = logits_of(model, inputs)
     with fast_path(False):
-        eager = _logits(model, inputs)
+        eager = logits_of(model, inputs)
     assert host.dtype == eager.dtype == torch.bfloat16 and torch.isfinite(host).all()
     torch.testing.assert_close(host.float(), eager.float(), rtol=0, atol=0.05)
     assert (host.float() - frozen.float()).abs().max() > 0.05  # the open gates' effect is larger than that bound
@@ -211,8 +182,8 @@ def test_attention_weights_hold_lambda_times_the_prefix_softmax_and_the_real_key
     lam = torch.tensor([0.6, -0.4, 1.5])
     with torch.no_grad():
         model.adaprefix.layer_gate.scale.copy_(lam)
-        plain = model(**_inputs("llama")).logits
-        out = model(**_inputs("llama"), output_attentions=True)
+        plain = model(**tiny_inputs("llama")).logits
+        out = model(**tiny_inputs("llama"), output_attentions=True)
     torch.testing.assert_close(out.logits, plain, rtol=1e-5, atol=1e-5)
     for i, weights in enumerate(out.attentions):  # (B, H, T, l + S)
         torch.testing.assert_close(weights[..., :4].sum(-1), torch.full(weights.shape[:3], float(lam[i])))
@@ -223,7 +194,7 @@ def test_attention_weights_hold_lambda_times_the_prefix_softmax_and_the_real_key
 def test_alpha_weighs_tokens_within_the_prefix_softmax_only(name, impl):
     """alpha is each token's weight inside the prefix's own softmax: alpha exactly 0 removes the token (the same as a
     prefix without it), and the same alpha on every token changes nothing (here 0.5 against 1)."""
-    inputs = _inputs(name)
+    inputs = tiny_inputs(name)
     model = _separate(name, impl, layer_gate_init=0.0)
     runtime = adapter_runtime(model)
     flat = model.adaprefix.prefix.embedding.detach()
@@ -240,13 +211,13 @@ def test_alpha_weighs_tokens_within_the_prefix_softmax_only(name, impl):
         kept.adaprefix.layer_gate.scale.copy_(lam)
         for i, weight in enumerate(kept.adaprefix.prefix.embedding):
             weight.copy_(flat[open_tokens[i], i * kv:(i + 1) * kv])
-    torch.testing.assert_close(_logits(model, inputs), _logits(kept, inputs), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_of(model, inputs), logits_of(kept, inputs), rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         model.adaprefix.token_gate.bias.zero_()  # alpha = sigmoid(0) = 0.5 on every token
-    uniform = _logits(model, inputs)
+    uniform = logits_of(model, inputs)
     with torch.no_grad():
         model.adaprefix.token_gate.bias.fill_(OPEN)  # alpha = 1
-    torch.testing.assert_close(uniform, _logits(model, inputs), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(uniform, logits_of(model, inputs), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name,impl", [("llama", "sdpa"), ("gpt2", "sdpa"), ("gemma3_text", "sdpa"),
@@ -254,50 +225,11 @@ def test_alpha_weighs_tokens_within_the_prefix_softmax_only(name, impl):
 def test_the_host_path_equals_the_eager_one_with_gates_at_exactly_0(name, impl):
     """Outputs and gradients, with a layer gate and some token gates exactly 0: no NaN, and lambda = 0 still gets a
     gradient (the prefix's output), while the prefix of that layer gets none yet."""
-    inputs = _inputs(name)
-    results = []
-    for fused in (True, False):
-        model = _separate(name, impl, layer_gate_init=0.7)
-        with torch.no_grad():
-            model.adaprefix.layer_gate.scale[1] = 0.0
-            model.adaprefix.token_gate.bias[2, :2] = SHUT
-        with fast_path(fused):
-            out = model(**inputs).logits
-        out.float().pow(2).mean().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        results.append((out.detach(), grads))
-    (out_f, grads_f), (out_e, grads_e) = results
-    torch.testing.assert_close(out_f, out_e, rtol=1e-5, atol=1e-6)
-    for n in grads_e:
-        assert torch.isfinite(grads_e[n]).all() and torch.isfinite(grads_f[n]).all(), n
-        torch.testing.assert_close(grads_f[n], grads_e[n], rtol=1e-4, atol=1e-7, msg=n)
-    assert grads_e["adaprefix.layer_gate.scale"][1] != 0  # the layer whose gate is exactly 0 is not stuck
-
-
-@pytest.mark.parametrize("name", ["bert", "llama", "deberta-v2"])
-def test_it_learns_from_the_first_step_and_its_gates_leave_their_start(name):
-    """At lambda = 0 only lambda has a gradient; after the first step the prefix and alpha have one too."""
-    impl = "eager" if name in PATCHED else "sdpa"
-    model = _separate(name, impl, prefix_init_std=0.02, token_gate_weight_std=0.02).train()
-    inputs = _inputs(name)
-    labels = inputs["input_ids"] if name in DECODERS else torch.tensor([0, 2])
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("adaprefix.")}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for step in range(4):
-        loss = model(**inputs, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-        if step == 0:
-            assert (model.adaprefix.layer_gate.scale.grad != 0).all()
-        optimizer.step()
-        if step == 0:
-            assert (layer_gates(model) != 0).all()  # every layer's gate left 0 at the first step
-        losses.append(loss.item())
-    for n, before in start.items():
-        assert not torch.equal(dict(model.named_parameters())[n], before), f"{n} did not move"
-    assert losses[-1] < losses[0]
+    grads = gradients_on_both_paths(lambda: _separate(name, impl, layer_gate_init=0.7), tiny_inputs(name))
+    assert grads["adaprefix.layer_gate.scale"][1] != 0  # the layer whose gate is exactly 0 is not stuck
+    kv = grads["adaprefix.prefix.embedding"].shape[1] // 6  # (l, 3 layers * 2 * kv_dim)
+    assert (grads["adaprefix.prefix.embedding"][:, 2 * kv:4 * kv] == 0).all()  # layer 1's prefix: lambda 0 holds it
+    assert (grads["adaprefix.prefix.embedding"][:, 4 * kv:] != 0).any()
 
 
 @pytest.mark.parametrize("arch,side", [("llama", "right"), ("llama", "left"), ("bert", "right"),
@@ -342,42 +274,6 @@ def test_a_mixed_batch_of_separate_exact_scaling_and_ungated_adapters_gives_each
     _check_rows(only, refs, apart, {n: width for n in paths})
 
 
-def test_a_saved_separate_adapter_reloads_to_identical_outputs_and_gates(tmp_path):
-    model = _separate("llama", "sdpa", layer_gate_init=-0.6)
-    inputs = _inputs("llama")
-    model.save_adapter(tmp_path)
-    again = load_adapter(tiny_model("llama", "sdpa"), tmp_path)
-    assert again.adapter_config.gate_mode == "separate"
-    assert torch.equal(_logits(again, inputs), _logits(model, inputs))
-    torch.testing.assert_close(layer_gates(again), torch.full((3,), -0.6))  # lambda as it is: it may subtract
-
-
-@pytest.mark.parametrize("name", ["bert", "llama"])
-def test_per_layer_lengths_start_at_the_frozen_model(name):
-    inputs = _inputs(name)
-    frozen = _logits(tiny_model(name, "sdpa"), inputs)
-    model = attach(tiny_model(name, "sdpa"), AdaptivePrefixConfig(gate_mode="separate", prefix_lengths=[2, 0, 3],
-                                                                   prefix_dropout=0.0))
-    assert torch.equal(_logits(model, inputs), frozen)
-
-
-@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated")
-@pytest.mark.parametrize("name", ["bert", "llama"])
-def test_gradient_checkpointing_gives_the_plain_gradients(name):
-    inputs = _inputs(name)
-    labels = inputs["input_ids"] if name in DECODERS else torch.tensor([0, 2])
-    grads = []
-    for checkpointing in (False, True):
-        model = _separate(name, "sdpa", layer_gate_init=0.5).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-        model(**inputs, labels=labels).loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
-    for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-6, atol=1e-7, msg=n)
-        assert grads[0][n].abs().sum() > 0, n
-
-
 @pytest.mark.parametrize("fused", [True, False], ids=["host-attention", "eager-path"])
 def test_a_left_padded_batch_trains_its_gates(fused):
     """Left-padded positions see no real key: the separate prefix does not change how the host treats them, and
@@ -413,11 +309,11 @@ def test_tokens_whose_alpha_is_exactly_0_and_layers_whose_lambda_is_0_prune_away
         model.adaprefix.layer_gate.scale.copy_(torch.tensor([0.7, 0.0, -1.2]))  # layer 1: its whole prefix is off
         model.adaprefix.token_gate.weight.zero_()
         model.adaprefix.token_gate.bias.copy_(torch.where(pattern, OPEN, SHUT))  # layer 2: every alpha is 0
-    inputs = _inputs("llama")
-    before = _logits(model, inputs)
+    inputs = tiny_inputs("llama")
+    before = logits_of(model, inputs)
     result = prune_adapter(model, [inputs], threshold=0.0)
     assert result.kept == [[0, 2], [], []]
-    torch.testing.assert_close(_logits(model, inputs), before, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_of(model, inputs), before, rtol=1e-5, atol=1e-6)
 
 
 def test_pruning_reads_alpha_relative_to_its_layer_s_most_open_token():
@@ -429,7 +325,7 @@ def test_pruning_reads_alpha_relative_to_its_layer_s_most_open_token():
         model.adaprefix.token_gate.weight.zero_()
         model.adaprefix.token_gate.bias.copy_(torch.tensor([[2.0, 2.0, 2.0, 2.0], [2.0, 2.0, -20.0, 2.0],
                                                             [-12.0, -12.0, -12.0, -12.0]]))
-    inputs = _inputs("llama")
+    inputs = tiny_inputs("llama")
     result = prune_adapter(model, [inputs], threshold=1e-3)
     assert result.kept == [[0, 1, 2, 3], [0, 1, 3], [0, 1, 2, 3]]
     torch.testing.assert_close(result.max_gates[2], torch.ones(4))  # relative to the layer's largest: 1

@@ -86,3 +86,15 @@ def tiny_batch(batch: int = 2, length: int = 9, seed: int = 1, pad_last: int = 3
     if pad_last:
         mask[-1, length - pad_last:] = 0
     return ids, mask
+
+
+def tiny_inputs(name: str) -> dict:
+    """A batch of 2 for model ``name``: decoders unpadded, encoders with the last example right-padded by 3."""
+    ids, mask = tiny_batch(pad_last=0 if name in DECODERS else 3)
+    return dict(input_ids=ids, attention_mask=mask)
+
+
+def logits_of(model, inputs: dict) -> torch.Tensor:
+    """The model's logits for ``inputs``, without gradients."""
+    with torch.no_grad():
+        return model(**inputs).logits
