@@ -38,7 +38,6 @@ def _set_prefix(model, layer: int, keys: torch.Tensor, values: torch.Tensor):
         embedding[:, start + shape.kv_dim:start + 2 * shape.kv_dim] = values
 
 
-@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")  # PEFT 0.21 on transformers 5
 @pytest.mark.parametrize("fused", [True, False], ids=["host-attention", "eager-path"])
 @pytest.mark.parametrize("name", ["llama", "mistral"])
 def test_the_layer_gate_alone_is_peft_llama_adapter(name, fused):
